@@ -1,0 +1,102 @@
+"""Device resolution and seeded randomness for torch, in one place.
+
+Randomness rule: nothing here touches global RNG state for good.  Seeds come
+from the estimator's ``random_state`` (a numpy ``RandomState``) and feed
+explicit ``torch.Generator`` objects; code that can only use the global
+torch RNG (``nn.Dropout``, ``nn.Linear`` initialisation) runs inside
+:func:`seeded`, which forks the global state and restores it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` into a device.
+
+    Parameters
+    ----------
+    device : str or torch.device or None
+        ``"auto"`` (or None) picks CUDA when available, else CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        When a CUDA device is asked for and none is available, or the string
+        is not a device.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {device!r}"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False). Use device='cpu' or device='auto'."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible."
+            )
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} was requested but MPS is not available.")
+    return dev
+
+
+def torch_seed(rng: np.random.RandomState) -> int:
+    """Draw a 63-bit torch seed from a numpy RandomState."""
+    return int(rng.randint(0, 2**31 - 1)) * 2**31 + int(rng.randint(0, 2**31 - 1))
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run a block with the global torch RNG seeded, then restore it.
+
+    Used for module construction and dropout, which read the global RNG.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed % (2**63))
+            if device.type == "cuda":
+                torch.cuda.manual_seed(seed % (2**63))
+            yield
+
+
+def to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    """A module's state dict as CPU float32 numpy arrays (device-independent)."""
+    return {k: v.detach().to("cpu").numpy().copy() for k, v in module.state_dict().items()}
+
+
+def load_numpy_state(module: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Load a :func:`to_numpy_state` dict into ``module`` (on its device)."""
+    ref = module.state_dict()
+    module.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(ref[k].device, ref[k].dtype) for k, v in state.items()})

@@ -1,0 +1,315 @@
+"""`LayerPairs`: token activations of two layers of one model, by document.
+
+This is the object :class:`~clvqlearn.LayerPairExtractor` returns and every
+concept estimator accepts.  It lives in its own module (rather than in
+``extraction.py`` as DESIGN.md first proposed) because the estimators and
+the evaluation code need the container without pulling in transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+_FORMAT = "clvqlearn.LayerPairs"
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class LayerPairs:
+    """Lower- and higher-layer token vectors of a corpus, grouped by document.
+
+    Rows are tokens, concatenated document after document; padding is never
+    stored.  The tokens of document ``i`` are rows
+    ``offsets[i]:offsets[i + 1]``.
+
+    ``len(pairs)`` is the number of DOCUMENTS (so scikit-learn's
+    cross-validation splits documents, not tokens), while
+    ``np.asarray(pairs)`` is the ``(n_tokens, d_low + d_high)`` matrix
+    ``[low | high]``.
+
+    Parameters
+    ----------
+    low : ndarray of shape (n_tokens, d_low)
+        Token vectors of the lower layer (may be a ``np.memmap``).
+    high : ndarray of shape (n_tokens, d_high)
+        Token vectors of the higher layer.
+    offsets : ndarray of shape (n_docs + 1,)
+        Document boundaries, starting at 0 and ending at ``n_tokens``.
+    token_ids : ndarray of shape (n_tokens,), optional
+        Vocabulary ids of the tokens.
+    tokens : ndarray of str of shape (n_tokens,), optional
+        Token strings, for reports.
+    positions : ndarray of shape (n_tokens,), optional
+        Position of each token in the model's input sequence (before special
+        tokens were dropped), so saliency maps can be aligned.
+    layers : tuple of (int, int)
+        The non-negative layer indices (0 = embeddings) of ``low`` and
+        ``high``.
+    model_name : str
+        What the extractor loaded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn import LayerPairs
+    >>> rng = np.random.default_rng(0)
+    >>> pairs = LayerPairs(low=rng.normal(size=(5, 3)), high=rng.normal(size=(5, 3)),
+    ...                    offsets=np.array([0, 2, 5]))
+    >>> len(pairs), pairs.n_tokens, np.asarray(pairs).shape
+    (2, 5, (5, 6))
+    >>> pairs[1].n_tokens
+    3
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    offsets: np.ndarray
+    token_ids: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    layers: tuple[int, int] = (0, 0)
+    model_name: str = ""
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        if self.low.ndim != 2 or self.high.ndim != 2:
+            raise ValueError(
+                f"LayerPairs expects 2-D low and high arrays (n_tokens, d); got shapes "
+                f"{self.low.shape} and {self.high.shape}."
+            )
+        if self.low.shape[0] != self.high.shape[0]:
+            raise ValueError(
+                f"low and high must have the same number of token rows; got "
+                f"{self.low.shape[0]} and {self.high.shape[0]}."
+            )
+        off = self.offsets
+        if off.ndim != 1 or off.size < 1 or off[0] != 0 or off[-1] != self.low.shape[0] or np.any(np.diff(off) < 0):
+            raise ValueError(
+                "offsets must be a non-decreasing 1-D array starting at 0 and ending at "
+                f"n_tokens={self.low.shape[0]}; got {off[:5]}...{off[-3:]}"
+            )
+        n = self.low.shape[0]
+        for name in ("token_ids", "tokens", "positions"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value)
+                if value.shape != (n,):
+                    raise ValueError(f"{name} must have shape ({n},); got {value.shape}.")
+                setattr(self, name, value)
+        self.layers = tuple(int(v) for v in self.layers)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_docs(self) -> int:
+        """Number of documents."""
+        return int(self.offsets.size - 1)
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of token rows."""
+        return int(self.low.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per document, shape (n_docs,)."""
+        return np.diff(self.offsets)
+
+    @property
+    def doc_index(self) -> np.ndarray:
+        """Document number of every token row, shape (n_tokens,)."""
+        return np.repeat(np.arange(self.n_docs), self.lengths)
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.hstack([np.asarray(self.low), np.asarray(self.high)])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of ``np.asarray(self)``: (n_tokens, d_low + d_high)."""
+        return (self.n_tokens, self.low.shape[1] + self.high.shape[1])
+
+    # --------------------------------------------------------------- slicing
+    def __getitem__(self, index) -> "LayerPairs":
+        """Select documents (int, slice, integer array or boolean mask)."""
+        docs = np.arange(self.n_docs)[index]
+        docs = np.atleast_1d(docs)
+        return self.take(docs)
+
+    def take(self, docs) -> "LayerPairs":
+        """Return the documents ``docs`` (integer indices), in that order."""
+        docs = np.asarray(docs)
+        if docs.dtype == bool:
+            docs = np.flatnonzero(docs)
+        if docs.size and (docs.min() < -self.n_docs or docs.max() >= self.n_docs):
+            raise IndexError(f"document index out of range for {self.n_docs} documents")
+        docs = np.where(docs < 0, docs + self.n_docs, docs).astype(np.int64)
+        starts, stops = self.offsets[docs], self.offsets[docs + 1]
+        rows = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+            if docs.size
+            else np.zeros(0, dtype=np.int64)
+        )
+        offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+
+        def pick(a):
+            return None if a is None else np.asarray(a)[rows]
+
+        return LayerPairs(
+            low=np.asarray(self.low[rows]),
+            high=np.asarray(self.high[rows]),
+            offsets=offsets,
+            token_ids=pick(self.token_ids),
+            tokens=pick(self.tokens),
+            positions=pick(self.positions),
+            layers=self.layers,
+            model_name=self.model_name,
+            extra=dict(self.extra),
+        )
+
+    # ----------------------------------------------------------------- views
+    def to_frame(self, which: str = "both"):
+        """A pandas DataFrame indexed by (doc, position, token).
+
+        Parameters
+        ----------
+        which : {"both", "low", "high"}
+            Which layer's columns to include.  Columns are named
+            ``low_0..`` and ``high_0..``.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        import pandas as pd
+
+        if which not in ("both", "low", "high"):
+            raise ValueError(f"which must be 'both', 'low' or 'high'; got {which!r}")
+        parts, names = [], []
+        if which in ("both", "low"):
+            parts.append(np.asarray(self.low))
+            names += [f"low_{i}" for i in range(self.low.shape[1])]
+        if which in ("both", "high"):
+            parts.append(np.asarray(self.high))
+            names += [f"high_{i}" for i in range(self.high.shape[1])]
+        positions = self.positions if self.positions is not None else (
+            np.arange(self.n_tokens) - np.repeat(self.offsets[:-1], self.lengths)
+        )
+        tokens = self.tokens if self.tokens is not None else np.full(self.n_tokens, "")
+        index = pd.MultiIndex.from_arrays(
+            [self.doc_index, positions, tokens], names=["doc", "position", "token"]
+        )
+        return pd.DataFrame(np.hstack(parts), index=index, columns=names)
+
+    # ----------------------------------------------------------- persistence
+    def save(self, path) -> Path:
+        """Write to a folder of ``.npy`` files plus ``meta.json`` (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Folder to create (or overwrite files in).
+
+        Returns
+        -------
+        pathlib.Path
+            The folder.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "low.npy", np.asarray(self.low), allow_pickle=False)
+        np.save(path / "high.npy", np.asarray(self.high), allow_pickle=False)
+        np.save(path / "offsets.npy", self.offsets, allow_pickle=False)
+        for name in ("token_ids", "positions"):
+            value = getattr(self, name)
+            if value is not None:
+                np.save(path / f"{name}.npy", np.asarray(value), allow_pickle=False)
+        meta = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "layers": list(self.layers),
+            "model_name": self.model_name,
+            "tokens": None if self.tokens is None else [str(t) for t in self.tokens],
+            "extra": {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, list))},
+        }
+        (path / "meta.json").write_text(json.dumps(meta))
+        return path
+
+    @classmethod
+    def load(cls, path, mmap_mode: str | None = "r") -> "LayerPairs":
+        """Read a folder written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder.
+        mmap_mode : {"r", "c", None}, default="r"
+            Memory-map the activation arrays instead of reading them into RAM.
+
+        Returns
+        -------
+        LayerPairs
+        """
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a saved LayerPairs folder: {meta_file.name} is missing. "
+                "Create one with LayerPairs.save(path)."
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} holds {meta.get('format')!r}, not {_FORMAT!r}.")
+        if meta.get("version", 0) > _FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written by a newer clvqlearn (format version {meta['version']}); "
+                f"this one reads up to {_FORMAT_VERSION}. Upgrade clvqlearn."
+            )
+
+        def opt(name):
+            file = path / f"{name}.npy"
+            return np.load(file, allow_pickle=False) if file.is_file() else None
+
+        tokens = meta.get("tokens")
+        return cls(
+            low=np.load(path / "low.npy", mmap_mode=mmap_mode, allow_pickle=False),
+            high=np.load(path / "high.npy", mmap_mode=mmap_mode, allow_pickle=False),
+            offsets=np.load(path / "offsets.npy", allow_pickle=False),
+            token_ids=opt("token_ids"),
+            tokens=None if tokens is None else np.asarray(tokens, dtype=object),
+            positions=opt("positions"),
+            layers=tuple(meta["layers"]),
+            model_name=meta.get("model_name", ""),
+            extra=meta.get("extra", {}),
+        )
+
+    @classmethod
+    def concatenate(cls, parts) -> "LayerPairs":
+        """Join several LayerPairs (same layers and widths) document-wise."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("concatenate needs at least one LayerPairs")
+        lengths = np.concatenate([p.lengths for p in parts])
+
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return cls(
+            low=np.concatenate([np.asarray(p.low) for p in parts]),
+            high=np.concatenate([np.asarray(p.high) for p in parts]),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]),
+            token_ids=cat("token_ids"),
+            tokens=cat("tokens"),
+            positions=cat("positions"),
+            layers=parts[0].layers,
+            model_name=parts[0].model_name,
+        )
+
