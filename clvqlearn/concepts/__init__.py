@@ -1,0 +1,5 @@
+"""The concept estimators (scikit-learn layer)."""
+
+from .vq import CrossLayerVQ, SingleLayerVQ
+
+__all__ = ["CrossLayerVQ", "SingleLayerVQ"]

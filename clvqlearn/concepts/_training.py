@@ -1,0 +1,338 @@
+"""The one torch training loop shared by the trainable concept estimators.
+
+It knows nothing about vector quantisation or sparse coding: an estimator
+hands it a module, a loss function and its validated data, and gets back
+the learning curves.  What it does, the same way for every estimator:
+
+- a train / validation split BY DOCUMENT (never by token);
+- minibatches of whole documents, bucketed by length so that padded
+  batches carry almost no padding, or of single tokens for per-token models;
+- Adam with weight decay on weights only (no decay on biases, LayerNorm,
+  or parameters a module lists in ``no_weight_decay()``);
+- ReduceLROnPlateau, early stopping with the best state restored,
+  gradient clipping;
+- optional bfloat16 autocast, tqdm progress when verbose.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """One minibatch: flat token rows plus the length of each document."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.source.shape[0])
+
+
+def split_documents(n_docs: int, validation_fraction: float, rng: np.random.RandomState):
+    """Random train / validation split of document indices.
+
+    Returns the validation part empty when fewer than 2 documents would go
+    to validation or fewer than 2 would remain for training.
+    """
+    order = rng.permutation(n_docs)
+    n_val = int(math.floor(n_docs * validation_fraction))
+    if n_val < 2 or n_docs - n_val < 2:
+        return np.sort(order), np.zeros(0, dtype=np.int64)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def document_batches(lengths: np.ndarray, docs: np.ndarray, batch_size: int, rng, shuffle: bool):
+    """Group documents into batches of ``batch_size``, bucketed by length.
+
+    Documents are shuffled, cut into pools of 50 batches, sorted by length
+    inside a pool and chunked; the batch order is shuffled again.  With
+    ``shuffle=False`` the documents are simply sorted by length.
+    """
+    docs = np.asarray(docs)
+    if not shuffle:
+        ordered = docs[np.argsort(lengths[docs], kind="stable")]
+        return [ordered[i : i + batch_size] for i in range(0, ordered.size, batch_size)]
+    docs = docs[rng.permutation(docs.size)]
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, docs.size, pool):
+        chunk = docs[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def token_batches(n_rows: np.ndarray, batch_size: int, rng, shuffle: bool):
+    """Chunks of token-row indices (per-token models)."""
+    rows = rng.permutation(n_rows) if shuffle else np.arange(n_rows)
+    return [rows[i : i + batch_size] for i in range(0, rows.size, batch_size)]
+
+
+def rows_of_documents(offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Token rows of documents ``docs``, document after document."""
+    starts, stops = offsets[docs], offsets[docs + 1]
+    total = int((stops - starts).sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    # vectorised concatenation of ranges
+    lengths = stops - starts
+    base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return base + np.arange(total)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train_module` (the estimators fill it from their params)."""
+
+    max_epochs: int = 100
+    batch_size: int = 128
+    batch_unit: str = "documents"  # or "tokens"
+    learning_rate: float = 5e-3
+    weight_decay: float = 1e-4
+    lr_factor: float = 0.5
+    lr_patience: int = 5
+    early_stopping_patience: int = 15
+    tol: float = 0.0
+    gradient_clip: float | None = 2.0
+    validation_fraction: float = 0.1
+    compute_dtype: str = "float32"
+    verbose: int = 0
+    description: str = "fit"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_module` reports back."""
+
+    loss_curve: list = field(default_factory=list)
+    validation_curve: list = field(default_factory=list)
+    n_epochs: int = 0
+    best_epoch: int = 0
+    n_steps: int = 0
+    stopped_early: bool = False
+
+
+def parameter_groups(module: nn.Module, weight_decay: float):
+    """Adam groups: decay on weight matrices only.
+
+    No decay on biases, LayerNorm weights, 1-D parameters, or names listed
+    by ``module.no_weight_decay()``.
+    """
+    skip = set(getattr(module, "no_weight_decay", lambda: ())())
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name in skip or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def _autocast(device: torch.device, compute_dtype: str):
+    if compute_dtype == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def make_batch(source_t, target_t, offsets, lengths_np, index, unit, device) -> Batch:
+    """Gather one batch (``index`` = documents or token rows) onto ``device``."""
+    if unit == "documents":
+        rows = rows_of_documents(offsets, index)
+        lengths = torch.as_tensor(lengths_np[index], device=device)
+    else:
+        rows = index
+        lengths = torch.ones(index.size, dtype=torch.long, device=device)
+    rows_t = torch.as_tensor(rows, device=source_t.device)
+    src = source_t.index_select(0, rows_t).to(device, non_blocking=True)
+    tgt = target_t.index_select(0, rows_t).to(device, non_blocking=True) if target_t is not source_t else src
+    return Batch(source=src, target=tgt, lengths=lengths)
+
+
+def iterate_batches(source_t, target_t, offsets, docs, config, rng, shuffle, device):
+    """Yield :class:`Batch` objects over documents ``docs``."""
+    lengths = np.diff(offsets)
+    if config.batch_unit == "documents":
+        plan = document_batches(lengths, docs, config.batch_size, rng, shuffle)
+    else:
+        rows = rows_of_documents(offsets, docs)
+        plan = [rows[i] for i in token_batches(rows.size, config.batch_size, rng, shuffle)]
+    for index in plan:
+        yield make_batch(source_t, target_t, offsets, lengths, index, config.batch_unit, device)
+
+
+def as_float_tensor(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy float32 CPU tensor view where possible."""
+    array = np.asarray(array)
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def train_module(
+    module: nn.Module,
+    loss_fn: LossFn,
+    source: np.ndarray,
+    target: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    config: TrainConfig,
+    rng: np.random.RandomState,
+    device: torch.device,
+    after_step: Callable[[nn.Module, Batch], None] | None = None,
+    optimizer_state: dict | None = None,
+) -> tuple[TrainResult, dict]:
+    """Train ``module`` on token rows grouped by document.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Already on ``device``.  ``module.train()`` / ``module.eval()`` are
+        toggled here; the module's own forward decides what training mode
+        means (e.g. sampling and EMA updates in a codebook).
+    loss_fn : callable
+        ``loss_fn(module, batch) -> scalar tensor``.
+    source, target : ndarray of shape (n_tokens, d_source) / (n_tokens, d_target)
+    offsets : ndarray of shape (n_docs + 1,)
+    config : TrainConfig
+    rng : numpy RandomState
+        Drives the split and the batch order.
+    device : torch.device
+    after_step : callable, optional
+        Called after every optimiser step (e.g. re-normalise decoder rows).
+    optimizer_state : dict, optional
+        State to resume Adam from (``partial_fit``).
+
+    Returns
+    -------
+    result : TrainResult
+    optimizer_state : dict
+        Adam's state after training (for the next ``partial_fit``).
+    """
+    from tqdm.auto import tqdm
+
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_docs = offsets.size - 1
+    same = source is target
+    source_t = as_float_tensor(source)
+    target_t = source_t if same else as_float_tensor(target)
+    train_docs, val_docs = split_documents(n_docs, config.validation_fraction, rng)
+
+    optimizer = torch.optim.Adam(parameter_groups(module, config.weight_decay), lr=config.learning_rate)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    result = TrainResult()
+    best_loss, best_state, bad_epochs = math.inf, None, 0
+    epochs = range(config.max_epochs)
+    bar = tqdm(epochs, desc=config.description, disable=not config.verbose, leave=False)
+    for epoch in bar:
+        module.train()
+        total, count = 0.0, 0
+        for batch in iterate_batches(source_t, target_t, offsets, train_docs, config, rng, True, device):
+            with _autocast(device, config.compute_dtype):
+                loss = loss_fn(module, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss.item()} at epoch {epoch}; lower learning_rate "
+                    "or check the input scale."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.gradient_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.gradient_clip)
+            optimizer.step()
+            if after_step is not None:
+                after_step(module, batch)
+            total += float(loss.detach()) * batch.n_tokens
+            count += batch.n_tokens
+            result.n_steps += 1
+        train_loss = total / max(count, 1)
+        result.loss_curve.append(train_loss)
+        if val_docs.size:
+            val_loss = evaluate_loss(module, loss_fn, source_t, target_t, offsets, val_docs, config, rng, device)
+            result.validation_curve.append(val_loss)
+        else:
+            val_loss = train_loss
+        scheduler.step(val_loss)
+        result.n_epochs = epoch + 1
+        bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        if val_loss < best_loss - config.tol * abs(best_loss if math.isfinite(best_loss) else 0):
+            best_loss, bad_epochs, result.best_epoch = val_loss, 0, epoch + 1
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.early_stopping_patience:
+                result.stopped_early = True
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return result, optimizer.state_dict()
+
+
+@torch.no_grad()
+def evaluate_loss(module, loss_fn, source_t, target_t, offsets, docs, config, rng, device) -> float:
+    """Mean per-token loss over documents ``docs`` in eval mode."""
+    module.eval()
+    total, count = 0.0, 0
+    for batch in iterate_batches(source_t, target_t, offsets, docs, config, rng, False, device):
+        with _autocast(device, config.compute_dtype):
+            loss = loss_fn(module, batch)
+        total += float(loss) * batch.n_tokens
+        count += batch.n_tokens
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict_batches(module_fn, source, target, offsets, *, batch_size, unit, device, compute_dtype="float32"):
+    """Run ``module_fn(batch) -> tensor (n_tokens, ...)`` over all data, in row order.
+
+    Returns a CPU numpy array with one row per token, in the input order.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    source_t = as_float_tensor(source)
+    target_t = source_t if target is source else as_float_tensor(target)
+    config = TrainConfig(batch_size=batch_size, batch_unit=unit)
+    docs = np.arange(offsets.size - 1)
+    lengths = np.diff(offsets)
+    outputs, order = [], []
+    if unit == "documents":
+        plan = document_batches(lengths, docs, batch_size, None, shuffle=False)
+    else:
+        plan = token_batches(int(offsets[-1]), batch_size, None, shuffle=False)
+    for index in plan:
+        batch = make_batch(source_t, target_t, offsets, lengths, index, config.batch_unit, device)
+        with _autocast(device, compute_dtype):
+            out = module_fn(batch)
+        outputs.append(out.float().to("cpu"))
+        order.append(rows_of_documents(offsets, index) if unit == "documents" else index)
+    if not outputs:
+        return np.zeros((0,), dtype=np.float32)
+    stacked = torch.cat(outputs).numpy()
+    rows = np.concatenate(order)
+    result = np.empty_like(stacked)
+    result[rows] = stacked
+    return result

@@ -1,0 +1,426 @@
+"""`KMeansConcepts`: the clustering baseline (k-means or ConceptX-style Ward).
+
+Concepts are clusters of the token vectors of ONE layer.  This is the
+"clustering" baseline of the CLVQ-VAE paper: ConceptX clusters token
+representations with agglomerative (Ward) clustering; k-means is the
+scalable standard.  Both are scikit-learn's own implementations; this
+module only adapts them to the shared concept-estimator contract.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from numbers import Integral
+
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
+from sklearn.metrics import pairwise_distances, pairwise_distances_argmin
+from sklearn.utils.validation import check_is_fitted
+
+from .._sklearn_compat import Interval, StrOptions
+from ._base import ConceptEstimator, _Data
+
+#: ``algorithm="auto"`` uses full k-means up to this many tokens and
+#: MiniBatchKMeans above it.
+AUTO_MINIBATCH_MIN_TOKENS = 200_000
+
+#: Ward clustering is refused when its condensed distance matrix would need
+#: more than this fraction of the memory available on the machine.
+AGGLOMERATIVE_MEMORY_FRACTION = 0.5
+
+
+def agglomerative_memory_bytes(n_tokens: int) -> int:
+    """Memory of Ward clustering's condensed float64 distance matrix.
+
+    scikit-learn's Ward clustering without a connectivity graph calls
+    ``scipy.cluster.hierarchy.ward``, which materialises all
+    ``n (n - 1) / 2`` pairwise distances as float64.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Number of token vectors to cluster.
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Examples
+    --------
+    >>> agglomerative_memory_bytes(50_000) / 2**30  # GiB
+    9.31...
+    """
+    n = int(n_tokens)
+    return 8 * n * (n - 1) // 2
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory available to this process now, or None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:  # pragma: no cover - only where /proc and sysconf are missing
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+class KMeansConcepts(ConceptEstimator):
+    """Concepts as clusters of one layer's token vectors (k-means or Ward).
+
+    Each of the ``k`` clusters is a concept; its centre is the concept
+    vector (``components_``).  A token's concept is its nearest centre.
+    The paper's clustering baseline is ConceptX-style agglomerative (Ward)
+    clustering; k-means (scikit-learn's :class:`~sklearn.cluster.KMeans`, or
+    :class:`~sklearn.cluster.MiniBatchKMeans` for large inputs and for
+    streaming with :meth:`partial_fit`) minimises the same within-cluster
+    sum of squares and scales to millions of tokens.
+
+    Parameters
+    ----------
+    k : int, default=400
+        Number of concepts (clusters).
+    layer : {"high", "low"}, default="high"
+        Which layer of a :class:`~clvqlearn.LayerPairs` is clustered (and
+        reconstructed).  A plain 2-D array is taken as that layer as a whole.
+    algorithm : {"auto", "kmeans", "minibatch", "agglomerative"}, default="auto"
+        ``"kmeans"``: :class:`~sklearn.cluster.KMeans` (Lloyd).
+        ``"minibatch"``: :class:`~sklearn.cluster.MiniBatchKMeans`.
+        ``"agglomerative"``: Ward clustering
+        (:class:`~sklearn.cluster.AgglomerativeClustering`), as in ConceptX;
+        it needs ``8 * n (n - 1) / 2`` bytes, so it is refused (ValueError)
+        when that exceeds half the available memory (about 50,000 tokens
+        need 9.3 GiB).  ``"auto"``: ``"kmeans"`` up to
+        ``AUTO_MINIBATCH_MIN_TOKENS`` (200,000) tokens, ``"minibatch"`` above.
+    batch_size : int, default=4096
+        Tokens per mini-batch (``"minibatch"`` and :meth:`partial_fit`).
+    n_init : "auto" or int, default="auto"
+        Number of k-means++ restarts, as in scikit-learn.
+    max_iter : int or None, default=None
+        Lloyd iterations (``"kmeans"``) or epochs (``"minibatch"``); None
+        keeps scikit-learn's default (300 and 100).
+    transform_output : {"onehot", "distance"}, default="onehot"
+        What :meth:`transform` returns: one-hot cluster membership (so
+        ``predict == transform(X).argmax(1)`` and ``inverse_transform`` gives
+        each token's centroid) or the Euclidean distance to every centre
+        (then ``predict == transform(X).argmin(1)``).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the k-means++ initialisation; an int gives the same clusters as
+        scikit-learn's KMeans with that seed.
+    device : str, default="auto"
+        Accepted for a uniform API with the torch estimators.  Clustering is
+        scikit-learn code and always runs on the CPU; asking explicitly for
+        another device gives a warning.
+    verbose : int, default=0
+        Passed to the scikit-learn estimator.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (k, d)
+        Cluster centres (concept vectors), in the layer named by ``layer``.
+    cluster_centers_ : ndarray of shape (k, d)
+        The same array, under scikit-learn's name.
+    counts_ : ndarray of shape (k,)
+        Tokens assigned to each cluster: the training cluster sizes after
+        :meth:`fit`, accumulated over all batches by :meth:`partial_fit`.
+        They are also the per-centre learning-rate weights with which
+        streaming resumes.
+    usage_ : ndarray of shape (k,)
+        ``counts_ / counts_.sum()``: the fraction of tokens in each cluster.
+    labels_ : ndarray of shape (n_tokens,)
+        Cluster of every token of the last ``fit`` / ``partial_fit`` input
+        (for Ward, the agglomerative partition itself).
+    inertia_ : float
+        Sum of squared distances of those tokens to their centre.
+    n_iter_ : int
+        Lloyd iterations (``"kmeans"``), epochs (``"minibatch"``), 0 for
+        Ward; each :meth:`partial_fit` adds its number of mini-batch steps.
+    loss_curve_ : list of float
+        Mean squared distance per token (inertia / n_tokens): one entry for
+        ``fit`` (scikit-learn does not expose per-iteration inertia), one per
+        mini-batch step of :meth:`partial_fit`.
+    algorithm_ : str
+        The algorithm actually used by the last ``fit`` (``"auto"`` resolved).
+    n_features_in_ : int
+        Width of the input (``d_low + d_high`` for LayerPairs).
+
+    See Also
+    --------
+    clvqlearn.concepts.sae.SparseAutoencoder : the sparse-autoencoder baseline.
+
+    Notes
+    -----
+    :meth:`predict` and :meth:`transform` assign every token to its nearest
+    centre.  For k-means that reproduces ``labels_`` on the training data;
+    for Ward it is the natural out-of-sample rule (Ward clusters are not
+    Voronoi cells, so a few training tokens may get another id than in
+    ``labels_``).
+
+    :meth:`partial_fit` streams with MiniBatchKMeans: each call cuts its
+    input into ``batch_size`` chunks, in the order given (shuffle first), and
+    resumes from ``components_`` and ``counts_``.  It is refused for
+    ``algorithm="agglomerative"``.
+
+    References
+    ----------
+    .. [1] Dalvi et al., "Discovering Latent Concepts Learned in BERT",
+       ICLR 2022 (ConceptX).
+    .. [2] Sculley, "Web-scale k-means clustering", WWW 2010.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn.concepts.kmeans import KMeansConcepts
+    >>> X = np.r_[np.zeros((5, 2)), np.full((5, 2), 10.0)]
+    >>> est = KMeansConcepts(k=2, random_state=0).fit(X)
+    >>> sorted(est.usage_.tolist())
+    [0.5, 0.5]
+    >>> est.transform(X[:1]).sum(), round(est.score(X), 3)
+    (np.float64(1.0), 1.0)
+    """
+
+    _parameter_constraints: dict = {
+        **ConceptEstimator._parameter_constraints,
+        "layer": [StrOptions({"low", "high"})],
+        "algorithm": [StrOptions({"auto", "kmeans", "minibatch", "agglomerative"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+        "transform_output": [StrOptions({"onehot", "distance"})],
+    }
+
+    def __init__(
+        self,
+        k=400,
+        *,
+        layer="high",
+        algorithm="auto",
+        batch_size=4096,
+        n_init="auto",
+        max_iter=None,
+        transform_output="onehot",
+        random_state=None,
+        device="auto",
+        verbose=0,
+    ):
+        self.k = k
+        self.layer = layer
+        self.algorithm = algorithm
+        self.batch_size = batch_size
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.transform_output = transform_output
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ hooks
+    def _layer_roles(self):
+        return (self.layer, self.layer)
+
+    def _fit_data(self, data: _Data, partial: bool) -> None:
+        self._check_device()
+        X = data.source
+        if getattr(self, "_partial_call", False):
+            self._stream(X)
+            return
+        algorithm = self._resolve_algorithm(X.shape[0])
+        if algorithm == "kmeans":
+            model = KMeans(
+                n_clusters=self.k,
+                n_init=self.n_init,
+                max_iter=300 if self.max_iter is None else self.max_iter,
+                random_state=self.random_state,
+                verbose=self.verbose,
+            ).fit(X)
+            centers, labels, inertia, n_iter = model.cluster_centers_, model.labels_, model.inertia_, model.n_iter_
+        elif algorithm == "minibatch":
+            model = MiniBatchKMeans(
+                n_clusters=self.k,
+                n_init=self.n_init,
+                max_iter=100 if self.max_iter is None else self.max_iter,
+                batch_size=self.batch_size,
+                random_state=self.random_state,
+                verbose=self.verbose,
+            ).fit(X)
+            centers, labels, inertia, n_iter = model.cluster_centers_, model.labels_, model.inertia_, model.n_iter_
+        else:
+            centers, labels, inertia = self._ward(X)
+            n_iter = 0
+        self.algorithm_ = algorithm
+        self._set_state(np.asarray(centers, dtype=X.dtype), np.asarray(labels, dtype=np.int64))
+        self.counts_ = np.bincount(self.labels_, minlength=self.k).astype(np.float64)
+        self.usage_ = self.counts_ / self.counts_.sum()
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        self.loss_curve_ = [self.inertia_ / X.shape[0]]
+
+    def _activations(self, data: _Data) -> np.ndarray:
+        X = data.source
+        if self.transform_output == "distance":
+            return pairwise_distances(X, self._centers(X.dtype))
+        out = np.zeros((X.shape[0], self.k), dtype=X.dtype)
+        out[np.arange(X.shape[0]), self._nearest(X)] = 1
+        return out
+
+    def _predict_ids(self, data: _Data) -> np.ndarray:
+        return self._nearest(data.source)
+
+    def _reconstruct_data(self, data: _Data) -> np.ndarray:
+        X = data.source
+        return self._centers(X.dtype)[self._nearest(X)]
+
+    # --------------------------------------------------------- streaming
+    def partial_fit(self, X, y=None):
+        """Update the clusters with one more batch (MiniBatchKMeans steps).
+
+        The input is cut into ``batch_size`` chunks, taken in order; each is
+        one :meth:`sklearn.cluster.MiniBatchKMeans.partial_fit` step.  The
+        first call initialises the centres with k-means++ on the first chunk
+        (at least ``3 k`` tokens).  A failed call leaves the state unchanged.
+
+        Parameters
+        ----------
+        X : LayerPairs or array-like of shape (n_tokens, n_features)
+            As for :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            With ``algorithm="agglomerative"``: Ward clustering cannot be
+            updated incrementally.
+        """
+        if self.algorithm == "agglomerative":
+            raise ValueError(
+                "KMeansConcepts(algorithm='agglomerative') cannot be updated incrementally: Ward "
+                "clustering needs all tokens at once. Use algorithm='minibatch' (or 'auto') for "
+                "partial_fit, or call fit on all the data."
+            )
+        self._partial_call = True
+        try:
+            return super().partial_fit(X, y)
+        finally:
+            vars(self).pop("_partial_call", None)
+
+    def _stream(self, X: np.ndarray) -> None:
+        first = not hasattr(self, "components_")
+        n = X.shape[0]
+        if first:
+            random_state = self.random_state
+            model = self._minibatch_model(random_state, reassignment_ratio=0.01)
+            first_size = max(self.batch_size, min(n, 3 * self.k))
+            chunks = [slice(0, first_size)] + [
+                slice(a, min(a + self.batch_size, n)) for a in range(first_size, n, self.batch_size)
+            ]
+            counts = np.zeros(self.k, dtype=np.float64)
+            n_iter, curve = 0, []
+        else:
+            random_state = self.random_state
+            if isinstance(random_state, Integral):
+                # A new stream per call, so reassignments do not repeat.
+                random_state = np.random.RandomState([int(random_state) % 2**32, self.n_iter_ % 2**32])
+            centers = self._centers(X.dtype)
+            # Resume: a step on the centres themselves, weighted by their
+            # counts, sets MiniBatchKMeans' per-centre weights to counts_
+            # and leaves the centres unchanged (no reassignment in it).
+            model = self._minibatch_model(random_state, reassignment_ratio=0.0, init=centers)
+            model.partial_fit(centers, sample_weight=self.counts_.astype(X.dtype))
+            model.set_params(reassignment_ratio=0.01)
+            chunks = [slice(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
+            counts = self.counts_.copy()
+            n_iter, curve = self.n_iter_, list(self.loss_curve_)
+        labels = np.empty(n, dtype=np.int64)
+        inertia = 0.0
+        for chunk in chunks:
+            model.partial_fit(X[chunk])
+            labels[chunk] = model.labels_
+            counts += np.bincount(model.labels_, minlength=self.k)
+            inertia += float(model.inertia_)
+            curve.append(float(model.inertia_) / (chunk.stop - chunk.start))
+            n_iter += 1
+        if first:
+            self.algorithm_ = "minibatch"
+        self._set_state(np.asarray(model.cluster_centers_, dtype=X.dtype), labels)
+        self.counts_ = counts
+        self.usage_ = counts / counts.sum()
+        self.inertia_ = inertia
+        self.n_iter_ = n_iter
+        self.loss_curve_ = curve
+
+    def _minibatch_model(self, random_state, reassignment_ratio, init="k-means++"):
+        return MiniBatchKMeans(
+            n_clusters=self.k,
+            init=init,
+            n_init=1 if not isinstance(init, str) else self.n_init,
+            batch_size=self.batch_size,
+            random_state=random_state,
+            reassignment_ratio=reassignment_ratio,
+            compute_labels=True,
+            verbose=self.verbose,
+        )
+
+    # ----------------------------------------------------------- helpers
+    def _resolve_algorithm(self, n_tokens: int) -> str:
+        if self.algorithm == "auto":
+            return "minibatch" if n_tokens > AUTO_MINIBATCH_MIN_TOKENS else "kmeans"
+        return self.algorithm
+
+    def _check_device(self) -> None:
+        device = self._resolve_device()  # raises on an unavailable device
+        if self.device not in ("auto", "cpu") and device.type != "cpu":
+            warnings.warn(
+                f"KMeansConcepts runs scikit-learn's clustering on the CPU; device={self.device!r} "
+                "is not used.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _ward(self, X: np.ndarray):
+        n = X.shape[0]
+        need = agglomerative_memory_bytes(n)
+        available = _available_memory_bytes()
+        if available is not None and need > AGGLOMERATIVE_MEMORY_FRACTION * available:
+            raise ValueError(
+                f"algorithm='agglomerative' on {n:,} tokens needs a {n:,} x {n:,} condensed distance "
+                f"matrix of about {need / 2**30:,.1f} GiB (8 * n * (n - 1) / 2 bytes), more than half "
+                f"of the {available / 2**30:,.1f} GiB of memory available. Cluster a subset of the "
+                "tokens, or use algorithm='kmeans' / 'minibatch'."
+            )
+        model = AgglomerativeClustering(n_clusters=self.k, linkage="ward").fit(X)
+        labels = model.labels_.astype(np.int64)
+        counts = np.bincount(labels, minlength=self.k)
+        sums = np.zeros((self.k, X.shape[1]), dtype=np.float64)
+        np.add.at(sums, labels, X)
+        centers = sums / np.maximum(counts, 1)[:, None]
+        inertia = float(((X - centers[labels]) ** 2).sum())
+        return centers, labels, inertia
+
+    def _set_state(self, centers: np.ndarray, labels: np.ndarray) -> None:
+        self.components_ = centers
+        self.cluster_centers_ = centers
+        self.labels_ = labels
+
+    def _centers(self, dtype) -> np.ndarray:
+        check_is_fitted(self)
+        return self.components_.astype(dtype, copy=False)
+
+    def _nearest(self, X: np.ndarray) -> np.ndarray:
+        return pairwise_distances_argmin(X, self._centers(X.dtype)).astype(np.int64)

@@ -1,0 +1,419 @@
+"""CrossLayerVQ (the paper's CLVQ-VAE) and SingleLayerVQ (its baseline)."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from .._sklearn_compat import Interval, StrOptions
+from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from ..nn.clvq import CLVQNetwork
+from ..nn.decoders import DECODERS
+from ._base import ConceptEstimator
+from ._init import INITS, initial_codes
+from ._training import TrainConfig, as_float_tensor, predict_batches, train_module
+
+#: Token rows per inference batch for per-token work (encoding, assignment).
+_TOKEN_BATCH = 8192
+
+
+class _VQEstimator(ConceptEstimator):
+    """Shared machinery of CrossLayerVQ and SingleLayerVQ (not public)."""
+
+    _parameter_constraints: dict = {
+        **ConceptEstimator._parameter_constraints,
+        "top_k": [Interval(Integral, 1, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "ema_decay": [Interval(Real, 0, 1, closed="both")],
+        "ema_update": [StrOptions({"sampled", "nearest"})],
+        "init": [StrOptions(set(INITS))],
+        "encoder": [StrOptions({"adaptive", "adaptive-fixed", "identity"})],
+        "alpha": [Real],
+        "decoder": [StrOptions(set(DECODERS))],
+        "decoder_layers": [Interval(Integral, 1, None, closed="left")],
+        "decoder_heads": [Interval(Integral, 1, None, closed="left")],
+        "decoder_ff": [Interval(Integral, 1, None, closed="left")],
+        "decoder_hidden": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "commitment": [Interval(Real, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "early_stopping_patience": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
+        "dead_code_threshold": [Interval(Real, 0, None, closed="neither"), None],
+        "compute_dtype": [StrOptions({"float32", "bfloat16"})],
+    }
+
+    # ------------------------------------------------------------- training
+    def _network_kwargs(self) -> dict:
+        return dict(
+            encoder=self.encoder, alpha=self.alpha, decoder=self.decoder,
+            decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
+            decoder_ff=self.decoder_ff, decoder_hidden=self.decoder_hidden, dropout=self.dropout,
+            top_k=self.top_k, temperature=self.temperature, ema_decay=self.ema_decay,
+            ema_update=self.ema_update, dead_code_threshold=self.dead_code_threshold,
+        )
+
+    def _train_config(self, partial: bool) -> TrainConfig:
+        return TrainConfig(
+            max_epochs=1 if partial else self.max_epochs,
+            batch_size=self.batch_size,
+            batch_unit="documents",
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            early_stopping_patience=self.early_stopping_patience,
+            gradient_clip=self.gradient_clip,
+            validation_fraction=0.0 if partial else self.validation_fraction,
+            compute_dtype=self.compute_dtype,
+            verbose=self.verbose,
+            description=type(self).__name__,
+        )
+
+    def _check_hyperparameters(self) -> None:
+        if self.top_k > self.k:
+            raise ValueError(f"top_k={self.top_k} cannot exceed k={self.k} (it samples among the top_k nearest of k codes).")
+
+    def _fit_data(self, data, partial: bool) -> None:
+        self._check_hyperparameters()
+        device = self._resolve_device()
+        if partial:
+            rng = getattr(self, "_rng", None) or self._check_random_state()
+            self._rng = rng
+            network = self._network(device)
+        else:
+            rng = self._check_random_state()
+            self._rng = rng
+            with seeded(torch_seed(rng), device):
+                network = CLVQNetwork(data.source.shape[1], data.target.shape[1], self.k,
+                                      **self._network_kwargs()).to(device)
+            with torch.no_grad():
+                z = self._encode(network, data.source, device)
+            network.codebook.initialize(torch.as_tensor(initial_codes(z, self.k, self.init, rng), device=device))
+            self.n_iter_, self.n_steps_, self.loss_curve_, self.validation_curve_ = 0, 0, [], []
+            self._cache_optimizer_state = None
+        seed = torch_seed(rng)
+        network.codebook.generator = make_generator(seed, device)
+
+        def loss_fn(net, batch):
+            out = net(batch.source, batch.lengths)
+            mse = torch.nn.functional.mse_loss(out.prediction.float(), batch.target)
+            return mse + self.commitment * out.commitment
+
+        with seeded(seed, device):
+            result, self._cache_optimizer_state = train_module(
+                network, loss_fn, data.source, data.target, data.offsets,
+                config=self._train_config(partial), rng=rng, device=device,
+                optimizer_state=getattr(self, "_cache_optimizer_state", None),
+            )
+        network.codebook.generator = None
+        self._cache_network = (device, network)
+        self.network_state_ = to_numpy_state(network)
+        self.components_ = network.codebook.codes.detach().cpu().numpy().astype(np.float32)
+        self.n_iter_ += result.n_epochs
+        self.n_steps_ += result.n_steps
+        self.loss_curve_ = list(self.loss_curve_) + result.loss_curve
+        self.validation_curve_ = list(self.validation_curve_) + result.validation_curve
+        self.best_epoch_ = result.best_epoch
+        self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
+        self._record_usage(self._assign(data))
+
+    def _record_usage(self, ids: np.ndarray) -> None:
+        counts = np.bincount(ids, minlength=self.k).astype(np.float64)
+        self.usage_ = counts / max(counts.sum(), 1.0)
+        nonzero = self.usage_[self.usage_ > 0]
+        self.perplexity_ = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
+        self.n_active_codes_ = int((counts > 0).sum())
+
+    # ------------------------------------------------------------ inference
+    def _network(self, device=None) -> CLVQNetwork:
+        """The torch network for the fitted state (a private, rebuilt cache)."""
+        device = device or self._resolve_device()
+        cached = getattr(self, "_cache_network", None)
+        if cached is not None and cached[0] == device:
+            return cached[1]
+        with seeded(0, device):  # construction draws from the global RNG; weights are overwritten
+            network = CLVQNetwork(self.network_state_["codebook.codes"].shape[1],
+                                  self.network_state_[_last_weight_key(self.network_state_)].shape[0],
+                                  self.k, **self._network_kwargs())
+        network.to(device)
+        load_numpy_state(network, self.network_state_)
+        network.eval()
+        self._cache_network = (device, network)
+        return network
+
+    @staticmethod
+    def _encode(network, source, device) -> np.ndarray:
+        network.eval()
+        out = []
+        source_t = as_float_tensor(source)
+        for start in range(0, source_t.shape[0], _TOKEN_BATCH):
+            out.append(network.encode(source_t[start:start + _TOKEN_BATCH].to(device)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, source.shape[1]), np.float32)
+
+    @torch.no_grad()
+    def _assign(self, data) -> np.ndarray:
+        device = self._resolve_device()
+        network = self._network(device)
+        network.eval()
+        source_t = as_float_tensor(data.source)
+        ids = []
+        for start in range(0, source_t.shape[0], _TOKEN_BATCH):
+            z = network.encode(source_t[start:start + _TOKEN_BATCH].to(device))
+            ids.append(network.codebook(z).indices.cpu())
+        return torch.cat(ids).numpy().astype(np.int64)
+
+    def _predict_ids(self, data) -> np.ndarray:
+        return self._assign(data)
+
+    def _activations(self, data) -> np.ndarray:
+        ids = self._assign(data)
+        onehot = np.zeros((ids.size, self.k), dtype=data.dtype)
+        onehot[np.arange(ids.size), ids] = 1
+        return onehot
+
+    @torch.no_grad()
+    def _reconstruct_data(self, data) -> np.ndarray:
+        device = self._resolve_device()
+        network = self._network(device)
+        network.eval()
+        unit = "tokens" if network.per_token else "documents"
+        batch = _TOKEN_BATCH if network.per_token else self.batch_size
+        return predict_batches(
+            lambda b: network(b.source, b.lengths).prediction,
+            data.source, data.source, data.offsets, batch_size=batch, unit=unit, device=device,
+            compute_dtype=self.compute_dtype,
+        )
+
+    def encode(self, X) -> np.ndarray:
+        """Codebook-space vectors ``z`` (the encoder output) of every token.
+
+        Parameters
+        ----------
+        X : LayerPairs or array-like of shape (n_tokens, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, d_source)
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        data = self._validate_input(X, reset=False)
+        device = self._resolve_device()
+        with torch.no_grad():
+            return self._encode(self._network(device), data.source, device).astype(data.dtype)
+
+
+def _last_weight_key(state: dict) -> str:
+    """Key of the decoder's output weight (its rows give d_high)."""
+    for key in ("decoder.out.weight", "decoder.net.2.weight"):
+        if key in state:
+            return key
+    raise KeyError("decoder output weight not found in the saved network state")
+
+
+class CrossLayerVQ(_VQEstimator):
+    """Cross-layer vector quantisation (CLVQ-VAE): low layer -> codes -> high layer.
+
+    Each token's lower-layer vector is encoded (adaptive residual encoder),
+    assigned to one of ``k`` codebook vectors (the concepts), and a decoder
+    reconstructs the token's higher-layer vector from the codes.  Training
+    samples among the ``top_k`` nearest codes with temperature
+    ``temperature``; the codebook follows exponential moving averages of
+    the sampled assignments; inference takes the nearest code.
+
+    Objective: ``MSE(decoder(q), x_high) + commitment * ||z - sg(q)||^2``
+    over real (non-padding) tokens.
+
+    Parameters
+    ----------
+    k : int, default=400
+        Number of concepts (codebook size).
+    top_k : int, default=5
+        Nearest codes sampled among during training (1 = nearest).
+    temperature : float, default=1.0
+        Softmax temperature of the sampling, over negative squared distances.
+    ema_decay : float, default=0.99
+        EMA decay of the codebook.
+    ema_update : {"sampled", "nearest"}, default="sampled"
+        Which assignment updates the codebook.
+    init : {"spherical", "k-means++", "random"}, default="spherical"
+        Codebook initialisation (see ``clvqlearn.concepts._init``).
+    encoder : {"adaptive", "adaptive-fixed", "identity"}, default="adaptive"
+        Adaptive residual encoder (learnable or fixed alpha) or pass-through.
+    alpha : float, default=0.2
+        Initial alpha of the encoder (mixing ``m = 0.5 sigmoid(alpha)``).
+    decoder : {"transformer", "transformer-codes", "mlp"}, default="transformer"
+        ``"transformer"`` is the reference (cross-attention to the continuous
+        encoder output, which can bypass the bottleneck);
+        ``"transformer-codes"`` attends to the codes only; ``"mlp"`` decodes
+        each token from its code alone.
+    decoder_layers, decoder_heads, decoder_ff : int, default=6, 8, 2048
+        Transformer decoder shape.
+    decoder_hidden : int, default=1024
+        Hidden width of the MLP decoder.
+    dropout : float, default=0.1
+    commitment : float, default=0.1
+        Weight ``beta`` of the commitment loss.
+    max_epochs : int, default=100
+    batch_size : int, default=128
+        Documents (sentences) per batch; rows of a plain array each count as
+        a document.
+    learning_rate : float, default=5e-3
+        Adam learning rate (the reference uses 1e-3 for decoder LMs).
+    weight_decay : float, default=1e-4
+        Not applied to the codebook, biases or LayerNorm.
+    early_stopping_patience : int, default=15
+        Epochs without validation improvement before stopping.
+    validation_fraction : float, default=0.1
+        Share of DOCUMENTS held out for early stopping.
+    gradient_clip : float or None, default=2.0
+    dead_code_threshold : float or None, default=None
+        Replace codes whose EMA count drops below this (None = off, as in
+        the paper).
+    compute_dtype : {"float32", "bfloat16"}, default="float32"
+        bfloat16 autocast is opt-in (faster on recent CPUs and GPUs).
+    device : str, default="auto"
+        "auto", "cpu", "cuda" or "cuda:N".
+    random_state : int, RandomState or None, default=None
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (k, d_low)
+        The codebook (concept vectors, in the encoder's output space).
+    usage_ : ndarray of shape (k,)
+        Share of training tokens assigned to each code (nearest code).
+    perplexity_ : float
+        ``exp(entropy(usage_))``: the effective number of codes used.
+    n_active_codes_ : int
+        Codes used by at least one training token.
+    loss_curve_, validation_curve_ : list of float
+        Per-epoch training and validation loss.
+    n_iter_ : int
+        Epochs run (summed over ``partial_fit`` calls).
+    network_state_ : dict of str to ndarray
+        The network's weights (CPU numpy, device independent).
+    n_features_in_ : int
+
+    See Also
+    --------
+    SingleLayerVQ : the same model with source layer = target layer.
+    KMeansConcepts : clustering baseline.
+    SparseAutoencoder : sparse dictionary baseline.
+
+    References
+    ----------
+    Garg, Yu, Sajjad, Ebrahimi Kahou. "Cross-Layer Discrete Concept
+    Discovery for Interpreting Language Models", arXiv 2506.20040.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn import CrossLayerVQ
+    >>> rng = np.random.default_rng(0)
+    >>> low = rng.normal(size=(300, 4)).astype(np.float32)
+    >>> X = np.hstack([low, 2 * low])
+    >>> vq = CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=32,
+    ...                   max_epochs=20, random_state=0).fit(X)
+    >>> vq.predict(X).shape, vq.components_.shape
+    ((300,), (8, 4))
+    >>> bool(vq.score(X) > 0.3)
+    True
+    """
+
+    def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
+                 init="spherical", encoder="adaptive", alpha=0.2, decoder="transformer", decoder_layers=6,
+                 decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1, commitment=0.1,
+                 max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4,
+                 early_stopping_patience=15, validation_fraction=0.1, gradient_clip=2.0,
+                 dead_code_threshold=None, compute_dtype="float32", device="auto", random_state=None,
+                 verbose=0):
+        self.k = k
+        self.top_k = top_k
+        self.temperature = temperature
+        self.ema_decay = ema_decay
+        self.ema_update = ema_update
+        self.init = init
+        self.encoder = encoder
+        self.alpha = alpha
+        self.decoder = decoder
+        self.decoder_layers = decoder_layers
+        self.decoder_heads = decoder_heads
+        self.decoder_ff = decoder_ff
+        self.decoder_hidden = decoder_hidden
+        self.dropout = dropout
+        self.commitment = commitment
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.early_stopping_patience = early_stopping_patience
+        self.validation_fraction = validation_fraction
+        self.gradient_clip = gradient_clip
+        self.dead_code_threshold = dead_code_threshold
+        self.compute_dtype = compute_dtype
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _layer_roles(self):
+        return ("low", "high")
+
+
+class SingleLayerVQ(CrossLayerVQ):
+    """The single-layer VQ-VAE baseline: CrossLayerVQ with source = target layer.
+
+    Same parameters and attributes as :class:`CrossLayerVQ`, plus ``layer``.
+    With a plain 2-D array the whole array is the layer.
+
+    Parameters
+    ----------
+    k : int, default=400
+    layer : {"high", "low"}, default="high"
+        Which layer of the LayerPairs is both encoded and reconstructed.
+    **others
+        As for :class:`CrossLayerVQ`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn import SingleLayerVQ
+    >>> X = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    >>> vq = SingleLayerVQ(k=6, top_k=1, decoder="mlp", decoder_hidden=16, max_epochs=5,
+    ...                    random_state=0).fit(X)
+    >>> vq.transform(X).sum(axis=1).tolist()[:3]
+    [1.0, 1.0, 1.0]
+    """
+
+    _parameter_constraints: dict = {
+        **CrossLayerVQ._parameter_constraints,
+        "layer": [StrOptions({"low", "high"})],
+    }
+
+    def __init__(self, k=400, *, layer="high", top_k=5, temperature=1.0, ema_decay=0.99,
+                 ema_update="sampled", init="spherical", encoder="adaptive", alpha=0.2,
+                 decoder="transformer", decoder_layers=6, decoder_heads=8, decoder_ff=2048,
+                 decoder_hidden=1024, dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
+                 learning_rate=5e-3, weight_decay=1e-4, early_stopping_patience=15,
+                 validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
+                 compute_dtype="float32", device="auto", random_state=None, verbose=0):
+        super().__init__(
+            k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update,
+            init=init, encoder=encoder, alpha=alpha, decoder=decoder, decoder_layers=decoder_layers,
+            decoder_heads=decoder_heads, decoder_ff=decoder_ff, decoder_hidden=decoder_hidden,
+            dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
+            learning_rate=learning_rate, weight_decay=weight_decay,
+            early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
+            gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold,
+            compute_dtype=compute_dtype, device=device, random_state=random_state, verbose=verbose,
+        )
+        self.layer = layer
+
+    def _layer_roles(self):
+        return (self.layer, self.layer)

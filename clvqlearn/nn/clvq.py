@@ -1,0 +1,98 @@
+"""The CLVQ-VAE network: encoder -> EMA codebook -> decoder (pure torch).
+
+Works on flat token rows plus per-document lengths (no padding is stored);
+sequence decoders get a padded view built on the fly.
+
+Examples
+--------
+>>> import torch
+>>> from clvqlearn.nn.clvq import CLVQNetwork
+>>> net = CLVQNetwork(d_low=4, d_high=6, k=3, decoder="mlp", decoder_hidden=8)
+>>> net.codebook.initialize(torch.randn(3, 4))
+>>> out = net.eval()(torch.randn(5, 4), torch.tensor([2, 3]))
+>>> out.prediction.shape, out.indices.shape
+(torch.Size([5, 6]), torch.Size([5]))
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .codebook import EMACodebook
+from .decoders import TokenDecoder, make_decoder
+from .encoders import make_encoder
+
+
+class CLVQOutput(NamedTuple):
+    """Forward output of :class:`CLVQNetwork`, one row per real token."""
+
+    prediction: torch.Tensor  # (n_tokens, d_high)
+    indices: torch.Tensor  # (n_tokens,)
+    commitment: torch.Tensor  # scalar
+
+
+def padding_layout(lengths: torch.Tensor):
+    """Document/position of each flat row and the (B, T) real-token mask."""
+    n_docs, max_len = lengths.numel(), int(lengths.max())
+    rows = torch.repeat_interleave(torch.arange(n_docs, device=lengths.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    cols = torch.arange(rows.numel(), device=lengths.device) - starts[rows]
+    mask = torch.zeros(n_docs, max_len, dtype=torch.bool, device=lengths.device)
+    mask[rows, cols] = True
+    return rows, cols, mask
+
+
+def to_padded(flat: torch.Tensor, rows, cols, mask) -> torch.Tensor:
+    """Scatter (n_tokens, d) rows into a zero-padded (B, T, d) tensor."""
+    out = flat.new_zeros(mask.shape[0], mask.shape[1], flat.shape[-1])
+    out[rows, cols] = flat
+    return out
+
+
+class CLVQNetwork(nn.Module):
+    """Encoder, EMA codebook and decoder of CLVQ-VAE.
+
+    Parameters
+    ----------
+    d_low, d_high : int
+        Widths of the source and target layers.
+    k : int
+        Codebook size.
+    encoder : {"adaptive", "adaptive-fixed", "identity"}
+    decoder : {"transformer", "transformer-codes", "mlp"}
+    Other parameters are passed to the codebook and decoder.
+    """
+
+    def __init__(self, d_low, d_high, k, *, encoder="adaptive", alpha=0.2, decoder="transformer",
+                 decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1,
+                 top_k=5, temperature=1.0, ema_decay=0.99, ema_eps=1e-5, ema_update="sampled",
+                 dead_code_threshold=None):
+        super().__init__()
+        self.encoder = make_encoder(encoder, d_low, alpha)
+        self.codebook = EMACodebook(k, d_low, ema_decay, ema_eps, top_k, temperature, ema_update,
+                                    dead_code_threshold)
+        self.decoder = make_decoder(decoder, d_low, d_high, n_layers=decoder_layers, n_heads=decoder_heads,
+                                    ff=decoder_ff, dropout=dropout, hidden=decoder_hidden)
+
+    @property
+    def per_token(self) -> bool:
+        """True when the decoder needs no sequence context."""
+        return isinstance(self.decoder, TokenDecoder)
+
+    def encode(self, source: torch.Tensor) -> torch.Tensor:
+        """Codebook-space vectors ``z`` of flat source rows."""
+        return self.encoder(source)
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> CLVQOutput:
+        z = self.encoder(source)
+        quantized, indices, commitment = self.codebook(z)
+        if self.per_token:
+            prediction = self.decoder(quantized, None, None)
+        else:
+            rows, cols, mask = padding_layout(lengths)
+            padded = self.decoder(to_padded(quantized, rows, cols, mask), to_padded(z, rows, cols, mask), ~mask)
+            prediction = padded[rows, cols]
+        return CLVQOutput(prediction, indices, commitment)
