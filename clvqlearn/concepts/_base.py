@@ -124,6 +124,28 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return check_random_state(getattr(self, "random_state", None))
 
     # ----------------------------------------------------------- validation
+    def _low_width(self, n_columns: int) -> int:
+        """Columns of a plain [low | high] array that belong to the low layer.
+
+        ``n_low_features`` (when the estimator has it and it is set) fixes
+        the split; otherwise the array is cut into two equal halves.
+        """
+        n_low = getattr(self, "n_low_features", None)
+        if n_low is None:
+            if n_columns % 2:
+                raise ValueError(
+                    f"{type(self).__name__} reads two layers; a plain array must be [low | high] "
+                    f"with an even number of columns, got {n_columns}. Set n_low_features, or pass "
+                    "LayerPairs from LayerPairExtractor."
+                )
+            return n_columns // 2
+        if not 0 < n_low < n_columns:
+            raise ValueError(
+                f"n_low_features={n_low} must leave at least one column for each layer; the array "
+                f"has {n_columns} columns."
+            )
+        return int(n_low)
+
     def _validate_input(self, X, *, reset: bool, fitting: bool = False) -> _Data:
         """Turn LayerPairs or a 2-D array into a :class:`_Data`.
 
@@ -172,14 +194,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=True
             )
             if self._is_cross_layer():
-                if Xa.shape[1] % 2:
-                    raise ValueError(
-                        f"{type(self).__name__} reads two layers; a plain array must be [low | high] "
-                        f"with an even number of columns, got {Xa.shape[1]}. Pass LayerPairs "
-                        "from LayerPairExtractor for layers of different widths."
-                    )
-                half = Xa.shape[1] // 2
-                low, high = Xa[:, :half], Xa[:, half:]
+                split = self._low_width(Xa.shape[1])
+                low, high = Xa[:, :split], Xa[:, split:]
                 parts = {"low": low, "high": high}
                 source, target = parts[source_role], parts[target_role]
             else:
@@ -193,7 +209,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if fitting and data.n_tokens < self.k:
             raise ValueError(
                 f"k={self.k} concepts need at least k token rows to fit; got n_tokens="
-                f"{data.n_tokens}. Use a smaller k or more texts."
+                f"{data.n_tokens} (n_samples={data.n_tokens}). Use a smaller k or more texts."
             )
         return data
 

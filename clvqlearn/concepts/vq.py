@@ -47,6 +47,7 @@ class _VQEstimator(ConceptEstimator):
         "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
         "dead_code_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
+        "n_low_features": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     # ------------------------------------------------------------- training
@@ -278,6 +279,10 @@ class CrossLayerVQ(_VQEstimator):
         the paper).
     compute_dtype : {"float32", "bfloat16"}, default="float32"
         bfloat16 autocast is opt-in (faster on recent CPUs and GPUs).
+    n_low_features : int or None, default=None
+        For a plain 2-D array ``[low | high]``: how many leading columns are
+        the low layer (None = half; the width must then be even).  Ignored
+        for LayerPairs.
     device : str, default="auto"
         "auto", "cpu", "cuda" or "cuda:N".
     random_state : int, RandomState or None, default=None
@@ -332,8 +337,8 @@ class CrossLayerVQ(_VQEstimator):
                  decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1, commitment=0.1,
                  max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4,
                  early_stopping_patience=15, validation_fraction=0.1, gradient_clip=2.0,
-                 dead_code_threshold=None, compute_dtype="float32", device="auto", random_state=None,
-                 verbose=0):
+                 dead_code_threshold=None, compute_dtype="float32", n_low_features=None, device="auto",
+                 random_state=None, verbose=0):
         self.k = k
         self.top_k = top_k
         self.temperature = temperature
@@ -358,6 +363,7 @@ class CrossLayerVQ(_VQEstimator):
         self.gradient_clip = gradient_clip
         self.dead_code_threshold = dead_code_threshold
         self.compute_dtype = compute_dtype
+        self.n_low_features = n_low_features
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -402,7 +408,8 @@ class SingleLayerVQ(CrossLayerVQ):
                  decoder_hidden=1024, dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
                  learning_rate=5e-3, weight_decay=1e-4, early_stopping_patience=15,
                  validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
-                 compute_dtype="float32", device="auto", random_state=None, verbose=0):
+                 compute_dtype="float32", n_low_features=None, device="auto", random_state=None,
+                 verbose=0):
         super().__init__(
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update,
             init=init, encoder=encoder, alpha=alpha, decoder=decoder, decoder_layers=decoder_layers,
@@ -411,7 +418,8 @@ class SingleLayerVQ(CrossLayerVQ):
             learning_rate=learning_rate, weight_decay=weight_decay,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
             gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold,
-            compute_dtype=compute_dtype, device=device, random_state=random_state, verbose=verbose,
+            compute_dtype=compute_dtype, n_low_features=n_low_features, device=device,
+            random_state=random_state, verbose=verbose,
         )
         self.layer = layer
 
