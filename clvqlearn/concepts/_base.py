@@ -262,6 +262,10 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if first:
             self._validate_params()
         snapshot = copy.deepcopy({k: v for k, v in vars(self).items() if not k.startswith("_cache")})
+        # ``partial`` tells the hook to resume; ``_partial_call`` tells it the
+        # call streams (one pass over the batch, no validation split) even
+        # when it is the first one.
+        self._partial_call = True
         try:
             data = self._validate_input(X, reset=first, fitting=first)
             self._fit_data(data, partial=not first)
@@ -272,6 +276,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             vars(self).update(snapshot)
             self._drop_caches()
             raise
+        finally:
+            vars(self).pop("_partial_call", None)
         return self
 
     # ------------------------------------------------------------ inference

@@ -98,6 +98,7 @@ class _VQEstimator(ConceptEstimator):
             self.n_iter_, self.n_steps_, self.loss_curve_, self.validation_curve_ = 0, 0, [], []
             self._cache_optimizer_state = None
         seed = torch_seed(rng)
+        streaming = getattr(self, "_partial_call", False)
         network.codebook.generator = make_generator(seed, device)
 
         def loss_fn(net, batch):
@@ -108,7 +109,7 @@ class _VQEstimator(ConceptEstimator):
         with seeded(seed, device):
             result, self._cache_optimizer_state = train_module(
                 network, loss_fn, data.source, data.target, data.offsets,
-                config=self._train_config(partial), rng=rng, device=device,
+                config=self._train_config(streaming), rng=rng, device=device,
                 optimizer_state=getattr(self, "_cache_optimizer_state", None),
             )
         network.codebook.generator = None

@@ -278,7 +278,8 @@ class TextDataset:
         {'a': 2, 'b': 2}
         """
         self._require_labels("subset")
-        if not isinstance(n_per_class, Integral) or isinstance(n_per_class, bool) or n_per_class < 1:
+        if (not isinstance(n_per_class, Integral) or isinstance(n_per_class, bool)
+                or n_per_class < 1):
             raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
         counts = self.class_counts()
         short = {k: v for k, v in counts.items() if v < n_per_class}

@@ -14,6 +14,7 @@ Rules every loader follows through these helpers:
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -120,41 +121,40 @@ def read_jsonl(file: Path) -> list[dict]:
 
 
 def read_csv(file: Path, *, n_columns: int | None = None):
-    """Read a CSV file as strings with pandas, no header inference.
+    """Read a CSV file as strings, no header inference.
 
-    Every field is a ``str`` (empty fields are ``""``, never NaN, except for
-    rows that are short of fields).  Rows with a different number of fields
-    than the first raise ValueError.
+    Quoted fields may hold commas, doubled quotes and line breaks; blank lines
+    are skipped; a byte-order mark is dropped.  Every row must have as many
+    fields as the first.
 
     Returns
     -------
     pandas.DataFrame
-        Integer column labels 0..n-1; the header, if any, is row 0.
+        Columns 0..n-1 of ``str``; the header, if any, is row 0.
     """
     import pandas as pd
 
     try:
-        frame = pd.read_csv(file, header=None, dtype=str, keep_default_na=False,
-                            encoding="utf-8-sig", skip_blank_lines=True)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{file}: the file is empty") from None
-    except pd.errors.ParserError as exc:
-        raise ValueError(f"{file}: malformed CSV ({exc})") from None
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if row]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
-    short = frame.isna().any(axis=1).to_numpy()
-    if short.any():
-        row = int(np.flatnonzero(short)[0])
+    except csv.Error as exc:
+        raise ValueError(f"{file}: malformed CSV ({exc})") from None
+    if not rows:
+        raise ValueError(f"{file}: the file is empty")
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(
+                f"{file}: row {i + 1} has {len(row)} fields, but the first row has {width}"
+            )
+    if n_columns is not None and width != n_columns:
         raise ValueError(
-            f"{file}: row {row + 1} has fewer fields than the first row "
-            f"({frame.shape[1]})"
+            f"{file}: expected {n_columns} columns, found {width} "
+            f"(first row: {rows[0][:6]})"
         )
-    if n_columns is not None and frame.shape[1] != n_columns:
-        raise ValueError(
-            f"{file}: expected {n_columns} columns, found {frame.shape[1]} "
-            f"(first row: {frame.iloc[0].tolist()[:6]})"
-        )
-    return frame
+    return pd.DataFrame(rows, dtype=object)
 
 
 def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
