@@ -1,0 +1,50 @@
+"""The ``clvq`` command line.
+
+``clvq demo``
+    The main job on the embedded default (see :mod:`clvqlearn.demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``clvq``."""
+    parser = argparse.ArgumentParser(prog="clvq", description="Cross-layer concept discovery in language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="discover concepts on the packaged model and data set")
+    demo.add_argument("--model", default="minilm", help="packaged name (minilm, smollm2), HF id or local folder")
+    demo.add_argument("--dataset", default="bbc_news", help="bbc_news (packaged), ag_news, jigsaw, eraser_movie, movie_reviews")
+    demo.add_argument("--layers", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"))
+    demo.add_argument("--n-texts", type=int, default=400)
+    demo.add_argument("--k", type=int, default=50)
+    demo.add_argument("--max-length", type=int, default=128)
+    demo.add_argument("--max-epochs", type=int, default=15)
+    demo.add_argument("--decoder", default="transformer", choices=["transformer", "transformer-codes", "mlp"])
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--output", default="clvq_output")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``clvq`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        try:
+            run_demo(model=args.model, dataset=args.dataset, layers=tuple(args.layers), n_texts=args.n_texts,
+                     k=args.k, max_length=args.max_length, max_epochs=args.max_epochs, decoder=args.decoder,
+                     output=args.output, random_state=args.seed, verbose=not args.quiet, device=args.device)
+        except (FileNotFoundError, ValueError, ImportError) as exc:
+            print(f"clvq: error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
