@@ -16,6 +16,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
 from sklearn.metrics import pairwise_distances, pairwise_distances_argmin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
@@ -75,6 +76,15 @@ def _available_memory_bytes() -> int | None:
         return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover
         return None
+
+
+def _can_stream(estimator) -> bool:
+    if estimator.algorithm == "agglomerative":
+        raise AttributeError(
+            "KMeansConcepts(algorithm='agglomerative') has no partial_fit: Ward clustering needs "
+            "all tokens at once. Use algorithm='minibatch' (or 'auto') to stream, or call fit."
+        )
+    return True
 
 
 class KMeansConcepts(ConceptEstimator):
@@ -145,8 +155,8 @@ class KMeansConcepts(ConceptEstimator):
     inertia_ : float
         Sum of squared distances of those tokens to their centre.
     n_iter_ : int
-        Lloyd iterations (``"kmeans"``), epochs (``"minibatch"``), 0 for
-        Ward; each :meth:`partial_fit` adds its number of mini-batch steps.
+        Lloyd iterations (``"kmeans"``), epochs (``"minibatch"``), 1 for
+        Ward (a single, non-iterative pass); each :meth:`partial_fit` adds its number of mini-batch steps.
     loss_curve_ : list of float
         Mean squared distance per token (inertia / n_tokens): one entry for
         ``fit`` (scikit-learn does not expose per-iteration inertia), one per
@@ -171,7 +181,7 @@ class KMeansConcepts(ConceptEstimator):
     :meth:`partial_fit` streams with MiniBatchKMeans: each call cuts its
     input into ``batch_size`` chunks, in the order given (shuffle first), and
     resumes from ``components_`` and ``counts_``.  It is refused for
-    ``algorithm="agglomerative"``.
+    ``algorithm="agglomerative"`` (``hasattr(est, "partial_fit")`` is False).
 
     References
     ----------
@@ -258,7 +268,7 @@ class KMeansConcepts(ConceptEstimator):
             centers, labels, inertia, n_iter = model.cluster_centers_, model.labels_, model.inertia_, model.n_iter_
         else:
             centers, labels, inertia = self._ward(X)
-            n_iter = 0
+            n_iter = 1
         self.algorithm_ = algorithm
         self._set_state(np.asarray(centers, dtype=X.dtype), np.asarray(labels, dtype=np.int64))
         self.counts_ = np.bincount(self.labels_, minlength=self.k).astype(np.float64)
@@ -283,6 +293,7 @@ class KMeansConcepts(ConceptEstimator):
         return self._centers(X.dtype)[self._nearest(X)]
 
     # --------------------------------------------------------- streaming
+    @available_if(_can_stream)
     def partial_fit(self, X, y=None):
         """Update the clusters with one more batch (MiniBatchKMeans steps).
 
@@ -304,16 +315,11 @@ class KMeansConcepts(ConceptEstimator):
 
         Raises
         ------
-        ValueError
-            With ``algorithm="agglomerative"``: Ward clustering cannot be
-            updated incrementally.
+        AttributeError
+            With ``algorithm="agglomerative"`` (the method is not available,
+            as scikit-learn does for methods that depend on a parameter):
+            Ward clustering cannot be updated incrementally.
         """
-        if self.algorithm == "agglomerative":
-            raise ValueError(
-                "KMeansConcepts(algorithm='agglomerative') cannot be updated incrementally: Ward "
-                "clustering needs all tokens at once. Use algorithm='minibatch' (or 'auto') for "
-                "partial_fit, or call fit on all the data."
-            )
         self._partial_call = True
         try:
             return super().partial_fit(X, y)

@@ -195,7 +195,7 @@ class ClassifierResult:
         if key not in self._cache:
             tokenizer = _models.load_tokenizer(str(self.path))
             model = _models.load_model(str(self.path), head="sequence-classification", num_labels=self.num_labels)
-            _ensure_pad_token(model, tokenizer)
+            ensure_pad_token(model, tokenizer)
             self._cache.clear()
             self._cache[key] = (model.to(dev).eval(), tokenizer)
         return self._cache[key]
@@ -271,8 +271,13 @@ def load_classifier(path) -> ClassifierResult:
 
 
 # ----------------------------------------------------------------------- helpers
-def _ensure_pad_token(model, tokenizer) -> None:
-    """Decoders ship without a pad token: use EOS, and tell the model."""
+def ensure_pad_token(model, tokenizer) -> None:
+    """Give decoders (which ship without a pad token) EOS as pad, and tell the model.
+
+    Examples
+    --------
+    >>> ensure_pad_token(model, tokenizer)  # doctest: +SKIP
+    """
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token first.")
@@ -333,6 +338,21 @@ def _fingerprint(model: str, texts, ids, validation, params: dict) -> str:
     return h.hexdigest()
 
 
+def _publish(tmp: Path, output_dir: Path) -> None:
+    """Move a finished checkpoint into place (whole-folder rename when possible).
+
+    A folder that held an older classifier is replaced; into any other
+    existing folder (one the user chose) the files are moved one by one.
+    """
+    if output_dir.exists() and (output_dir / INFO_FILE).is_file():
+        shutil.rmtree(output_dir)
+    if output_dir.exists():
+        for item in tmp.iterdir():
+            os.replace(item, output_dir / item.name)
+    else:
+        os.replace(tmp, output_dir)
+
+
 def _slug(model: str) -> str:
     name = Path(model).name if (os.sep in model or Path(model).exists()) else model
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "model"
@@ -351,7 +371,7 @@ def fine_tune_classifier(
     overwrite: bool = False,
     epochs: int = 3,
     batch_size: int = 16,
-    learning_rate: float = 5e-5,
+    learning_rate: float = 1e-4,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     max_length: int = 128,
@@ -397,7 +417,8 @@ def fine_tune_classifier(
     overwrite : bool, default=False
         Retrain even if ``output_dir`` already holds this classifier.
     epochs, batch_size, learning_rate, weight_decay, warmup_fraction
-        Optimisation settings.
+        Optimisation settings.  The defaults (3 epochs, 16, 1e-4, 0.01,
+        0.1) are the ones measured in docs/evaluation.md.
     max_length : int, default=128
         Truncation length in tokens (including special tokens).
     validation_fraction : float, default=0.25
@@ -502,7 +523,7 @@ def fine_tune_classifier(
     tokenizer = _models.load_tokenizer(model)
     with seeded(seed, torch.device("cpu")):  # the new head reads the global RNG
         net = _models.load_model(model, head="sequence-classification", num_labels=int(classes.size))
-    _ensure_pad_token(net, tokenizer)
+    ensure_pad_token(net, tokenizer)
     net.config.id2label = dict(enumerate(label_names))
     net.config.label2id = {name: i for i, name in enumerate(label_names)}
     net.to(dev)
@@ -558,21 +579,18 @@ def fine_tune_classifier(
         n_train=len(train_texts), n_test=len(test_texts), history=history, params=params,
         seconds=round(time.perf_counter() - start_all, 2),
     )
-    tmp = output_dir.with_name(f"{output_dir.name}.tmp-{os.getpid()}")
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    net.to("cpu").save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
-    if output_dir.exists():
-        shutil.rmtree(output_dir) if (output_dir / INFO_FILE).exists() or overwrite else None
-    if output_dir.exists():
-        for item in tmp.iterdir():
-            os.replace(item, output_dir / item.name)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, output_dir)
+    try:
+        net.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        _publish(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     result = load_classifier(output_dir)
     result.reused = False
     result._cache[str(dev)] = (net.to(dev).eval(), tokenizer)
@@ -582,25 +600,17 @@ def fine_tune_classifier(
 # ----------------------------------------------------------------------- zero-shot
 ZERO_SHOT_PRESETS = {
     "eraser_movie": dict(
-        label_words={0: "negative", 1: "positive"},
-        template=(
-            "Is the sentiment of this movie review sentence positive or negative?\n\n"
-            "Sentence: {text}\n\nAnswer with one word: positive or negative."
-        ),
+        label_words={0: ["negative", "Negative"], 1: ["positive", "Positive"]},
+        template="Review: {text}\nIs this review positive or negative?",
     ),
     "jigsaw": dict(
-        label_words={0: "no", 1: "yes"},
-        template=(
-            "Is the following comment toxic (rude, disrespectful, insulting or hateful)?\n\n"
-            "Comment: {text}\n\nAnswer with one word: yes or no."
-        ),
+        label_words={0: ["no", "No"], 1: ["yes", "Yes"]},
+        template="Comment: {text}\nIs this comment toxic (rude, insulting or hateful)? Answer yes or no.",
     ),
     "ag_news": dict(
-        label_words={0: "World", 1: "Sports", 2: "Business", 3: "Science"},
-        template=(
-            "Which topic is this news article about: World, Sports, Business or Science?\n\n"
-            "Article: {text}\n\nAnswer with one word: World, Sports, Business or Science."
-        ),
+        label_words={0: ["World", "world"], 1: ["Sports"], 2: ["Business", "business"],
+                     3: ["Science", "science", "Technology"]},
+        template="Article: {text}\nIs this news article about World, Sports, Business or Science?",
     ),
 }
 """Label words and prompt templates for the three data sets of the paper.
@@ -622,6 +632,12 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     tokens (several words per class are combined with log-sum-exp).
     ``predict_proba`` renormalises them over the classes.
 
+    Small models are biased towards one label word whatever the text
+    (SmolLM2-135M answers "positive" to every ERASER-Movie sentence), so
+    ``calibration`` offers contextual calibration (Zhao et al., 2021):
+    subtract the label scores of content-free inputs ("N/A", ...) or the
+    mean label scores over the (unlabelled) texts given to ``fit``.
+
     Parameters
     ----------
     model : str, default="smollm2"
@@ -639,6 +655,11 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         Texts are truncated to this many tokens before being put into the
         prompt.
     batch_size : int, default=8
+    calibration : {None, "content-free", "fit"}, default=None
+        None: raw label-word log-probabilities (the paper's setting).
+        ``"content-free"``: subtract their mean over the content-free texts
+        ``CONTENT_FREE``.  ``"fit"``: subtract their mean over the texts
+        ``X`` passed to ``fit`` (their labels are not used).
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
     verbose : bool, default=False
         Show a progress bar.
@@ -647,6 +668,8 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray
         The classes seen in ``fit``.
+    calibration_offset_ : ndarray of shape (n_classes,)
+        What :meth:`decision_function` subtracts (zeros without calibration).
 
     Examples
     --------
@@ -656,22 +679,27 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, model="smollm2", label_words=None, template=None, system_prompt=None,
-                 max_length=256, batch_size=8, device="auto", verbose=False):
+                 max_length=256, batch_size=8, calibration=None, device="auto", verbose=False):
         self.model = model
         self.label_words = label_words
         self.template = template
         self.system_prompt = system_prompt
         self.max_length = max_length
         self.batch_size = batch_size
+        self.calibration = calibration
         self.device = device
         self.verbose = verbose
 
+    CONTENT_FREE = ("N/A", "[MASK]", "none")
+    """The content-free inputs of ``calibration="content-free"``."""
+
     def fit(self, X=None, y=None):
-        """Record the classes (nothing is trained).
+        """Record the classes (nothing is trained) and, if asked, the calibration.
 
         Parameters
         ----------
-        X : ignored
+        X : sequence of str or None
+            Only used by ``calibration="fit"`` (mean label scores over X).
         y : array-like
             Labels; their unique values become ``classes_``.
 
@@ -685,8 +713,16 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         if classes.size < 2:
             raise ValueError(f"y holds a single class ({classes.tolist()}); expected at least 2.")
         words = self._words(classes)
+        if self.calibration not in (None, "content-free", "fit"):
+            raise ValueError(f"calibration must be None, 'content-free' or 'fit'; got {self.calibration!r}.")
+        if self.calibration == "fit" and X is None:
+            raise ValueError("calibration='fit' needs the texts X in fit (their labels are not used).")
         self.classes_ = classes
         self._label_words_ = words
+        self.calibration_offset_ = np.zeros(classes.size)
+        if self.calibration is not None:
+            texts = list(self.CONTENT_FREE) if self.calibration == "content-free" else X
+            self.calibration_offset_ = self._log_probs(texts).mean(axis=0)
         return self
 
     def _words(self, classes):
@@ -713,7 +749,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         if cache is None or cache[0] != (self.model, str(dev)):
             tokenizer = _models.load_tokenizer(self.model)
             net = _models.load_model(self.model, head="causal-lm")
-            _ensure_pad_token(net, tokenizer)
+            ensure_pad_token(net, tokenizer)
             self._cache = ((self.model, str(dev)), net.to(dev).eval(), tokenizer)
         return self._cache[1], self._cache[2]
 
@@ -753,7 +789,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         -------
         list of str
         """
-        check_is_fitted(self, "classes_")
+        check_is_fitted(self, "_label_words_")
         texts = check_texts(X, "X")
         _, tokenizer = self._load()
         template = self.template or _DEFAULT_TEMPLATE
@@ -771,7 +807,15 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         return prompts
 
     def decision_function(self, X) -> np.ndarray:
-        """Log-probability of each class's label word(s), shape (n_texts, n_classes)."""
+        """Calibrated label scores, shape (n_texts, n_classes).
+
+        The log-probability of each class's label word(s) minus
+        ``calibration_offset_``.
+        """
+        check_is_fitted(self, "classes_")
+        return self._log_probs(X) - self.calibration_offset_
+
+    def _log_probs(self, X) -> np.ndarray:
         prompts = self.build_prompts(X)
         net, tokenizer = self._load()
         table = self._label_token_ids(tokenizer)
@@ -798,6 +842,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Predicted classes, shape (n_texts,)."""
+        check_is_fitted(self, "classes_")
         return self.classes_[self.decision_function(X).argmax(axis=1)]
 
     def __sklearn_tags__(self):

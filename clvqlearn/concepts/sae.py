@@ -1,0 +1,552 @@
+"""`SparseAutoencoder`: the sparse-autoencoder baseline of the CLVQ-VAE paper.
+
+A ReLU (or TopK) sparse autoencoder that encodes a token's LOWER-layer
+vector into ``k`` non-negative latents and decodes its HIGHER-layer
+vector from them (cross-layer, the paper's baseline), or encodes and
+decodes one layer (``layer="low"`` / ``"high"``).  A token's concept is
+its most active latent.  Training uses the shared loop of
+``clvqlearn.concepts._training`` (document-level validation split, Adam,
+ReduceLROnPlateau, early stopping, gradient clipping).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from .._sklearn_compat import Interval, StrOptions
+from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
+from ._base import ConceptEstimator, _Data
+from ._training import TrainConfig, as_float_tensor, train_module
+
+#: Token rows per inference batch.
+_TOKEN_BATCH = 8192
+#: A latent is dead after this many training tokens without firing (or one
+#: epoch's worth of training tokens, when that is fewer).
+DEAD_AFTER_TOKENS = 1_000_000
+
+# Fitted arrays <-> network parameters.
+_STATE = {
+    "encoder_weights_": "encoder_weight",
+    "encoder_bias_": "encoder_bias",
+    "components_": "decoder_weight",
+    "decoder_bias_": "decoder_bias",
+    "tokens_since_fired_": "tokens_since_fired",
+}
+
+
+class SparseAutoencoder(ConceptEstimator):
+    """Sparse autoencoder concepts: ReLU (or TopK) latents, lower -> higher layer.
+
+    ``latents = act(W_enc x_source + b_enc)`` and
+    ``x_target ~ latents @ components_ + decoder_bias_``.  Objective, per
+    token and averaged over tokens::
+
+        ||x_target - prediction||^2 + l1 * ||latents||_1  (+ AuxK term)
+
+    (squared error summed over features, the SAELens convention).  The
+    defaults are the CLVQ-VAE paper's baseline: ReLU, lower -> higher layer,
+    untied weights, L1 weight 0.01, Xavier-uniform initialisation, encoder
+    bias 0.1.  The decoder bias starts at the mean target vector (a better
+    starting point that does not change the model).
+
+    Parameters
+    ----------
+    k : int, default=400
+        Number of latents (concepts).
+    l1 : float, default=0.01
+        Weight of the L1 penalty on the latents (also applied with TopK; set
+        0 for a pure TopK SAE as in Gao et al.).
+    activation : {"relu", "topk"}, default="relu"
+        ReLU, or TopK: only the ``top_k`` largest pre-activations of each
+        token survive (then ReLU).
+    top_k : int or None, default=None
+        Active latents per token; required (1 <= top_k <= k) for
+        ``activation="topk"``, ignored otherwise.
+    layer : {None, "low", "high"}, default=None
+        None: cross-layer, encode the low layer and reconstruct the high
+        one.  "low" / "high": a single-layer SAE on that layer (a plain 2-D
+        array is then the layer itself).
+    normalize_decoder : bool, default=False
+        Keep every decoder row (``components_``) at unit L2 norm, re-projected
+        after each optimiser step, so the L1 penalty cannot be dodged by
+        shrinking latents and growing decoder rows.
+    dead_latents : {None, "auxk", "resample"}, default=None
+        Dead-latent handling.  A latent is dead when it has not fired for
+        one epoch of training tokens (at most ``DEAD_AFTER_TOKENS``).
+        "auxk": the AuxK loss of Gao et al. (2024), dead latents learn to
+        reconstruct the residual (TopK only).  "resample": dead latents are
+        re-initialised on badly reconstructed tokens, checked once per
+        dead window (Bricken et al. 2023).
+    ablation : {"encoder_subspace", "decoder_row"}, default="encoder_subspace"
+        What :meth:`concept_directions` returns: the orthonormalised span of
+        the ``ablation_rank`` encoder rows most aligned with the concept's
+        (SOURCE-layer space; the paper's revised protocol), or the concept's
+        single decoder row (TARGET-layer space; the paper's earlier one).
+    ablation_rank : int, default=5
+        Encoder rows in the ablation subspace (the concept's own row plus
+        the ``ablation_rank - 1`` rows of highest cosine similarity to it).
+    learning_rate : float, default=1e-3
+        Adam learning rate.
+    batch_size : int, default=1024
+        Tokens per minibatch.
+    max_epochs : int, default=100
+    early_stopping_patience : int, default=15
+        Epochs without validation improvement before stopping.
+    validation_fraction : float, default=0.1
+        Share of DOCUMENTS held out for early stopping.
+    weight_decay : float, default=1e-4
+        Adam weight decay on the weight matrices (not on biases).
+    gradient_clip : float or None, default=2.0
+    compute_dtype : {"float32", "bfloat16"}, default="float32"
+        bfloat16 autocast is opt-in.
+    n_low_features : int or None, default=None
+        For a plain 2-D array ``[low | high]`` (cross-layer only): how many
+        leading columns are the low layer (None = half).
+    random_state : int, RandomState instance or None, default=None
+    device : str, default="auto"
+        "auto", "cpu", "cuda" or "cuda:N".  Fitted state is numpy, so a
+        model trained on a GPU predicts on a CPU.
+    verbose : int, default=0
+        Progress bar over epochs when > 0.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (k, d_target)
+        Decoder rows: the concept vectors in the target layer.
+    decoder_bias_ : ndarray of shape (d_target,)
+        Added by :meth:`inverse_transform` and :meth:`reconstruct`.
+    encoder_weights_ : ndarray of shape (k, d_source)
+        Encoder rows, in the source layer's space.
+    encoder_bias_ : ndarray of shape (k,)
+    usage_ : ndarray of shape (k,)
+        Share of training tokens whose most active latent is each latent.
+    firing_rate_ : ndarray of shape (k,)
+        Share of training tokens on which each latent is active (> 0).
+    l0_ : float
+        Mean number of active latents per training token.
+    n_dead_latents_ : int
+        Latents that never fire on the training data.
+    tokens_since_fired_ : ndarray of shape (k,)
+        Training tokens since each latent last fired (dead-latent clock).
+    n_resampled_ : int
+        Latents re-initialised by ``dead_latents="resample"`` (cumulative).
+    loss_curve_, validation_curve_ : list of float
+        Per-epoch training and validation loss.
+    n_iter_ : int
+        Epochs run (summed over :meth:`partial_fit` calls).
+    n_steps_ : int
+        Optimiser steps.
+    best_epoch_ : int
+        Epoch whose weights were kept by early stopping.
+    n_features_in_ : int
+
+    See Also
+    --------
+    clvqlearn.concepts.kmeans.KMeansConcepts : the clustering baseline.
+
+    Notes
+    -----
+    :meth:`transform` returns the latents (non-negative; with TopK at most
+    ``top_k`` non-zero per token).  :meth:`predict` is the most active
+    latent: ``transform(X).argmax(1)`` wherever a token has an active
+    latent; a token with none gets the latent of highest pre-activation
+    (rather than an arbitrary 0).  :meth:`partial_fit` runs one epoch over
+    its input, without a validation split (the first call initialises).
+
+    References
+    ----------
+    .. [1] Bricken et al., "Towards Monosemanticity", Transformer Circuits 2023.
+    .. [2] Gao et al., "Scaling and evaluating sparse autoencoders", 2024.
+    .. [3] Garg et al., "Cross-Layer Discrete Concept Discovery for
+       Interpreting Language Models", arXiv 2506.20040.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn.concepts.sae import SparseAutoencoder
+    >>> rng = np.random.default_rng(0)
+    >>> low = rng.normal(size=(400, 6)).astype(np.float32)
+    >>> X = np.hstack([low, low @ rng.normal(size=(6, 6)).astype(np.float32)])
+    >>> sae = SparseAutoencoder(k=16, l1=0.001, batch_size=64, learning_rate=1e-2,
+    ...                         max_epochs=20, random_state=0).fit(X)
+    >>> codes = sae.transform(X)
+    >>> codes.shape, bool((codes >= 0).all()), sae.components_.shape
+    ((400, 16), True, (16, 6))
+    >>> bool(sae.score(X) > 0.9)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **ConceptEstimator._parameter_constraints,
+        "l1": [Interval(Real, 0, None, closed="left")],
+        "activation": [StrOptions({"relu", "topk"})],
+        "top_k": [Interval(Integral, 1, None, closed="left"), None],
+        "layer": [StrOptions({"low", "high"}), None],
+        "normalize_decoder": ["boolean"],
+        "dead_latents": [StrOptions({"auxk", "resample"}), None],
+        "ablation": [StrOptions({"encoder_subspace", "decoder_row"})],
+        "ablation_rank": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping_patience": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
+        "compute_dtype": [StrOptions({"float32", "bfloat16"})],
+        "n_low_features": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
+    def __init__(
+        self,
+        k=400,
+        *,
+        l1=0.01,
+        activation="relu",
+        top_k=None,
+        layer=None,
+        normalize_decoder=False,
+        dead_latents=None,
+        ablation="encoder_subspace",
+        ablation_rank=5,
+        learning_rate=1e-3,
+        batch_size=1024,
+        max_epochs=100,
+        early_stopping_patience=15,
+        validation_fraction=0.1,
+        weight_decay=1e-4,
+        gradient_clip=2.0,
+        compute_dtype="float32",
+        n_low_features=None,
+        random_state=None,
+        device="auto",
+        verbose=0,
+    ):
+        self.k = k
+        self.l1 = l1
+        self.activation = activation
+        self.top_k = top_k
+        self.layer = layer
+        self.normalize_decoder = normalize_decoder
+        self.dead_latents = dead_latents
+        self.ablation = ablation
+        self.ablation_rank = ablation_rank
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping_patience = early_stopping_patience
+        self.validation_fraction = validation_fraction
+        self.weight_decay = weight_decay
+        self.gradient_clip = gradient_clip
+        self.compute_dtype = compute_dtype
+        self.n_low_features = n_low_features
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ hooks
+    def _layer_roles(self):
+        if self.layer is None:
+            return ("low", "high")
+        return (self.layer, self.layer)
+
+    @property
+    def concept_space_(self) -> str:
+        """Layer of :meth:`concept_directions`: source for encoder rows, target for decoder rows."""
+        source, target = self._layer_roles()
+        return source if self.ablation == "encoder_subspace" else target
+
+    def _inverse_bias(self):
+        return self.decoder_bias_
+
+    def _check_hyperparameters(self) -> None:
+        if self.activation == "topk":
+            if self.top_k is None:
+                raise ValueError("activation='topk' needs top_k (the number of active latents per token); got None.")
+            if self.top_k > self.k:
+                raise ValueError(f"top_k={self.top_k} cannot exceed k={self.k} latents.")
+        if self.dead_latents == "auxk" and self.activation != "topk":
+            raise ValueError(
+                "dead_latents='auxk' (Gao et al. 2024) is defined for TopK autoencoders: a dead ReLU "
+                "latent has no positive pre-activation to learn from. Use activation='topk' or "
+                "dead_latents='resample'."
+            )
+
+    def _train_config(self, streaming: bool) -> TrainConfig:
+        return TrainConfig(
+            max_epochs=1 if streaming else self.max_epochs,
+            batch_size=self.batch_size,
+            batch_unit="tokens",
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            early_stopping_patience=self.early_stopping_patience,
+            gradient_clip=self.gradient_clip,
+            validation_fraction=0.0 if streaming else self.validation_fraction,
+            compute_dtype=self.compute_dtype,
+            verbose=self.verbose,
+            description=type(self).__name__,
+        )
+
+    def _new_network(self, data: _Data, seed: int, device) -> SparseAutoencoderNet:
+        with seeded(seed, device):
+            network = SparseAutoencoderNet(
+                data.source.shape[1], data.target.shape[1], self.k, activation=self.activation,
+                top_k=self.top_k if self.activation == "topk" else None,
+            )
+        network.reset_parameters(generator=make_generator(seed, torch.device("cpu")))
+        with torch.no_grad():
+            network.decoder_bias.copy_(torch.as_tensor(np.asarray(data.target, dtype=np.float64).mean(axis=0)))
+        if self.normalize_decoder:
+            network.normalize_decoder_()
+        return network.to(device)
+
+    def _fit_data(self, data: _Data, partial: bool) -> None:
+        self._check_hyperparameters()
+        device = self._resolve_device()
+        streaming = getattr(self, "_partial_call", False)
+        if partial:
+            rng = getattr(self, "_rng", None) or self._check_random_state()
+            network = self._network(device)
+        else:
+            rng = self._check_random_state()
+            network = self._new_network(data, torch_seed(rng), device)
+            self.n_iter_, self.n_steps_, self.n_resampled_ = 0, 0, 0
+            self.loss_curve_, self.validation_curve_ = [], []
+            self._cache_optimizer_state = None
+        self._rng = rng
+        seed = torch_seed(rng)
+        config = self._train_config(streaming)
+        n_train = data.n_tokens if streaming else int(round(data.n_tokens * (1 - config.validation_fraction)))
+        dead_after = float(max(1, min(n_train, DEAD_AFTER_TOKENS)))
+        l1, aux_k = float(self.l1), 2 * (self.top_k or 1)
+        use_auxk, use_resample = self.dead_latents == "auxk", self.dead_latents == "resample"
+        resample_generator = make_generator(seed, torch.device("cpu"))
+        clock = {"tokens": 0.0, "resampled": 0}
+
+        def loss_fn(net, batch):
+            out = net(batch.source)
+            loss = sae_loss(out, batch.target, l1)
+            if net.training:
+                if use_auxk:
+                    loss = loss + auxk_loss(net, out, batch.target, net.dead_mask(dead_after), aux_k)
+                net.update_fired(out.latents)
+            return loss
+
+        def after_step(net, batch):
+            if self.normalize_decoder:
+                net.normalize_decoder_()
+            if use_resample:
+                clock["tokens"] += batch.n_tokens
+                if clock["tokens"] >= dead_after:
+                    clock["tokens"] = 0.0
+                    clock["resampled"] += resample_dead_(
+                        net, batch.source, batch.target, net.dead_mask(dead_after), resample_generator
+                    )
+
+        with seeded(seed, device):
+            result, self._cache_optimizer_state = train_module(
+                network, loss_fn, data.source, data.target, data.offsets,
+                config=config, rng=rng, device=device, after_step=after_step,
+                optimizer_state=getattr(self, "_cache_optimizer_state", None),
+            )
+        self._cache_network = (device, network)
+        for attr, value in to_numpy_state(network).items():
+            setattr(self, _attribute_of(attr), value)
+        self.tokens_since_fired_ = np.asarray(self.tokens_since_fired_, dtype=np.float64)
+        self.n_iter_ += result.n_epochs
+        self.n_steps_ += result.n_steps
+        self.n_resampled_ += clock["resampled"]
+        self.loss_curve_ = list(self.loss_curve_) + result.loss_curve
+        self.validation_curve_ = list(self.validation_curve_) + result.validation_curve
+        self.best_epoch_ = result.best_epoch
+        self._record_usage(data)
+
+    def _record_usage(self, data: _Data) -> None:
+        latents, pre = self._forward(data.source)
+        ids = _most_active(latents, pre)
+        n = max(latents.shape[0], 1)
+        self.usage_ = np.bincount(ids, minlength=self.k).astype(np.float64) / n
+        active = latents > 0
+        self.firing_rate_ = active.sum(axis=0).astype(np.float64) / n
+        self.l0_ = float(active.sum(axis=1).mean()) if latents.shape[0] else 0.0
+        self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
+
+    # ---------------------------------------------------------- streaming
+    def partial_fit(self, X, y=None):
+        """One epoch of training on ``X`` (no validation split).
+
+        The first call initialises the autoencoder.  Adam's state carries
+        over between calls in the same session (it is not pickled).  A
+        failed call leaves the fitted state unchanged.
+
+        Parameters
+        ----------
+        X : LayerPairs or array-like of shape (n_tokens, n_features)
+            As for :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        self._partial_call = True
+        try:
+            return super().partial_fit(X, y)
+        finally:
+            vars(self).pop("_partial_call", None)
+
+    # ------------------------------------------------------------ inference
+    def _network(self, device=None) -> SparseAutoencoderNet:
+        """The torch network for the fitted state (a private, rebuilt cache)."""
+        device = device or self._resolve_device()
+        cached = getattr(self, "_cache_network", None)
+        if cached is not None and cached[0] == device:
+            return cached[1]
+        k, d_in = self.encoder_weights_.shape
+        with seeded(0, device):  # weights are overwritten below
+            network = SparseAutoencoderNet(
+                d_in, self.components_.shape[1], k, activation=self.activation,
+                top_k=self.top_k if self.activation == "topk" else None,
+            )
+        network.to(device)
+        load_numpy_state(network, {param: getattr(self, attr) for attr, param in _STATE.items()})
+        network.eval()
+        self._cache_network = (device, network)
+        return network
+
+    @torch.no_grad()
+    def _forward(self, source: np.ndarray):
+        """Latents and pre-activations (CPU float32 numpy) of source rows."""
+        device = self._resolve_device()
+        network = self._network(device)
+        network.eval()
+        source_t = as_float_tensor(source)
+        latents, pre = [], []
+        for start in range(0, source_t.shape[0], _TOKEN_BATCH):
+            p = network.pre_activations(source_t[start:start + _TOKEN_BATCH].to(device))
+            latents.append(network.activate(p).cpu())
+            pre.append(p.cpu())
+        if not latents:
+            empty = np.zeros((0, self.k), dtype=np.float32)
+            return empty, empty
+        return torch.cat(latents).numpy(), torch.cat(pre).numpy()
+
+    def _activations(self, data: _Data) -> np.ndarray:
+        return self._forward(data.source)[0]
+
+    def _predict_ids(self, data: _Data) -> np.ndarray:
+        return _most_active(*self._forward(data.source))
+
+    @torch.no_grad()
+    def _reconstruct_data(self, data: _Data) -> np.ndarray:
+        device = self._resolve_device()
+        network = self._network(device)
+        source_t = as_float_tensor(data.source)
+        out = [
+            network(source_t[start:start + _TOKEN_BATCH].to(device)).prediction.float().cpu()
+            for start in range(0, source_t.shape[0], _TOKEN_BATCH)
+        ]
+        if not out:
+            return np.zeros((0, self.components_.shape[1]), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    # ------------------------------------------------------------ concepts
+    def concept_directions(self, concept: int) -> np.ndarray:
+        """Orthonormal directions of one concept, for ablation.
+
+        ``ablation="encoder_subspace"`` (default, the paper's revised
+        protocol): the encoder rows of the concept and of the
+        ``ablation_rank - 1`` latents whose encoder rows have the highest
+        cosine similarity to it, orthonormalised by Gram-Schmidt (so the
+        first row is the concept's own encoder direction).  They live
+        in the SOURCE layer (``concept_space_``; "low" for the cross-layer
+        model).  ``ablation="decoder_row"``: the concept's unit decoder row,
+        in the TARGET layer.
+
+        Parameters
+        ----------
+        concept : int
+            Latent id in ``[0, k)``.
+
+        Returns
+        -------
+        ndarray of shape (n_directions, d)
+            Orthonormal rows; fewer than ``ablation_rank`` when the chosen
+            rows are linearly dependent.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        concept = self._check_concept(concept)
+        if self.ablation == "decoder_row":
+            return super().concept_directions(concept)
+        return encoder_subspace(self.encoder_weights_, concept, self.ablation_rank)
+
+
+def encoder_subspace(encoder_weights: np.ndarray, concept: int, rank: int) -> np.ndarray:
+    """Orthonormal basis of a concept's encoder row and its ``rank - 1`` nearest rows.
+
+    Parameters
+    ----------
+    encoder_weights : ndarray of shape (k, d)
+    concept : int
+    rank : int
+        Rows to span (capped at ``min(k, d)``).
+
+    Returns
+    -------
+    ndarray of shape (r, d), r <= rank
+        Orthonormal rows (Gram-Schmidt over the chosen rows, the concept's
+        own row first); rows with no new direction are dropped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.array([[1.0, 0, 0], [0.9, 0.1, 0], [0, 0, 1], [-1, 0, 0]])
+    >>> Q = encoder_subspace(W, 0, 2)
+    >>> np.round(Q @ Q.T, 6).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    >>> np.round(np.abs(Q[1]), 6).tolist()  # row 1 is the most similar to row 0
+    [0.0, 1.0, 0.0]
+    """
+    W = np.asarray(encoder_weights, dtype=np.float64)
+    k, d = W.shape
+    rank = int(min(rank, k, d))
+    norms = np.linalg.norm(W, axis=1)
+    if norms[concept] == 0:
+        return np.zeros((0, d))
+    unit = W / np.maximum(norms, 1e-300)[:, None]
+    similarity = unit @ unit[concept]
+    similarity[concept] = np.inf  # the concept's own row always comes first
+    chosen = np.argsort(-similarity, kind="stable")[:rank]
+    basis = []
+    for row in W[chosen]:
+        residual = row.copy()
+        for _ in range(2):  # Gram-Schmidt, re-orthogonalised once for stability
+            for q in basis:
+                residual -= (residual @ q) * q
+        norm = np.linalg.norm(residual)
+        if norm > 1e-8 * np.linalg.norm(row):
+            basis.append(residual / norm)
+    return np.asarray(basis).reshape(len(basis), d)
+
+
+def _most_active(latents: np.ndarray, pre: np.ndarray) -> np.ndarray:
+    """Arg-max of the latents; tokens with no active latent use the pre-activations."""
+    ids = latents.argmax(axis=1).astype(np.int64)
+    silent = ~(latents > 0).any(axis=1)
+    if silent.any():
+        ids[silent] = pre[silent].argmax(axis=1)
+    return ids
+
+
+def _attribute_of(parameter: str) -> str:
+    for attr, param in _STATE.items():
+        if param == parameter:
+            return attr
+    raise KeyError(parameter)  # pragma: no cover - the network has exactly these tensors

@@ -1,0 +1,810 @@
+"""Evaluation axis 1: remove a sentence's salient concept and measure the accuracy drop.
+
+For every evaluation sentence (METHOD.md, "Evaluation axis 1"):
+
+1. find its most salient token: Integrated Gradients on the task
+   classifier (:func:`clvqlearn.evaluation.saliency.token_saliency`), or the
+   human rationale;
+2. look up the concept the fitted concept estimator assigns to that token
+   (through the ``positions`` of the extractor's :class:`LayerPairs`);
+3. remove the concept's direction(s) (``concept_directions``, in the layer
+   named by ``concept_space_``) by orthogonal projection, either
+
+   * ``protocol="probe"`` (the paper's): from the sentence representation
+     at that layer ([CLS] for encoders, the mean of the token vectors for
+     decoders); a probe trained on clean representations is tested on the
+     ablated ones, with stratified cross-validation; or
+   * ``protocol="splice"``: from the hidden state INSIDE the model's forward
+     pass, at the salient token (or at every position), after which the
+     model's own classification head predicts;
+
+4. compare with the accuracy before, and with a control that removes random
+   Gaussian directions of the same rank (and, as a second control, the
+   directions of another concept).
+
+:func:`concept_ablation_report` returns everything;
+:func:`concept_ablation_score` is the scikit-learn scorer (the relative
+accuracy drop, greater is better) and :func:`make_ablation_scorer` fixes its
+options, so ``GridSearchCV(pipe, {"concepts__k": [...]},
+scoring=concept_ablation_score)`` works.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ..concepts._base import ConceptEstimator
+from ..extraction import LayerPairExtractor
+from .probe import cross_val_probe
+from .projection import orthonormalize, project_out_rows, random_directions
+from .saliency import Saliency, token_saliency
+from .splice import splice_logits
+from .tasks import ClassifierResult, check_texts, load_classifier
+
+__all__ = [
+    "AblationReport",
+    "concept_ablation_report",
+    "concept_ablation_score",
+    "make_ablation_scorer",
+]
+
+PROTOCOLS = ("probe", "splice")
+SALIENCY_METHODS = ("integrated_gradients", "rationale")
+_SALIENCY_CACHE: OrderedDict = OrderedDict()
+_SALIENCY_CACHE_SIZE = 16
+
+
+# ------------------------------------------------------------------------- the report
+@dataclass
+class AblationReport:
+    """Everything behind one concept-removal score.
+
+    Accuracies are over the evaluated sentences (those whose salient token
+    was found among the extracted tokens; see ``n_skipped``).
+
+    Attributes
+    ----------
+    protocol : str
+        ``"probe"`` or ``"splice"``.
+    accuracy_before : float
+        Accuracy on clean representations (probe) or of the unedited model
+        (splice).
+    accuracy_after : float
+        Accuracy after removing each sentence's salient concept.
+    control_accuracy : float
+        Accuracy after removing random Gaussian directions of the same rank.
+    other_concept_accuracy : float
+        Accuracy after removing the directions of another concept, drawn at
+        random among the concepts of the evaluation tokens (a control for
+        "any concept direction would do").
+    drop, control_drop, other_concept_drop : float
+        Relative drops ``(before - after) / before``.  ``drop`` is the score.
+    drop_ci : tuple of float
+        Bootstrap confidence interval of ``drop`` (sentences resampled with
+        replacement, predictions held fixed).
+    flip_rate, control_flip_rate, other_concept_flip_rate : float
+        Share of sentences whose predicted class changed.
+    chance_accuracy : float
+        Share of the most frequent class: accuracy far below it means the
+        removal flips predictions rather than erasing information.
+    removed_norm, control_removed_norm : float
+        Mean fraction of the edited vector's norm that the projection
+        removed (``||x - x'|| / ||x||``): a concept aligned with the bulk of
+        the representation removes much more than a random direction.
+    per_class : list of dict
+        Per class: ``label``, ``n``, ``accuracy_before``, ``accuracy_after``,
+        ``control_accuracy``, ``flip_rate``.
+    n_sentences, n_skipped : int
+        Sentences evaluated and skipped (no salient token among the
+        extracted tokens, e.g. an empty rationale).
+    n_distinct_concepts : int
+        Number of different concepts removed.
+    layer : int
+        Layer whose representations were edited (the concept's space).
+    concept_space : str
+        ``"low"`` or ``"high"``.
+    settings : dict
+        The protocol and every option used.
+    sentences : list of dict
+        Per evaluated sentence: ``index`` (into the given texts), ``label``,
+        ``token``, ``position``, ``concept``, ``before``, ``after``,
+        ``control``, ``other``, ``removed_norm``.
+
+    Examples
+    --------
+    >>> report = concept_ablation_report(pipe, texts, labels)  # doctest: +SKIP
+    >>> report.accuracy_before, report.accuracy_after, report.drop  # doctest: +SKIP
+    """
+
+    protocol: str
+    accuracy_before: float
+    accuracy_after: float
+    control_accuracy: float
+    other_concept_accuracy: float
+    drop: float
+    control_drop: float
+    other_concept_drop: float
+    drop_ci: tuple
+    flip_rate: float
+    control_flip_rate: float
+    other_concept_flip_rate: float
+    chance_accuracy: float
+    removed_norm: float
+    control_removed_norm: float
+    per_class: list
+    n_sentences: int
+    n_skipped: int
+    n_distinct_concepts: int
+    layer: int
+    concept_space: str
+    settings: dict = field(default_factory=dict)
+    sentences: list = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        """The headline numbers as a flat dict (no per-sentence data)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("sentences", "per_class", "settings")}
+        out["drop_ci_low"], out["drop_ci_high"] = self.drop_ci
+        del out["drop_ci"]
+        return out
+
+    def to_dict(self) -> dict:
+        """Everything, JSON-serialisable."""
+        return json.loads(json.dumps(asdict(self), default=_json_default))
+
+    def to_frame(self):
+        """Per-sentence pandas DataFrame (see ``sentences``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.sentences)
+
+    def __str__(self) -> str:
+        lo, hi = self.drop_ci
+        return (
+            f"{self.protocol} ablation on {self.n_sentences} sentences (layer {self.layer}, "
+            f"{self.n_distinct_concepts} concepts): accuracy {self.accuracy_before:.3f} -> "
+            f"{self.accuracy_after:.3f} (drop {self.drop:.1%}, CI {lo:.1%}..{hi:.1%}); "
+            f"random control {self.control_accuracy:.3f}, other concept {self.other_concept_accuracy:.3f}; "
+            f"flip rate {self.flip_rate:.1%} (control {self.control_flip_rate:.1%})"
+        )
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+# ------------------------------------------------------------------------ validation
+def _split_pipeline(estimator) -> tuple[LayerPairExtractor, ConceptEstimator]:
+    """The fitted extractor and concept step of a [extract, concepts] pipeline."""
+    if not isinstance(estimator, Pipeline):
+        raise TypeError(
+            "concept ablation needs a fitted Pipeline([('extract', LayerPairExtractor(...)), "
+            f"('concepts', <concept estimator>)]); got {type(estimator).__name__}."
+        )
+    steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+    if len(steps) != 2 or not isinstance(steps[0], LayerPairExtractor):
+        raise ValueError(
+            "concept ablation needs a Pipeline of exactly two steps, a LayerPairExtractor and then a "
+            "concept estimator (CrossLayerVQ, SingleLayerVQ, KMeansConcepts or SparseAutoencoder); got "
+            f"steps {[type(s).__name__ for s in steps]}."
+        )
+    extractor, concepts = steps
+    if not isinstance(concepts, ConceptEstimator):
+        raise TypeError(
+            "the pipeline's last step must be a clvqlearn concept estimator with concept_directions "
+            f"and concept_space_; got {type(concepts).__name__}."
+        )
+    check_is_fitted(extractor, "layers_", msg="The pipeline's LayerPairExtractor is not fitted; call pipe.fit(texts) first.")
+    check_is_fitted(concepts, msg=f"The pipeline's {type(concepts).__name__} is not fitted; call pipe.fit(texts) first.")
+    return extractor, concepts
+
+
+def _check_labels(labels, n: int) -> np.ndarray:
+    if labels is None:
+        raise ValueError("concept ablation needs the labels y of the texts (got None).")
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must be 1-D with one label per text ({n}); got shape {y.shape}.")
+    if np.unique(y).size < 2:
+        raise ValueError(f"labels hold a single class ({np.unique(y).tolist()}); the accuracy needs at least 2.")
+    return y
+
+
+def _resolve_classifier(classifier, extractor, required_for: str | None):
+    """A ClassifierResult, or None when none is given or found and none is needed."""
+    if isinstance(classifier, ClassifierResult):
+        return classifier
+    if isinstance(classifier, (str, os.PathLike)):
+        return load_classifier(classifier)
+    if classifier is not None:
+        raise TypeError(
+            "classifier must be a ClassifierResult (from fine_tune_classifier), the path of its "
+            f"checkpoint folder, or None; got {type(classifier).__name__}."
+        )
+    try:
+        return load_classifier(os.fspath(extractor.model))
+    except (FileNotFoundError, ValueError):
+        if required_for is None:
+            return None
+    raise ValueError(
+        f"{required_for} needs the task classifier, and none was given: the pipeline's "
+        f"LayerPairExtractor reads {extractor.model!r}, which is not a fine-tuned classifier checkpoint. "
+        "Either extract from the classifier itself (LayerPairExtractor(model=str(fine_tune_classifier(...).path))), "
+        "pass classifier=..., or use saliency='rationale' with the probe protocol."
+    )
+
+
+def _check_classes(y: np.ndarray, classifier: ClassifierResult) -> np.ndarray:
+    """Class index (head output) of every label; error if a label is not a class."""
+    classes = np.asarray(classifier.classes)
+    try:
+        known = np.isin(y, classes)
+    except TypeError:  # incomparable types
+        known = np.zeros(y.shape, dtype=bool)
+    if not known.all():
+        bad = sorted({str(v) for v in y[~known]})[:10]
+        raise ValueError(
+            f"labels {bad} are not classes of the classifier, which predicts {classes.tolist()} "
+            f"({classifier.label_names}); pass labels in the classifier's own encoding."
+        )
+    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    return np.array([lookup[v] for v in y.tolist()], dtype=np.int64)
+
+
+def _rationales_for(rationales, texts: list) -> list:
+    if rationales is None:
+        raise ValueError("saliency='rationale' needs rationales=: per text, its evidence string(s).")
+    if isinstance(rationales, Mapping):
+        missing = [i for i, t in enumerate(texts) if t not in rationales]
+        if missing:
+            raise ValueError(
+                f"rationales (a mapping text -> rationale) has no entry for {len(missing)} text(s), "
+                f"e.g. index {missing[0]}: {texts[missing[0]][:60]!r}."
+            )
+        return [rationales[t] for t in texts]
+    rationales = list(rationales)
+    if len(rationales) != len(texts):
+        raise ValueError(
+            f"Got {len(texts)} texts but {len(rationales)} rationales. Under cross-validation pass a "
+            "mapping {text: rationale} instead of a list, so each fold finds its texts' rationales."
+        )
+    return rationales
+
+
+# -------------------------------------------------------------------------- saliency
+def _saliency(classifier, extractor, texts, saliency, rationales, n_steps, max_length, device, verbose) -> Saliency:
+    source = classifier if classifier is not None else os.fspath(extractor.model)
+    key_parts = {
+        "classifier": str(classifier.path) if isinstance(classifier, ClassifierResult) else source,
+        "method": saliency,
+        "n_steps": n_steps,
+        "max_length": max_length,
+        "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        "rationales": None if rationales is None else hashlib.sha256(
+            json.dumps(rationales, default=str).encode()).hexdigest(),
+    }
+    key = json.dumps(key_parts, sort_keys=True)
+    if key in _SALIENCY_CACHE:
+        _SALIENCY_CACHE.move_to_end(key)
+        return _SALIENCY_CACHE[key]
+    sal = token_saliency(
+        source, texts, saliency=saliency, rationales=rationales, top_n=3, n_steps=n_steps,
+        max_length=max_length, device=device, verbose=verbose,
+    )
+    _SALIENCY_CACHE[key] = sal
+    while len(_SALIENCY_CACHE) > _SALIENCY_CACHE_SIZE:
+        _SALIENCY_CACHE.popitem(last=False)
+    return sal
+
+
+def clear_saliency_cache() -> None:
+    """Forget the saliency maps cached by :func:`concept_ablation_report`."""
+    _SALIENCY_CACHE.clear()
+
+
+# --------------------------------------------------------------------------- helpers
+def _relative_drop(before: float, after: float) -> float:
+    return float((before - after) / before) if before > 0 else float("nan")
+
+
+def _bootstrap_drop(correct_before, correct_after, n_bootstrap, confidence, rng) -> tuple:
+    n = correct_before.size
+    if n_bootstrap == 0 or n == 0:
+        return (float("nan"), float("nan"))
+    drops = np.empty(n_bootstrap)
+    for start in range(0, n_bootstrap, 256):
+        idx = rng.randint(0, n, size=(min(256, n_bootstrap - start), n))
+        b = correct_before[idx].mean(axis=1)
+        a = correct_after[idx].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drops[start : start + idx.shape[0]] = np.where(b > 0, (b - a) / b, np.nan)
+    alpha = (1 - confidence) / 2
+    drops = drops[np.isfinite(drops)]
+    if drops.size == 0:
+        return (float("nan"), float("nan"))
+    return (float(np.quantile(drops, alpha)), float(np.quantile(drops, 1 - alpha)))
+
+
+def _removed_norm(vectors: np.ndarray, direction_sets) -> float:
+    """Mean ||x - x'|| / ||x|| over rows."""
+    fractions = []
+    for x, D in zip(vectors, direction_sets):
+        norm = float(np.linalg.norm(x))
+        if norm == 0 or np.asarray(D).size == 0:
+            fractions.append(0.0)
+            continue
+        Q = orthonormalize(D)
+        fractions.append(float(np.linalg.norm(Q @ x)) / norm)
+    return float(np.mean(fractions)) if fractions else float("nan")
+
+
+def _salient_rows(sal: Saliency, pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per document: the row and position of the best-ranked salient token present in pairs."""
+    n = len(sal)
+    rows = np.full(n, -1, dtype=np.int64)
+    positions = np.full(n, -1, dtype=np.int64)
+    ranks = np.full(n, -1, dtype=np.int64)
+    for rank in range(sal.top_positions.shape[1]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = sal.rows(pairs, rank=rank)
+        take = (rows < 0) & (found >= 0)
+        rows[take] = found[take]
+        positions[take] = sal.top_positions[take, rank]
+        ranks[take] = rank
+    return rows, positions, ranks
+
+
+def _estimator_settings(concepts, extractor) -> dict:
+    params = concepts.get_params(deep=False)
+    keep = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {
+        "estimator": type(concepts).__name__,
+        "estimator_params": keep,
+        "model": os.fspath(extractor.model),
+        "layers": list(extractor.layers_),
+        "max_length": int(extractor.max_length),
+        "special_tokens": extractor.special_tokens,
+    }
+
+
+# ------------------------------------------------------------------------ main entry
+def concept_ablation_report(
+    pipeline,
+    texts,
+    labels,
+    *,
+    protocol: str = "probe",
+    saliency: str = "integrated_gradients",
+    classifier=None,
+    rationales=None,
+    n_steps: int = 50,
+    probe="mlp",
+    probe_params: dict | None = None,
+    n_splits: int = 5,
+    pooling: str = "auto",
+    target: str = "label",
+    splice_positions: str = "salient",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    missing: str = "skip",
+    batch_size: int = 32,
+    random_state=0,
+    device="auto",
+    verbose: bool = False,
+) -> AblationReport:
+    """Remove each sentence's salient concept and report the accuracy change.
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        Fitted ``[("extract", LayerPairExtractor), ("concepts", estimator)]``
+        with one of the four concept estimators.  The extractor should read
+        the task classifier itself (``LayerPairExtractor(model=str(path))``,
+        the paper's setting: concepts of the fine-tuned model).
+    texts : sequence of str
+        Evaluation sentences.
+    labels : array-like of shape (n_texts,)
+        Their labels; with a classifier they must be among its ``classes``.
+    protocol : {"probe", "splice"}, default="probe"
+        ``"probe"``: the paper's protocol (edit the sentence representation,
+        probe trained on clean ones, stratified CV).  ``"splice"``: edit the
+        hidden state inside the classifier's forward pass, read its head.
+    saliency : {"integrated_gradients", "rationale"}, default="integrated_gradients"
+        How the salient token is found: IG on the classifier (towards its
+        predicted class), or the first token of the human rationale.
+    classifier : ClassifierResult or str, optional
+        The fine-tuned task classifier (or its checkpoint folder).  Default:
+        the extractor's model when it is such a checkpoint.  Needed for IG
+        and for the splice protocol.
+    rationales : sequence or mapping, optional
+        For ``saliency="rationale"``: per text its evidence (string, list
+        of strings or span dicts), or a mapping ``{text: evidence}`` (use a
+        mapping under cross-validation).
+    n_steps : int, default=50
+        IG steps (the paper uses 500).
+    probe : {"mlp", "logistic"} or classifier, default="mlp"
+        The probe (see :func:`clvqlearn.evaluation.probe.make_probe`).
+    probe_params : dict, optional
+        Extra parameters of the probe.
+    n_splits : int, default=5
+        Stratified folds of the probe protocol.
+    pooling : {"auto", "cls", "mean"}, default="auto"
+        Sentence representation of the probe protocol: the first token
+        ([CLS]) for encoders, the mean of the (kept) tokens for decoders.
+    target : {"label", "prediction"}, default="label"
+        Probe protocol: train and score the probe against the gold labels or
+        against the classifier's predictions.
+    splice_positions : {"salient", "all"}, default="salient"
+        Splice protocol: edit the salient token only, or every position.
+    n_bootstrap : int, default=1000
+        Bootstrap resamples for ``drop_ci`` (0 = none).
+    confidence : float, default=0.95
+    missing : {"skip", "error"}, default="skip"
+        What to do with a sentence none of whose 3 most salient tokens is
+        among the extracted tokens (e.g. no rationale within ``max_length``).
+    batch_size : int, default=32
+        Splice forward passes.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the controls, the folds, the probes and the bootstrap.
+    device : str, default="auto"
+    verbose : bool, default=False
+
+    Returns
+    -------
+    AblationReport
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a pipeline without an extractor or a fitted concept step, labels
+        that are not the classifier's classes, texts with no token left after
+        truncation, or invalid options.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import Pipeline
+    >>> from clvqlearn.extraction import LayerPairExtractor
+    >>> from clvqlearn.concepts.kmeans import KMeansConcepts
+    >>> clf = fine_tune_classifier(train_texts, train_labels, model="minilm")  # doctest: +SKIP
+    >>> pipe = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6))),
+    ...                  ("concepts", KMeansConcepts(k=50))]).fit(fit_texts)  # doctest: +SKIP
+    >>> report = concept_ablation_report(pipe, eval_texts, eval_labels)  # doctest: +SKIP
+    >>> print(report)  # doctest: +SKIP
+    probe ablation on 200 sentences (layer 6, 37 concepts): accuracy 0.815 -> 0.640 ...
+    """
+    # ---------------------------------------------------------------- options
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}.")
+    if saliency not in SALIENCY_METHODS:
+        raise ValueError(f"saliency must be one of {SALIENCY_METHODS}; got {saliency!r}.")
+    if pooling not in ("auto", "cls", "mean"):
+        raise ValueError(f"pooling must be 'auto', 'cls' or 'mean'; got {pooling!r}.")
+    if target not in ("label", "prediction"):
+        raise ValueError(f"target must be 'label' or 'prediction'; got {target!r}.")
+    if splice_positions not in ("salient", "all"):
+        raise ValueError(f"splice_positions must be 'salient' or 'all'; got {splice_positions!r}.")
+    if missing not in ("skip", "error"):
+        raise ValueError(f"missing must be 'skip' or 'error'; got {missing!r}.")
+    if not isinstance(n_bootstrap, Integral) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be a non-negative int; got {n_bootstrap!r}.")
+    if not isinstance(confidence, Real) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}.")
+    if not isinstance(n_steps, Integral) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int; got {n_steps!r}.")
+
+    extractor, concepts = _split_pipeline(pipeline)
+    texts = check_texts(texts)
+    y = _check_labels(labels, len(texts))
+    needs = None
+    if protocol == "splice":
+        needs = "protocol='splice'"
+    elif saliency == "integrated_gradients":
+        needs = "saliency='integrated_gradients'"
+    elif target == "prediction":
+        needs = "target='prediction'"
+    clf = _resolve_classifier(classifier, extractor, needs)
+    y_index = _check_classes(y, clf) if clf is not None else None
+    rationale_list = _rationales_for(rationales, texts) if saliency == "rationale" else None
+    rng = check_random_state(random_state)
+    max_length = int(extractor.max_length)
+
+    # ------------------------------------------------------- tokens and concepts
+    pairs = extractor.transform(texts)
+    empty = np.flatnonzero(pairs.lengths == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} text(s) have no token left after truncation to max_length={max_length} and "
+            f"dropping special tokens/outliers (indices {empty[:10].tolist()}); remove them or raise max_length."
+        )
+    sal = _saliency(clf, extractor, texts, saliency, rationale_list, int(n_steps), max_length, device, verbose)
+    rows, positions, ranks = _salient_rows(sal, pairs)
+    keep = rows >= 0
+    if not keep.any():
+        raise ValueError(
+            "no sentence has a salient token among the extracted tokens (check that the classifier and "
+            "the extractor share a tokenizer, and that rationales fall within max_length)."
+        )
+    if missing == "error" and not keep.all():
+        bad = np.flatnonzero(~keep)
+        raise ValueError(f"{bad.size} text(s) have no salient token among the extracted tokens: {bad[:10].tolist()}.")
+    token_concepts = concepts.predict(pairs)
+    idx = np.flatnonzero(keep)
+    chosen = token_concepts[rows[idx]]
+    space = concepts.concept_space_
+    layer = int(extractor.layers_[0 if space == "low" else 1])
+    states = pairs.low if space == "low" else pairs.high
+    width = states.shape[1]
+    cache: dict = {}
+
+    def directions(c: int) -> np.ndarray:
+        if c not in cache:
+            D = np.asarray(concepts.concept_directions(int(c)), dtype=np.float64)
+            if D.ndim != 2 or D.shape[1] != width:
+                raise ValueError(
+                    f"{type(concepts).__name__}.concept_directions({c}) has shape {D.shape}; expected "
+                    f"(r, {width}) in the {space} layer."
+                )
+            cache[c] = D
+        return cache[c]
+
+    concept_dirs = [directions(c) for c in chosen]
+    control_dirs = [random_directions(D.shape[0], width, rng) for D in concept_dirs]
+    pool = np.unique(token_concepts)
+    other_dirs = []
+    for c in chosen:
+        candidates = pool[pool != c]
+        other = int(rng.choice(candidates)) if candidates.size else int(c)
+        other_dirs.append(directions(other))
+
+    # ---------------------------------------------------------------- protocols
+    if protocol == "probe":
+        if pooling == "auto":
+            pooling_used = "mean" if extractor.is_decoder_ else "cls"
+        else:
+            pooling_used = pooling
+        texts_kept = [texts[i] for i in idx]
+        if pooling_used == "cls":
+            reps = extractor.sentence_vectors(texts_kept, layer=layer, pooling="first").astype(np.float64)
+        else:
+            offsets = pairs.offsets
+            reps = np.stack([np.asarray(states[offsets[i] : offsets[i + 1]], dtype=np.float64).mean(axis=0) for i in idx])
+        if target == "prediction":
+            goal = np.asarray(clf.classes)[np.asarray(sal.targets)[idx]] if sal.targets is not None else np.asarray(
+                clf.predict(texts_kept, max_length=max_length))
+        else:
+            goal = y[idx]
+        variants = {
+            "after": project_out_rows(reps, concept_dirs),
+            "control": project_out_rows(reps, control_dirs),
+            "other": project_out_rows(reps, other_dirs),
+        }
+        preds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
+                                random_state=rng.randint(2**31 - 1), probe_params=probe_params)
+        before, after, control, other = preds["clean"], preds["after"], preds["control"], preds["other"]
+        truth = goal
+        removed = _removed_norm(reps, concept_dirs)
+        control_removed = _removed_norm(reps, control_dirs)
+        extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
+                 "n_splits": int(n_splits), "target": target}
+    else:
+        model, tokenizer = clf.load(device)
+        hidden = int(model.config.get_text_config().hidden_size)
+        if hidden != width:
+            raise ValueError(
+                f"the classifier's hidden size ({hidden}) differs from the extracted layer's ({width}); "
+                "the concepts must come from the classifier's own hidden states."
+            )
+        if Path(os.fspath(extractor.model)).expanduser().resolve() != Path(clf.path).resolve():
+            warnings.warn(
+                f"The concepts were learned on hidden states of {extractor.model!r} but the splice edits the "
+                f"classifier at {clf.path}; extract from the classifier (LayerPairExtractor(model=str(clf.path))) "
+                "so the directions refer to the network that is edited.",
+                UserWarning,
+                stacklevel=2,
+            )
+        texts_kept = [texts[i] for i in idx]
+        pos = positions[idx] if splice_positions == "salient" else None
+
+        def run(dirs):
+            logits = splice_logits(model, tokenizer, texts_kept, layer=None if dirs is None else layer,
+                                   directions=dirs, positions=pos, max_length=max_length, batch_size=batch_size)
+            return logits.argmax(axis=1)
+
+        before = run(None)
+        after, control, other = run(concept_dirs), run(control_dirs), run(other_dirs)
+        truth = y_index[idx]
+        if splice_positions == "salient":
+            edited = np.asarray(states[rows[idx]], dtype=np.float64)
+            removed = _removed_norm(edited, concept_dirs)
+            control_removed = _removed_norm(edited, control_dirs)
+        else:  # every extracted token of the sentence
+            token_rows = [np.arange(pairs.offsets[i], pairs.offsets[i + 1]) for i in idx]
+            edited = np.asarray(states[np.concatenate(token_rows)], dtype=np.float64)
+            removed = _removed_norm(edited, [D for D, r in zip(concept_dirs, token_rows) for _ in r])
+            control_removed = _removed_norm(edited, [D for D, r in zip(control_dirs, token_rows) for _ in r])
+        extra = {"splice_positions": splice_positions, "classifier": str(clf.path)}
+
+    # ----------------------------------------------------------------- numbers
+    correct = {name: (pred == truth) for name, pred in
+               (("before", before), ("after", after), ("control", control), ("other", other))}
+    acc = {name: float(v.mean()) for name, v in correct.items()}
+    flips = {name: float((pred != before).mean()) for name, pred in
+             (("after", after), ("control", control), ("other", other))}
+    classes, counts = np.unique(truth, return_counts=True)
+    per_class = []
+    for c in classes:
+        m = truth == c
+        label = c if y_index is None or protocol == "probe" else np.asarray(clf.classes)[c]
+        per_class.append({
+            "label": label.item() if isinstance(label, np.generic) else label,
+            "n": int(m.sum()),
+            "accuracy_before": float(correct["before"][m].mean()),
+            "accuracy_after": float(correct["after"][m].mean()),
+            "control_accuracy": float(correct["control"][m].mean()),
+            "flip_rate": float((after[m] != before[m]).mean()),
+        })
+    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float),
+                         int(n_bootstrap), float(confidence), rng)
+    label_out = truth if protocol == "probe" else y[idx]
+    sentences = []
+    for j, i in enumerate(idx):
+        r = int(rows[i])
+        sentences.append({
+            "index": int(i), "label": label_out[j].item() if isinstance(label_out[j], np.generic) else label_out[j],
+            "token": None if pairs.tokens is None else str(pairs.tokens[r]), "position": int(positions[i]),
+            "saliency_rank": int(ranks[i]), "concept": int(chosen[j]), "n_directions": int(concept_dirs[j].shape[0]),
+            "before": _plain(before[j]), "after": _plain(after[j]), "control": _plain(control[j]),
+            "other": _plain(other[j]),
+        })
+    settings = {
+        "protocol": protocol,
+        "saliency": saliency,
+        "n_steps": int(n_steps) if saliency == "integrated_gradients" else None,
+        "classifier": None if clf is None else str(clf.path),
+        "layer": layer,
+        "concept_space": space,
+        "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
+        "n_bootstrap": int(n_bootstrap),
+        "confidence": float(confidence),
+        **extra,
+        **_estimator_settings(concepts, extractor),
+    }
+    return AblationReport(
+        protocol=protocol,
+        accuracy_before=acc["before"],
+        accuracy_after=acc["after"],
+        control_accuracy=acc["control"],
+        other_concept_accuracy=acc["other"],
+        drop=_relative_drop(acc["before"], acc["after"]),
+        control_drop=_relative_drop(acc["before"], acc["control"]),
+        other_concept_drop=_relative_drop(acc["before"], acc["other"]),
+        drop_ci=ci,
+        flip_rate=flips["after"],
+        control_flip_rate=flips["control"],
+        other_concept_flip_rate=flips["other"],
+        chance_accuracy=float(counts.max() / counts.sum()),
+        removed_norm=removed,
+        control_removed_norm=control_removed,
+        per_class=per_class,
+        n_sentences=int(idx.size),
+        n_skipped=int(len(texts) - idx.size),
+        n_distinct_concepts=int(np.unique(chosen).size),
+        layer=layer,
+        concept_space=space,
+        settings=settings,
+        sentences=sentences,
+    )
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --------------------------------------------------------------------------- scorer
+_SCORES = ("drop", "drop_vs_control")
+
+
+def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -> float:
+    """Scikit-learn scorer: the relative accuracy drop when salient concepts are removed.
+
+    Greater is better (a more faithful concept set removes more of what the
+    model uses), so it plugs into ``GridSearchCV``, ``cross_val_score`` and
+    friends as ``scoring=concept_ablation_score``.  Fix options with
+    :func:`make_ablation_scorer`.
+
+    Parameters
+    ----------
+    estimator : Pipeline
+        Fitted ``[LayerPairExtractor, concept estimator]``.
+    X : sequence of str
+        Evaluation texts.
+    y : array-like
+        Their labels.
+    score : {"drop", "drop_vs_control"}, default="drop"
+        ``"drop"``: ``(before - after) / before``, the paper's number.
+        ``"drop_vs_control"``: that minus the random-direction control's drop.
+    **options
+        Passed to :func:`concept_ablation_report`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> search = GridSearchCV(pipe, {"concepts__k": [50, 100]},
+    ...                       scoring=concept_ablation_score, cv=3)  # doctest: +SKIP
+    >>> search.fit(texts, labels).best_params_  # doctest: +SKIP
+    """
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {_SCORES}; got {score!r}.")
+    report = concept_ablation_report(estimator, X, y, **options)
+    if score == "drop":
+        return float(report.drop)
+    return float(report.drop - report.control_drop)
+
+
+_REPORT_OPTIONS = set(inspect.signature(concept_ablation_report).parameters) - {"pipeline", "texts", "labels"}
+
+
+def make_ablation_scorer(**options):
+    """A :func:`concept_ablation_score` with fixed options (for ``scoring=``).
+
+    Parameters
+    ----------
+    **options
+        ``score`` and any keyword of :func:`concept_ablation_report`
+        (``protocol``, ``saliency``, ``classifier``, ``rationales``,
+        ``probe``, ...).
+
+    Returns
+    -------
+    callable
+        ``scorer(estimator, X, y) -> float`` (a picklable
+        ``functools.partial``).
+
+    Raises
+    ------
+    TypeError
+        For an unknown option.
+
+    Examples
+    --------
+    >>> scorer = make_ablation_scorer(protocol="splice", n_steps=16)
+    >>> scorer.keywords["protocol"]
+    'splice'
+    >>> make_ablation_scorer(protocl="splice")
+    Traceback (most recent call last):
+    ...
+    TypeError: unknown option(s) ['protocl'] ...
+    """
+    unknown = sorted(set(options) - _REPORT_OPTIONS - {"score"})
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for concept_ablation_score; valid: {sorted(_REPORT_OPTIONS | {'score'})}.")
+    if "protocol" in options and options["protocol"] not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {options['protocol']!r}.")
+    if "score" in options and options["score"] not in _SCORES:
+        raise ValueError(f"score must be one of {_SCORES}; got {options['score']!r}.")
+    return functools.partial(concept_ablation_score, **options)

@@ -1,0 +1,224 @@
+"""Orthogonal projection of concept directions out of vectors (numpy and torch).
+
+The one piece of linear algebra behind concept removal: given directions
+``D`` (r, d) spanning a subspace ``S``, a vector ``x`` is replaced by its
+component orthogonal to ``S``::
+
+    x' = x - Q^T (Q x),    Q = orthonormal basis of span(D)  (rows)
+
+so ``Q x' = 0`` (nothing of the concept is left), projecting twice changes
+nothing (idempotent), and a vector already orthogonal to ``S`` is returned
+unchanged.  Directions are always re-orthonormalised here (QR, dropping
+directions that add nothing), so callers may pass any spanning set.
+
+Both the probe protocol (sentence vectors, numpy) and the splice protocol
+(hidden states inside a forward pass, torch) use these functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+__all__ = ["orthonormalize", "project_out", "project_out_rows", "project_out_torch", "random_directions"]
+
+
+def orthonormalize(directions, *, rtol: float = 1e-8) -> np.ndarray:
+    """An orthonormal basis (rows) of the span of ``directions``.
+
+    Parameters
+    ----------
+    directions : array-like of shape (r, d) or (d,)
+        Spanning vectors (rows).  Zero rows and rows that add no new
+        direction are dropped.
+    rtol : float, default=1e-8
+        A direction is dropped when the QR diagonal is below ``rtol`` times the
+        largest row norm.
+
+    Returns
+    -------
+    ndarray of shape (r', d), float64, r' <= r
+        Orthonormal rows spanning the same subspace.
+
+    Raises
+    ------
+    ValueError
+        When ``directions`` is not 1-D or 2-D, or holds NaN or infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Q = orthonormalize([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [3.0, 3.0, 0.0]])
+    >>> Q.shape, np.allclose(Q @ Q.T, np.eye(2))
+    ((2, 3), True)
+    """
+    D = np.asarray(directions, dtype=np.float64)
+    if D.ndim == 1:
+        D = D[None, :]
+    if D.ndim != 2:
+        raise ValueError(f"directions must have shape (r, d) or (d,); got shape {D.shape}.")
+    if not np.all(np.isfinite(D)):
+        raise ValueError("directions contain NaN or infinity.")
+    if D.shape[0] == 0:
+        return np.zeros((0, D.shape[1]))
+    scale = float(np.linalg.norm(D, axis=1).max())
+    if scale == 0.0:
+        return np.zeros((0, D.shape[1]))
+    # QR with column pivoting is not in numpy; Gram-Schmidt twice is stable
+    # enough for the few directions a concept has.
+    basis: list[np.ndarray] = []
+    for row in D / scale:
+        residual = row.copy()
+        for _ in range(2):
+            for q in basis:
+                residual -= (residual @ q) * q
+        norm = float(np.linalg.norm(residual))
+        if norm > rtol:
+            basis.append(residual / norm)
+    return np.asarray(basis).reshape(len(basis), D.shape[1])
+
+
+def project_out(X, directions) -> np.ndarray:
+    """Remove the span of ``directions`` from every row of ``X``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d) or (d,)
+        Vectors.
+    directions : array-like of shape (r, d) or (d,)
+        Directions to remove (any spanning set; orthonormalised here).
+
+    Returns
+    -------
+    ndarray of the shape of ``X``
+        ``X - (X Q^T) Q`` in float64 (or ``X``'s float dtype when it has one).
+
+    Raises
+    ------
+    ValueError
+        When the widths of ``X`` and ``directions`` differ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> project_out([3.0, 4.0], [1.0, 0.0]).tolist()
+    [0.0, 4.0]
+    >>> project_out(np.array([[1.0, 2.0, 3.0]]), [[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]).tolist()
+    [[1.0, 0.0, 0.0]]
+    """
+    X_arr = np.asarray(X)
+    dtype = X_arr.dtype if np.issubdtype(X_arr.dtype, np.floating) else np.float64
+    Xf = X_arr.astype(np.float64, copy=False)
+    Q = orthonormalize(directions)
+    width = Xf.shape[-1] if Xf.ndim else 0
+    if Xf.ndim not in (1, 2) or Q.shape[1] != width:
+        raise ValueError(
+            f"X must have shape (n, d) or (d,) with d equal to the directions' width {Q.shape[1]}; "
+            f"got X of shape {Xf.shape}."
+        )
+    out = Xf - (Xf @ Q.T) @ Q
+    return out.astype(dtype, copy=False)
+
+
+def project_out_rows(X, directions_per_row) -> np.ndarray:
+    """Remove a different subspace from each row of ``X``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        One vector per row (e.g. one sentence representation per sentence).
+    directions_per_row : sequence of n arrays of shape (r_i, d)
+        The directions to remove from row ``i`` (``r_i`` may be 0: the row is
+        left unchanged).
+
+    Returns
+    -------
+    ndarray of shape (n, d)
+
+    Raises
+    ------
+    ValueError
+        When the number of direction sets differs from the number of rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 2.0], [1.0, 2.0]])
+    >>> project_out_rows(X, [np.array([[1.0, 0.0]]), np.zeros((0, 2))]).tolist()
+    [[0.0, 2.0], [1.0, 2.0]]
+    """
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (one vector per row); got shape {X.shape}.")
+    if len(directions_per_row) != X.shape[0]:
+        raise ValueError(
+            f"Got {X.shape[0]} rows but {len(directions_per_row)} direction sets: expected one per row."
+        )
+    out = np.empty(X.shape, dtype=X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64)
+    for i, D in enumerate(directions_per_row):
+        D = np.asarray(D)
+        out[i] = X[i] if D.size == 0 else project_out(X[i], D)
+    return out
+
+
+def random_directions(rank: int, dim: int, random_state=None) -> np.ndarray:
+    """Orthonormalised Gaussian directions: the random-direction control.
+
+    Parameters
+    ----------
+    rank : int
+        Number of directions (0 gives an empty (0, dim) array).
+    dim : int
+        Their width.
+    random_state : int, RandomState instance or None
+        Seed (``sklearn.utils.check_random_state``); no global state is used.
+
+    Returns
+    -------
+    ndarray of shape (rank, dim)
+        Orthonormal rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> R = random_directions(2, 5, random_state=0)
+    >>> R.shape, np.allclose(R @ R.T, np.eye(2))
+    ((2, 5), True)
+    """
+    if not isinstance(rank, (int, np.integer)) or rank < 0:
+        raise ValueError(f"rank must be a non-negative int; got {rank!r}.")
+    if not isinstance(dim, (int, np.integer)) or dim < 1 or rank > dim:
+        raise ValueError(f"dim must be an int >= max(1, rank={rank}); got {dim!r}.")
+    rng = check_random_state(random_state)
+    if rank == 0:
+        return np.zeros((0, int(dim)))
+    return orthonormalize(rng.standard_normal((int(rank), int(dim))))
+
+
+def project_out_torch(hidden, directions):
+    """Torch version of :func:`project_out` for batched hidden states.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor of shape (..., d)
+        Vectors (any leading shape).
+    directions : torch.Tensor of shape (r, d)
+        ORTHONORMAL rows (zero rows are allowed and remove nothing); same
+        dtype and device as ``hidden``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``hidden - (hidden Q^T) Q``, a new tensor (``hidden`` is not modified).
+
+    Examples
+    --------
+    >>> import torch
+    >>> project_out_torch(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])).tolist()
+    [[0.0, 4.0]]
+    """
+    if directions.dim() != 2 or directions.shape[-1] != hidden.shape[-1]:
+        raise ValueError(
+            f"directions must have shape (r, {hidden.shape[-1]}); got {tuple(directions.shape)}."
+        )
+    return hidden - (hidden @ directions.T) @ directions

@@ -1,0 +1,745 @@
+"""`LayerPairExtractor`: texts in, token vectors of two layers out.
+
+The extractor is a scikit-learn transformer.  ``fit`` checks the parameters
+and the model's depth; ``transform`` runs the language model over the
+documents and returns a :class:`~clvqlearn.pairs.LayerPairs` with one row
+per (non-padding, optionally non-special, non-outlier) token.  Documents go
+in and token rows come out: that deviates from scikit-learn's "same number
+of rows" contract on purpose.  Pipelines and cross-validation still work
+because ``len(pairs)`` is the number of documents and CV splits documents.
+
+How it is fast:
+
+* texts are tokenised once, sorted by length and cut into length-bucketed
+  batches padded to their longest member (the output is put back in the
+  original document order);
+* the forward runs under ``torch.inference_mode`` and STOPS after the
+  higher layer: forward hooks capture the requested block outputs and the
+  hook on block ``h`` raises a private exception, so blocks above ``h``
+  never run (hooks are removed in ``finally``);
+* activations are written straight into preallocated arrays (float16 if
+  asked) or, above a size threshold, into ``np.memmap`` files;
+* bfloat16 autocast is available as an opt-in (``compute_dtype``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._sklearn_compat import Interval, StrOptions
+from ._torch_utils import resolve_device
+from .models import get_layer_list, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
+from .pairs import LayerPairs
+
+__all__ = ["LayerPairExtractor"]
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the highest requested layer has been computed."""
+
+
+@dataclass
+class _Encoded:
+    """Tokenised documents (no padding)."""
+
+    ids: list  # list of lists of int
+    keep: list  # list of bool arrays: rows to keep (special-token rule applied)
+    lengths: np.ndarray  # tokens per document (model input length)
+
+
+@dataclass
+class _Batch:
+    """One batch's kept rows, document after document (batch order)."""
+
+    docs: np.ndarray  # document indices, shape (B,)
+    counts: np.ndarray  # rows kept per document, shape (B,)
+    states: list  # one float32 array (R, d) per requested layer
+    token_ids: np.ndarray  # (R,)
+    positions: np.ndarray  # (R,)
+    n_dropped: int  # outlier rows removed
+
+
+def _check_texts(texts, name: str = "texts") -> list:
+    """Validate a corpus: a non-empty sequence of non-blank strings."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of strings (one per document), not a single string; wrap it: [text]."
+        )
+    if texts is None or not hasattr(texts, "__len__") or not hasattr(texts, "__iter__"):
+        raise TypeError(f"{name} must be a list (or array / Series) of strings; got {type(texts).__name__}.")
+    if hasattr(texts, "ndim") and getattr(texts, "ndim", 1) != 1:
+        raise ValueError(f"{name} must be one-dimensional (one string per document); got ndim={texts.ndim}.")
+    items = list(texts.tolist() if hasattr(texts, "tolist") else texts)
+    if not items:
+        raise ValueError(f"{name} is empty: LayerPairExtractor needs at least one document.")
+    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
+    if bad:
+        kinds = sorted({type(items[i]).__name__ for i in bad})
+        raise TypeError(
+            f"{name} must contain only strings; items at indices {bad[:10]}"
+            f"{' ...' if len(bad) > 10 else ''} are {', '.join(kinds)}."
+        )
+    blank = [i for i, t in enumerate(items) if not t.strip()]
+    if blank:
+        raise ValueError(
+            f"{name} contains {len(blank)} empty or whitespace-only document(s) at indices {blank[:10]}"
+            f"{' ...' if len(blank) > 10 else ''}; they have no tokens to extract. Remove them first, "
+            "e.g. texts = [t for t in texts if t.strip()]."
+        )
+    return items
+
+
+class LayerPairExtractor(TransformerMixin, BaseEstimator):
+    """Token hidden states of a lower and a higher layer of a language model.
+
+    Parameters
+    ----------
+    model : str, default="minilm"
+        A packaged short name (``"minilm"``, ``"smollm2"``), a local
+        directory saved with ``save_pretrained``, a ``.gguf`` file, or a
+        Hugging Face id already in the local cache.  Always a string: the
+        model is loaded lazily and never pickled.
+    layers : tuple of (int, int), default=(4, 6)
+        ``(low, high)`` layer indices: 0 is the embeddings output, ``i`` the
+        output of block ``i``, ``n_layers`` the model's last hidden state
+        (for decoders with a final norm, after that norm, as Hugging Face's
+        ``output_hidden_states`` reports it).  Negative indices count from
+        the end (-1 is the last layer).  ``low <= high``.
+    max_length : int, default=300
+        Truncate documents to this many tokens (special tokens included),
+        as in the paper.
+    batch_size : int, default=32
+        Documents per forward pass.
+    special_tokens : {"drop", "keep"}, default="drop"
+        Drop the tokenizer's special tokens ([CLS], [SEP], BOS, ...) from the
+        output rows, or keep them.
+    outliers : {"drop", "keep"}, default="drop"
+        Drop "massive activation" rows: tokens whose norm at the low or the
+        high layer exceeds ``outlier_threshold`` times the median token norm
+        of that layer in the batch.  SmolLM2's first token (an attention
+        sink) has a norm 30-150x the median from layer 12 to 28 (ordinary
+        tokens stay below 2x), and would dominate any MSE-based concept
+        model.  The number dropped is stored in ``pairs.extra["n_outliers"]``.
+        MiniLM has no such rows (all tokens below 3x the median).
+    outlier_threshold : float, default=10.0
+        Multiple of the batch's median token norm above which a row is an
+        outlier (see ``outliers``).
+    storage_dtype : {"float32", "float16"}, default="float32"
+        dtype of the returned arrays (float16 halves memory; values beyond
+        float16's range raise an error).
+    compute_dtype : {"float32", "bfloat16"}, default="float32"
+        ``"bfloat16"`` runs the forward under ``torch.autocast`` (opt-in:
+        faster on recent hardware, less exact).
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.  Results always
+        come back to the CPU.
+    memmap_dir : str or path-like, optional
+        When set, outputs larger than ``memmap_threshold_mb`` are written to
+        ``np.memmap`` files in a new sub-folder of this folder instead of RAM,
+        so corpora larger than memory can be extracted.  The files belong to
+        the returned LayerPairs; use ``pairs.save(path)`` to keep a copy.
+    memmap_threshold_mb : float, default=1024
+        Size (MiB of low + high activations) from which ``memmap_dir`` is
+        used; 0 always uses it.
+    verbose : bool or int, default=False
+        Show a tqdm progress bar.
+    trust_remote_code : bool, default=False
+        Allow code shipped with a checkpoint to run (off unless asked).
+
+    Attributes
+    ----------
+    layers_ : tuple of (int, int)
+        The non-negative layer indices.
+    n_layers_ : int
+        Number of transformer blocks of the model.
+    hidden_size_ : int
+        Width of the hidden states.
+    is_decoder_ : bool
+        Whether the model is a causal decoder.
+    model_ : transformers.PreTrainedModel
+        The bare model (lazy property, loaded on first use, not pickled).
+    tokenizer_ : transformers.PreTrainedTokenizerBase
+        Its tokenizer (lazy property, not pickled).
+
+    See Also
+    --------
+    clvqlearn.LayerPairs : the output container.
+    clvqlearn.models.resolve_layers : the layer index convention.
+
+    Notes
+    -----
+    ``transform`` equals a bare Hugging Face forward with
+    ``output_hidden_states=True`` on the same inputs (right padding), minus
+    the padding rows, for any layer pair.
+
+    Examples
+    --------
+    >>> from clvqlearn.extraction import LayerPairExtractor
+    >>> ext = LayerPairExtractor("minilm", layers=(4, 6), max_length=32)
+    >>> pairs = ext.fit_transform(["The cat sat.", "Stocks fell sharply on Monday."])
+    >>> len(pairs), pairs.low.shape[1], pairs.layers
+    (2, 384, (4, 6))
+    >>> list(pairs.tokens[:3])
+    ['the', 'cat', 'sat']
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, os.PathLike],
+        "layers": ["array-like"],
+        "max_length": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "special_tokens": [StrOptions({"drop", "keep"})],
+        "outliers": [StrOptions({"drop", "keep"})],
+        "outlier_threshold": [Interval(Real, 1, None, closed="neither")],
+        "storage_dtype": [StrOptions({"float32", "float16"})],
+        "compute_dtype": [StrOptions({"float32", "bfloat16"})],
+        "device": [str],
+        "memmap_dir": [None, str, os.PathLike],
+        "memmap_threshold_mb": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "trust_remote_code": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model="minilm",
+        layers=(4, 6),
+        *,
+        max_length=300,
+        batch_size=32,
+        special_tokens="drop",
+        outliers="drop",
+        outlier_threshold=10.0,
+        storage_dtype="float32",
+        compute_dtype="float32",
+        device="auto",
+        memmap_dir=None,
+        memmap_threshold_mb=1024,
+        verbose=False,
+        trust_remote_code=False,
+    ):
+        self.model = model
+        self.layers = layers
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.special_tokens = special_tokens
+        self.outliers = outliers
+        self.outlier_threshold = outlier_threshold
+        self.storage_dtype = storage_dtype
+        self.compute_dtype = compute_dtype
+        self.device = device
+        self.memmap_dir = memmap_dir
+        self.memmap_threshold_mb = memmap_threshold_mb
+        self.verbose = verbose
+        self.trust_remote_code = trust_remote_code
+
+    # ------------------------------------------------------------------ sklearn glue
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        for key in [k for k in state if k.startswith("_cache_")]:
+            del state[key]
+        return state
+
+    def __setstate__(self, state):
+        device = state.get("device")
+        if isinstance(device, str) and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                warnings.warn(
+                    f"This LayerPairExtractor was saved with device={device!r} but CUDA is not "
+                    "available here; it will run on the CPU (device='cpu').",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                state = dict(state, device="cpu")
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:
+            self.__dict__.update(state)
+
+    # ------------------------------------------------------------------ lazy model
+    def _load_key(self):
+        return (os.fspath(self.model), str(self.device), bool(self.trust_remote_code))
+
+    @property
+    def model_(self):
+        """The bare HF model on the extractor's device (loaded on first use)."""
+        key = self._load_key()
+        if getattr(self, "_cache_model", None) is None or getattr(self, "_cache_model_key", None) != key:
+            self._cache_model = load_model(
+                os.fspath(self.model),
+                device=resolve_device(self.device),
+                trust_remote_code=self.trust_remote_code,
+            )
+            self._cache_model_key = key
+        return self._cache_model
+
+    @property
+    def tokenizer_(self):
+        """The model's tokenizer (loaded on first use)."""
+        key = self._load_key()
+        if getattr(self, "_cache_tokenizer", None) is None or getattr(self, "_cache_tokenizer_key", None) != key:
+            self._cache_tokenizer = load_tokenizer(os.fspath(self.model), trust_remote_code=self.trust_remote_code)
+            self._cache_tokenizer_key = key
+        return self._cache_tokenizer
+
+    # ------------------------------------------------------------------ fit / transform
+    def fit(self, texts, y=None):
+        """Check the parameters, load the model and check the layers.
+
+        Parameters
+        ----------
+        texts : list of str
+            Documents (only validated; nothing is learned from them).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        if not isinstance(self.model, (str, os.PathLike)):
+            raise TypeError(
+                "LayerPairExtractor(model=...) must be a string (a packaged short name such as "
+                "'minilm' or 'smollm2', a local directory or a Hugging Face id), not "
+                f"{type(self.model).__name__}: the extractor loads the model itself so that clone() "
+                "and pickling stay cheap."
+            )
+        self._validate_params()
+        _check_texts(texts)
+        resolve_device(self.device)  # fail early on an unavailable device
+        layers = self.layers
+        if isinstance(layers, (str, bytes)) or len(layers) != 2:
+            raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
+        spec = resolve_model(os.fspath(self.model), trust_remote_code=self.trust_remote_code)
+        model = self.model_
+        n = num_layers(model)
+        low, high = resolve_layers(layers, n)
+        if low > high:
+            raise ValueError(
+                f"layers must be (low, high) with low <= high; got {tuple(layers)} = ({low}, {high}) "
+                f"for a model with {n} layers."
+            )
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        if isinstance(max_pos, int) and self.max_length > max_pos:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the model's maximum sequence length "
+                f"({max_pos} positions); use max_length <= {max_pos}."
+            )
+        self.layers_ = (low, high)
+        self.n_layers_ = n
+        self.hidden_size_ = int(model.config.get_text_config().hidden_size)
+        self.is_decoder_ = bool(spec.is_decoder)
+        return self
+
+    def transform(self, texts) -> LayerPairs:
+        """Hidden states of ``layers`` for every kept token of ``texts``.
+
+        Parameters
+        ----------
+        texts : list of str
+            Documents.
+
+        Returns
+        -------
+        LayerPairs
+            Rows in document order, tokens in position order; padding never
+            appears, special tokens and outliers as the parameters say.
+        """
+        check_is_fitted(self, "layers_")
+        texts = _check_texts(texts)
+        low, high = self.layers_
+        enc = self._encode(texts, self.special_tokens)
+        upper = np.array([int(k.sum()) for k in enc.keep], dtype=np.int64)
+        upper_off = np.concatenate([[0], np.cumsum(upper)])
+        n_upper = int(upper_off[-1])
+        dtype = np.dtype(self.storage_dtype)
+        d = self.hidden_size_
+        arrays, folder = self._allocate(n_upper, d, dtype)
+        low_arr, high_arr = arrays
+        token_ids = np.empty(n_upper, dtype=np.int64)
+        positions = np.empty(n_upper, dtype=np.int64)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        n_dropped = 0
+        layer_list = (low, high) if low != high else (low,)
+        for batch in self._iter_batches(enc, layer_list, outliers=self.outliers):
+            states = batch.states if low != high else batch.states * 2
+            self._check_range(states)
+            row = 0
+            for doc, c in zip(batch.docs, batch.counts):
+                start = upper_off[doc]
+                low_arr[start : start + c] = states[0][row : row + c]
+                high_arr[start : start + c] = states[1][row : row + c]
+                token_ids[start : start + c] = batch.token_ids[row : row + c]
+                positions[start : start + c] = batch.positions[row : row + c]
+                counts[doc] = c
+                row += c
+            n_dropped += batch.n_dropped
+        if np.any(counts != upper):
+            low_arr, high_arr, token_ids, positions = _compact(
+                [low_arr, high_arr, token_ids, positions], upper_off, counts
+            )
+        else:
+            low_arr, high_arr = low_arr[:n_upper], high_arr[:n_upper]
+        if isinstance(low_arr, np.memmap):
+            low_arr.flush()
+            high_arr.flush()
+        tokens = np.asarray(self.tokenizer_.convert_ids_to_tokens(token_ids.tolist()), dtype=object)
+        extra = {
+            "n_outliers": int(n_dropped),
+            "outliers": self.outliers,
+            "outlier_threshold": float(self.outlier_threshold),
+            "special_tokens": self.special_tokens,
+            "max_length": int(self.max_length),
+            "storage_dtype": self.storage_dtype,
+            "compute_dtype": self.compute_dtype,
+        }
+        if folder is not None:
+            extra["memmap_dir"] = str(folder)
+        return LayerPairs(
+            low=low_arr,
+            high=high_arr,
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            token_ids=token_ids,
+            tokens=tokens,
+            positions=positions,
+            layers=(low, high),
+            model_name=os.fspath(self.model),
+            extra=extra,
+        )
+
+    # ------------------------------------------------------------------ helpers for evaluation
+    def hidden_states(self, texts, layers=None, *, special_tokens=None, outliers=None) -> list:
+        """Per-document hidden states of any layers, with the same machinery.
+
+        Parameters
+        ----------
+        texts : list of str
+            Documents.
+        layers : int or sequence of int, optional
+            Layer indices (same convention as ``layers``; negative allowed).
+            Default: the fitted ``(low, high)`` pair.
+        special_tokens : {"drop", "keep"}, optional
+            Override the extractor's setting (e.g. "keep" to read [CLS]).
+        outliers : {"drop", "keep"}, optional
+            Override the extractor's setting.
+
+        Returns
+        -------
+        list of ndarray
+            One float32 array per document, shape ``(n_layers, n_rows, d)``,
+            rows in position order.
+
+        Examples
+        --------
+        >>> ext = LayerPairExtractor("minilm", layers=(4, 6), max_length=32).fit(["x"])
+        >>> states = ext.hidden_states(["A short text."], layers=[0, -1], special_tokens="keep")
+        >>> states[0].shape  # 2 layers, [CLS] a short text . [SEP]
+        (2, 6, 384)
+        """
+        check_is_fitted(self, "layers_")
+        texts = _check_texts(texts)
+        wanted = self.layers_ if layers is None else resolve_layers(layers, self.n_layers_)
+        special_tokens = self.special_tokens if special_tokens is None else special_tokens
+        outliers = self.outliers if outliers is None else outliers
+        if special_tokens not in ("drop", "keep"):
+            raise ValueError(f"special_tokens must be 'drop' or 'keep'; got {special_tokens!r}")
+        if outliers not in ("drop", "keep"):
+            raise ValueError(f"outliers must be 'drop' or 'keep'; got {outliers!r}")
+        unique = tuple(sorted(set(wanted)))
+        where = [unique.index(v) for v in wanted]
+        enc = self._encode(texts, special_tokens)
+        out = [None] * len(texts)
+        for batch in self._iter_batches(enc, unique, outliers=outliers):
+            row = 0
+            for doc, c in zip(batch.docs, batch.counts):
+                out[doc] = np.stack([batch.states[w][row : row + c] for w in where])
+                row += c
+        return out
+
+    def sentence_vectors(self, texts, layer=None, *, pooling="mean") -> np.ndarray:
+        """One vector per document at one layer.
+
+        Parameters
+        ----------
+        texts : list of str
+            Documents.
+        layer : int, optional
+            Layer index (default: the high layer).
+        pooling : {"mean", "first", "last"}, default="mean"
+            ``"mean"`` averages the rows ``transform`` would return (special
+            tokens and outliers as configured); ``"first"`` is the first input
+            token with special tokens kept ([CLS] for BERT); ``"last"`` the last
+            input token (the usual sentence vector of a decoder).
+
+        Returns
+        -------
+        ndarray of shape (n_docs, hidden_size)
+            float32.  A document with no kept rows under ``"mean"`` gets NaN.
+
+        Examples
+        --------
+        >>> ext = LayerPairExtractor("minilm", max_length=32).fit(["x"])
+        >>> ext.sentence_vectors(["One.", "Two words."], pooling="first").shape
+        (2, 384)
+        """
+        if pooling not in ("mean", "first", "last"):
+            raise ValueError(f"pooling must be 'mean', 'first' or 'last'; got {pooling!r}")
+        check_is_fitted(self, "layers_")
+        layer = self.layers_[1] if layer is None else layer
+        if pooling == "mean":
+            states = self.hidden_states(texts, [layer])
+        else:
+            states = self.hidden_states(texts, [layer], special_tokens="keep", outliers="keep")
+        out = np.full((len(states), self.hidden_size_), np.nan, dtype=np.float32)
+        for i, s in enumerate(states):
+            if s.shape[1]:
+                out[i] = s[0].mean(axis=0) if pooling == "mean" else s[0][0 if pooling == "first" else -1]
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _encode(self, texts: list, special_tokens: str) -> _Encoded:
+        tok = self.tokenizer_
+        enc = tok(
+            texts,
+            truncation=True,
+            max_length=int(self.max_length),
+            add_special_tokens=True,
+            return_special_tokens_mask=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        ids = enc["input_ids"]
+        masks = enc["special_tokens_mask"]
+        if special_tokens == "drop":
+            keep = [np.asarray(m, dtype=bool) == False for m in masks]  # noqa: E712
+        else:
+            keep = [np.ones(len(i), dtype=bool) for i in ids]
+        lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        return _Encoded(ids=ids, keep=keep, lengths=lengths)
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer_
+        for value in (tok.pad_token_id, tok.eos_token_id, getattr(self.model_.config, "pad_token_id", None)):
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def _allocate(self, n_rows: int, d: int, dtype: np.dtype):
+        nbytes = 2 * n_rows * d * dtype.itemsize
+        use_memmap = self.memmap_dir is not None and nbytes >= float(self.memmap_threshold_mb) * 2**20
+        if not use_memmap:
+            return [np.empty((n_rows, d), dtype=dtype) for _ in range(2)], None
+        folder = Path(self.memmap_dir).expanduser() / f"clvq-pairs-{uuid.uuid4().hex[:12]}"
+        folder.mkdir(parents=True, exist_ok=False)
+        arrays = [
+            np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(max(n_rows, 0), d))
+            for name in ("low", "high")
+        ]
+        return arrays, folder
+
+    def _check_range(self, states) -> None:
+        if self.storage_dtype != "float16":
+            return
+        for s in states:
+            if s.size and float(np.abs(s).max()) > _FLOAT16_MAX:
+                raise ValueError(
+                    "Hidden-state values exceed the float16 range (65504), so storage_dtype='float16' "
+                    "would store inf. Use storage_dtype='float32' or outliers='drop'."
+                )
+
+    def _iter_batches(self, enc: _Encoded, layers: tuple, *, outliers: str):
+        """Run the model batch by batch in length order; yield kept rows."""
+        import torch
+
+        model = self.model_
+        device = next(model.parameters()).device
+        pad_id = self._pad_id()
+        order = np.argsort(-enc.lengths, kind="stable")
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        progress = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(enc.ids), desc=f"{self.model} layers {layers}", unit="doc")
+        try:
+            for docs in batches:
+                lens = enc.lengths[docs]
+                width = int(lens.max())
+                if width == 0:  # only documents that tokenised to nothing
+                    states = [np.zeros((0, self.hidden_size_), np.float32) for _ in layers]
+                    yield _Batch(docs, np.zeros(len(docs), np.int64), states, np.zeros(0, np.int64),
+                                 np.zeros(0, np.int64), 0)
+                    continue
+                input_ids = np.full((len(docs), width), pad_id, dtype=np.int64)
+                attention = np.zeros((len(docs), width), dtype=np.int64)
+                keep = np.zeros((len(docs), width), dtype=bool)
+                for j, doc in enumerate(docs):
+                    n = lens[j]
+                    input_ids[j, :n] = enc.ids[doc]
+                    attention[j, :n] = 1
+                    keep[j, :n] = enc.keep[doc]
+                captured = self._forward(
+                    model,
+                    torch.from_numpy(input_ids).to(device),
+                    torch.from_numpy(attention).to(device),
+                    layers,
+                )
+                keep_t = torch.from_numpy(keep).to(device)
+                rows = [captured[layer][keep_t].float() for layer in layers]
+                n_dropped = 0
+                if outliers == "drop" and rows[0].shape[0] > 0:
+                    bad = torch.zeros(rows[0].shape[0], dtype=torch.bool, device=device)
+                    for r in rows:
+                        norms = torch.linalg.vector_norm(r, dim=1)
+                        bad |= norms > float(self.outlier_threshold) * norms.median()
+                    n_dropped = int(bad.sum())
+                    if n_dropped:
+                        full_keep = keep.copy()
+                        flat_idx = np.flatnonzero(keep.ravel())
+                        full_keep.ravel()[flat_idx[bad.cpu().numpy()]] = False
+                        keep = full_keep
+                        rows = [r[~bad] for r in rows]
+                states = [r.cpu().numpy() for r in rows]
+                pos_grid = np.broadcast_to(np.arange(width), keep.shape)
+                yield _Batch(
+                    docs=docs,
+                    counts=keep.sum(axis=1).astype(np.int64),
+                    states=states,
+                    token_ids=input_ids[keep],
+                    positions=pos_grid[keep].astype(np.int64),
+                    n_dropped=n_dropped,
+                )
+                if progress is not None:
+                    progress.update(len(docs))
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _forward(self, model, input_ids, attention_mask, layers) -> dict:
+        """One forward pass that stops after the highest requested layer.
+
+        Returns ``{layer: tensor (B, L, d)}``.  Layer 0 is captured as the
+        input of the first block, layer ``i`` as the output of block ``i``,
+        and layer ``n_layers`` is the model's ``last_hidden_state`` (after
+        the final norm where the model has one), matching Hugging Face's
+        ``output_hidden_states``.
+        """
+        import torch
+
+        blocks = get_layer_list(model)
+        n = len(blocks)
+        top = max(layers)
+        captured: dict = {}
+        handles = []
+
+        def first_tensor(value):
+            return value[0] if isinstance(value, (tuple, list)) else value
+
+        def make_pre_hook():
+            def hook(module, args, kwargs):
+                captured[0] = args[0] if args else kwargs["hidden_states"]
+                if top == 0:
+                    raise _StopForward
+
+            return hook
+
+        def make_hook(layer):
+            def hook(module, args, output):
+                captured[layer] = first_tensor(output)
+                if layer == top:
+                    raise _StopForward
+
+            return hook
+
+        try:
+            if 0 in layers:
+                handles.append(blocks[0].register_forward_pre_hook(make_pre_hook(), with_kwargs=True))
+            for layer in layers:
+                if 0 < layer < n:
+                    handles.append(blocks[layer - 1].register_forward_hook(make_hook(layer)))
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if _accepts(model, "use_cache"):
+                kwargs["use_cache"] = False
+            autocast = (
+                torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16)
+                if self.compute_dtype == "bfloat16"
+                else contextlib.nullcontext()
+            )
+            with torch.inference_mode(), autocast:
+                try:
+                    output = model(**kwargs)
+                except _StopForward:
+                    output = None
+            if n in layers:
+                if output is None:  # pragma: no cover - top == n never raises
+                    raise RuntimeError("the forward stopped before the last layer")
+                captured[n] = output.last_hidden_state
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def _compact(arrays, upper_off: np.ndarray, counts: np.ndarray):
+    """Move each document's first ``counts[i]`` rows to the front, in place.
+
+    Rows of document ``i`` were written into the slot
+    ``upper_off[i]:upper_off[i + 1]``; dropped outliers leave gaps at the end
+    of slots.  The destination of every row is at or before its source, so
+    copying forward chunk by chunk is safe (also for memmaps).
+    """
+    slot = np.diff(upper_off)
+    n_docs = counts.size
+    valid = np.zeros(int(upper_off[-1]), dtype=bool)
+    # position of each row within its slot
+    within = np.arange(valid.size) - np.repeat(upper_off[:-1], slot)
+    valid[:] = within < np.repeat(counts, slot)
+    src = np.flatnonzero(valid)
+    n = int(counts.sum())
+    chunk = 1 << 16
+    out = []
+    for a in arrays:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            a[start:stop] = a[src[start:stop]]
+        if isinstance(a, np.memmap) or not a.flags.owndata:
+            out.append(a[:n])
+        else:
+            try:
+                a.resize((n,) + a.shape[1:], refcheck=False)
+                out.append(a)
+            except (ValueError, SystemError):  # pragma: no cover
+                out.append(a[:n].copy())
+    del n_docs
+    return out

@@ -1,0 +1,30 @@
+"""Choose the codebook size with GridSearchCV (the extractor runs once per fold,
+thanks to ``Pipeline(memory=...)``).
+
+    python examples/grid_search.py
+"""
+
+import tempfile
+
+from joblib import Memory
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from clvqlearn import CrossLayerVQ, LayerPairExtractor
+from clvqlearn.datasets import load_bbc_news
+
+texts = load_bbc_news().sample(90, random_state=0).texts
+
+with tempfile.TemporaryDirectory() as cache:
+    pipe = Pipeline(
+        [
+            ("extract", LayerPairExtractor("minilm", layers=(4, 6), max_length=48)),
+            ("concepts", CrossLayerVQ(decoder="mlp", decoder_hidden=256, max_epochs=3, top_k=2,
+                                      random_state=0)),
+        ],
+        memory=Memory(cache, verbose=0),
+    )
+    # score = held-out fraction of variance of layer 6 explained (higher is better)
+    search = GridSearchCV(pipe, {"concepts__k": [8, 32]}, cv=2).fit(texts)
+    print("best k:", search.best_params_["concepts__k"])
+    print("mean held-out FVE per k:", dict(zip([8, 32], search.cv_results_["mean_test_score"].round(3))))

@@ -1,0 +1,411 @@
+"""Concept removal (clvqlearn.evaluation.ablation, probe, splice, projection)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.pipeline import Pipeline
+
+from clvqlearn.concepts.kmeans import KMeansConcepts
+from clvqlearn.evaluation.ablation import (
+    AblationReport,
+    concept_ablation_report,
+    concept_ablation_score,
+    make_ablation_scorer,
+)
+from clvqlearn.evaluation.probe import MLPProbe, cross_val_probe
+from clvqlearn.evaluation.projection import (
+    orthonormalize,
+    project_out,
+    project_out_rows,
+    project_out_torch,
+    random_directions,
+)
+from clvqlearn.evaluation.splice import hook_site, splice_logits, splice_projection
+from clvqlearn.evaluation.tasks import fine_tune_classifier
+from clvqlearn.extraction import LayerPairExtractor
+from clvqlearn.models import get_layer_list
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+POS = ["a wonderful moving film", "great acting and a great story", "i loved every minute of it",
+       "a beautiful and funny movie", "brilliant , warm and clever", "the best film of the year",
+       "a moving story with great acting", "funny , clever and wonderful"]
+NEG = ["a dull and boring film", "terrible acting , awful story", "i hated every minute of it",
+       "a stupid and ugly movie", "lifeless , cold and dumb", "the worst film of the year",
+       "a boring story with awful acting", "dull , stupid and terrible"]
+TEXTS = POS + NEG
+LABELS = np.array([1] * len(POS) + [0] * len(NEG))
+FAST = dict(epochs=3, batch_size=4, max_length=32, learning_rate=1e-3, verbose=False)
+
+
+# ===================================================================== projection math
+finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False, width=64)
+
+
+@st.composite
+def vectors_and_directions(draw):
+    d = draw(st.integers(2, 12))
+    r = draw(st.integers(1, d - 1))
+    n = draw(st.integers(1, 5))
+    X = draw(arrays(np.float64, (n, d), elements=finite))
+    D = draw(arrays(np.float64, (r, d), elements=finite))
+    return X, D
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors_and_directions())
+def test_projection_is_orthogonal_idempotent_and_keeps_orthogonal_vectors(data):
+    X, D = data
+    Q = orthonormalize(D)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(Q.shape[0]), atol=1e-9)
+    P = project_out(X, D)
+    scale = 1 + np.abs(X).max()
+    # nothing of the directions is left
+    np.testing.assert_allclose(P @ D.T, 0.0, atol=1e-8 * scale * (1 + np.abs(D).max()))
+    # projecting again changes nothing
+    np.testing.assert_allclose(project_out(P, D), P, atol=1e-9 * scale)
+    # the removed part lies in the span: X - P = (X Q^T) Q, and the norm never grows
+    np.testing.assert_allclose(X - P, (X @ Q.T) @ Q, atol=1e-9 * scale)
+    assert np.all(np.linalg.norm(P, axis=1) <= np.linalg.norm(X, axis=1) + 1e-9 * scale)
+    # a vector orthogonal to the directions is returned unchanged
+    np.testing.assert_allclose(project_out(P, D), P, atol=1e-9 * scale)
+    # the torch version agrees
+    T = project_out_torch(torch.from_numpy(X), torch.from_numpy(Q)).numpy()
+    np.testing.assert_allclose(T, P, atol=1e-9 * scale)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.float64, (4, 6), elements=finite), st.integers(0, 2**31 - 1))
+def test_orthogonal_inputs_are_unchanged(X, seed):
+    R = random_directions(2, 6, random_state=seed)
+    X_perp = X - (X @ R.T) @ R  # build vectors orthogonal to R
+    np.testing.assert_allclose(project_out(X_perp, R), X_perp, atol=1e-9 * (1 + np.abs(X).max()))
+
+
+def test_project_out_rows_and_random_directions():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3, 5))
+    sets = [rng.normal(size=(2, 5)), np.zeros((0, 5)), rng.normal(size=(1, 5))]
+    out = project_out_rows(X, sets)
+    np.testing.assert_allclose(out[0], project_out(X[0], sets[0]))
+    np.testing.assert_array_equal(out[1], X[1])
+    np.testing.assert_allclose(out[2], project_out(X[2], sets[2]))
+    a, b = random_directions(3, 7, random_state=5), random_directions(3, 7, random_state=5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a @ a.T, np.eye(3), atol=1e-12)
+    assert not np.allclose(a, random_directions(3, 7, random_state=6))
+    # dependent directions collapse to their span
+    assert orthonormalize([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 0]]).shape == (1, 3)
+    with pytest.raises(ValueError, match="one per row"):
+        project_out_rows(X, sets[:2])
+    with pytest.raises(ValueError, match="width"):
+        project_out(np.ones((2, 4)), np.ones((1, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        orthonormalize([[np.nan, 1.0]])
+
+
+# ============================================================================ the probe
+def test_cross_val_probe_trains_on_clean_and_detects_a_flip():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 4))
+    y = (X[:, 0] > 0).astype(int)
+    flipped = X * np.array([-1.0, 1, 1, 1])
+    removed = project_out(X, [1.0, 0, 0, 0])
+    out = cross_val_probe(X, y, {"flipped": flipped, "removed": removed}, probe="mlp", random_state=0)
+    assert (out["clean"] == y).mean() > 0.85
+    assert (out["flipped"] == y).mean() < 0.2  # far below chance: the probe is flipped
+    assert 0.3 < (out["removed"] == y).mean() < 0.75  # information gone: about chance
+    again = cross_val_probe(X, y, {"flipped": flipped, "removed": removed}, probe="mlp", random_state=0)
+    for key in out:
+        np.testing.assert_array_equal(out[key], again[key])  # seeded
+    with pytest.raises(ValueError, match="per class"):
+        cross_val_probe(X[:6], y[:6], {}, n_splits=5)
+    with pytest.raises(ValueError, match="shape"):
+        cross_val_probe(X, y, {"bad": X[:, :2]})
+
+
+def test_mlp_probe_is_seeded_and_leaves_the_global_rng_alone():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (X[:, 1] > 0).astype(int)
+    state = torch.random.get_rng_state()
+    a = MLPProbe(random_state=3).fit(X, y).predict_proba(X)
+    assert torch.equal(state, torch.random.get_rng_state())
+    b = MLPProbe(random_state=3).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(a, b)
+    probe = MLPProbe(random_state=3, max_epochs=3)
+    assert probe.fit(X, y).n_epochs_ <= 3
+    with pytest.raises(ValueError, match="single class"):
+        MLPProbe().fit(X, np.zeros(60, dtype=int))
+
+
+# ========================================================================== the splice
+def _capture_after(module, kind, store):
+    """A hook registered AFTER the splice hook: sees what the next computation sees."""
+    if kind == "pre":
+        def pre(mod, args, kwargs):
+            store["h"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(mod, args, output):
+        store["h"] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+    return module.register_forward_hook(post)
+
+
+def _no_hooks(model):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _batch(path, texts):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@pytest.mark.parametrize("which", ["bert", "llama"])
+@pytest.mark.parametrize("layer", [0, 2, 4])
+@pytest.mark.parametrize("at", ["salient", "all"])
+def test_splice_edits_exactly_the_hidden_state_and_leaves_the_model_unchanged(
+        which, layer, at, tiny_bert_dir, tiny_llama_dir):
+    from transformers import AutoModel
+
+    path = tiny_bert_dir if which == "bert" else tiny_llama_dir
+    model = AutoModel.from_pretrained(path).eval()
+    ids, mask = _batch(path, ["the cat sat on the mat", "stocks fell sharply", "a film"])
+    d = model.config.hidden_size
+    rng = np.random.default_rng(layer)
+    dirs = [rng.normal(size=(2, d)), rng.normal(size=(1, d)), np.zeros((0, d))]
+    positions = np.array([2, 1, -1]) if at == "salient" else None
+    with torch.no_grad():
+        bare = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    reference = bare.hidden_states[layer].numpy()
+    expected = reference.copy()
+    for b, D in enumerate(dirs):
+        if D.size == 0:
+            continue
+        if positions is None:
+            expected[b] = project_out(reference[b], D)
+        else:
+            expected[b, positions[b]] = project_out(reference[b, positions[b]], D)
+    module, kind = hook_site(model, layer)
+    store = {}
+    with splice_projection(model, layer, dirs, positions=positions) as info:
+        handle = _capture_after(module, kind, store)
+        try:
+            with torch.no_grad():
+                edited = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        finally:
+            handle.remove()
+    assert info["calls"] == 1
+    got = store["h"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # untouched rows are bit-identical, the edited ones changed
+    if positions is not None:
+        untouched = np.ones(got.shape[:2], dtype=bool)
+        untouched[0, 2] = untouched[1, 1] = False
+        np.testing.assert_array_equal(got[untouched], reference[untouched])
+    assert not np.allclose(got[0], reference[0])
+    # the edit propagates: the top layer changed for an edited sequence
+    assert not torch.allclose(edited[0], bare.last_hidden_state[0])
+    if layer == 4:  # the top layer itself is the edited state (after the final norm for Llama)
+        np.testing.assert_allclose(edited.numpy(), expected, atol=1e-5)
+    # afterwards: no hook left and the same outputs as before
+    assert _no_hooks(model)
+    with torch.no_grad():
+        again = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(again, bare.last_hidden_state, rtol=0, atol=0)
+
+
+def test_splice_hook_is_removed_when_an_exception_is_raised(tiny_bert_dir):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    ids, mask = _batch(tiny_bert_dir, ["the cat sat", "stocks fell"])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    u = np.ones((1, model.config.hidden_size))
+    with pytest.raises(RuntimeError, match="boom"):
+        with splice_projection(model, 2, u, positions=[1, 1]):
+            raise RuntimeError("boom")
+    assert _no_hooks(model)
+    # an error raised by the hook itself inside the forward (bad positions)
+    with pytest.raises(ValueError, match="one position per sequence"):
+        with splice_projection(model, 2, u, positions=[1, 1, 1]), torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    assert _no_hooks(model)
+    with torch.no_grad():
+        after = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="layer must be"):
+        with splice_projection(model, 5, u):
+            pass
+
+
+def test_splice_logits_match_the_model_and_change_with_the_edit(tiny_bert_dir, tmp_path):
+    clf = fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=tmp_path / "c", **FAST)
+    model, tok = clf.load("cpu")
+    plain = splice_logits(model, tok, TEXTS, max_length=32, batch_size=5)
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(plain), -1).numpy(), clf.predict_proba(TEXTS), atol=1e-5)
+    d = model.config.hidden_size
+    full = [np.eye(d)] * len(TEXTS)  # remove everything at the top layer, every position
+    wiped = splice_logits(model, tok, TEXTS, layer=4, directions=full, max_length=32)
+    assert np.allclose(wiped, wiped[0], atol=1e-5)  # every sentence now gets the same logits
+    none = [np.zeros((0, d))] * len(TEXTS)
+    np.testing.assert_allclose(splice_logits(model, tok, TEXTS, layer=2, directions=none,
+                                             positions=np.ones(len(TEXTS), int), max_length=32), plain, atol=1e-5)
+    assert _no_hooks(model)
+
+
+# ====================================================================== the report
+class _FixedDirections(KMeansConcepts):
+    """k-means whose concept directions are fixed by the test: none, or the whole space."""
+
+    def __init__(self, k=3, *, layer="high", mode="none", random_state=0):
+        super().__init__(k, layer=layer, random_state=random_state)
+        self.mode = mode
+
+    def concept_directions(self, concept):
+        d = self.components_.shape[1]
+        return np.zeros((0, d)) if self.mode == "none" else np.eye(d)
+
+
+@pytest.fixture(scope="module")
+def tiny_clf(tiny_bert_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation_clf") / "clf"
+    return fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=out, **FAST)
+
+
+def _pipe(clf, concepts, max_length=32):
+    ext = LayerPairExtractor(str(clf.path), layers=(2, 4), max_length=max_length, device="cpu")
+    return Pipeline([("extract", ext), ("concepts", concepts)]).fit(TEXTS)
+
+
+@pytest.mark.parametrize("protocol", ["probe", "splice"])
+def test_report_numbers_are_consistent(tiny_clf, protocol):
+    pipe = _pipe(tiny_clf, KMeansConcepts(k=4, random_state=0))
+    kw = dict(protocol=protocol, n_steps=8, probe="logistic", n_splits=4, n_bootstrap=200, random_state=0)
+    report = concept_ablation_report(pipe, TEXTS, LABELS, **kw)
+    assert isinstance(report, AblationReport) and report.protocol == protocol
+    assert report.n_sentences + report.n_skipped == len(TEXTS)
+    frame = report.to_frame()
+    truth = frame["label"].to_numpy()
+    if protocol == "splice":
+        truth = np.searchsorted(tiny_clf.classes, truth)
+    assert report.accuracy_before == pytest.approx((frame["before"] == truth).mean())
+    assert report.accuracy_after == pytest.approx((frame["after"] == truth).mean())
+    assert report.control_accuracy == pytest.approx((frame["control"] == truth).mean())
+    assert report.flip_rate == pytest.approx((frame["after"] != frame["before"]).mean())
+    assert report.drop == pytest.approx((report.accuracy_before - report.accuracy_after) / report.accuracy_before)
+    lo, hi = report.drop_ci
+    assert lo <= hi
+    assert sum(c["n"] for c in report.per_class) == report.n_sentences
+    assert report.layer == 4 and report.concept_space == "high"
+    assert report.settings["protocol"] == protocol and report.settings["estimator"] == "KMeansConcepts"
+    # the chosen token's concept is what the estimator predicts for it
+    pairs = pipe[0].transform(TEXTS)
+    ids = pipe[1].predict(pairs)
+    for row in report.sentences[:5]:
+        doc = row["index"]
+        start, stop = pairs.offsets[doc], pairs.offsets[doc + 1]
+        hit = start + int(np.flatnonzero(pairs.positions[start:stop] == row["position"])[0])
+        assert ids[hit] == row["concept"] and pairs.tokens[hit] == row["token"]
+    # seeded: the same numbers again
+    again = concept_ablation_report(pipe, TEXTS, LABELS, **kw)
+    assert again.summary() == report.summary()
+    assert report.to_dict()["settings"]["layer"] == 4
+
+
+@pytest.mark.parametrize("protocol", ["probe", "splice"])
+def test_removing_nothing_changes_nothing_and_removing_everything_flattens(tiny_clf, protocol):
+    kw = dict(protocol=protocol, n_steps=8, probe="logistic", n_splits=4, n_bootstrap=0,
+              splice_positions="all")
+    nothing = concept_ablation_report(_pipe(tiny_clf, _FixedDirections(mode="none")), TEXTS, LABELS, **kw)
+    assert nothing.accuracy_after == nothing.accuracy_before and nothing.flip_rate == 0.0
+    assert nothing.drop == 0.0 and nothing.removed_norm == 0.0
+    everything = concept_ablation_report(_pipe(tiny_clf, _FixedDirections(mode="all")), TEXTS, LABELS, **kw)
+    after = everything.to_frame()["after"]
+    assert after.nunique() == 1  # a zero representation gets one prediction for all sentences
+    assert everything.removed_norm == pytest.approx(1.0)
+
+
+def test_scorer_returns_the_report_drop(tiny_clf):
+    pipe = _pipe(tiny_clf, KMeansConcepts(k=4, random_state=0))
+    kw = dict(n_steps=8, probe="logistic", n_splits=4, n_bootstrap=0)
+    report = concept_ablation_report(pipe, TEXTS, LABELS, **kw)
+    assert concept_ablation_score(pipe, TEXTS, LABELS, **kw) == pytest.approx(report.drop)
+    scorer = make_ablation_scorer(score="drop_vs_control", **kw)
+    assert scorer(pipe, TEXTS, LABELS) == pytest.approx(report.drop - report.control_drop)
+
+
+def test_rationale_saliency_needs_no_classifier(tiny_bert_dir):
+    pipe = Pipeline([("extract", LayerPairExtractor(str(tiny_bert_dir), layers=(2, 4), max_length=32)),
+                     ("concepts", KMeansConcepts(k=4, random_state=0))]).fit(TEXTS)
+    rationales = {t: t.split()[1] for t in TEXTS}
+    report = concept_ablation_report(pipe, TEXTS, LABELS, saliency="rationale", rationales=rationales,
+                                     probe="logistic", n_splits=4, n_bootstrap=0)
+    assert [row["token"] for row in report.sentences] == [t.split()[1] for t in TEXTS]
+    assert report.settings["classifier"] is None
+
+
+# ============================================================================ bad input
+def test_bad_pipelines(tiny_clf, tiny_bert_dir):
+    est = KMeansConcepts(k=4, random_state=0)
+    with pytest.raises(TypeError, match="Pipeline"):
+        concept_ablation_report(est, TEXTS, LABELS)
+    no_extractor = Pipeline([("concepts", KMeansConcepts(k=4))])
+    with pytest.raises(ValueError, match="LayerPairExtractor"):
+        concept_ablation_report(no_extractor, TEXTS, LABELS)
+    unfitted = Pipeline([("extract", LayerPairExtractor(str(tiny_clf.path), layers=(2, 4)).fit(TEXTS)),
+                         ("concepts", KMeansConcepts(k=4))])
+    with pytest.raises(ValueError, match="not fitted"):
+        concept_ablation_report(unfitted, TEXTS, LABELS)
+    base = Pipeline([("extract", LayerPairExtractor(str(tiny_bert_dir), layers=(2, 4), max_length=32)),
+                     ("concepts", KMeansConcepts(k=4, random_state=0))]).fit(TEXTS)
+    with pytest.raises(ValueError, match="not a fine-tuned classifier checkpoint"):
+        concept_ablation_report(base, TEXTS, LABELS)
+    with pytest.raises(ValueError, match="not a fine-tuned classifier checkpoint"):
+        concept_ablation_report(base, TEXTS, LABELS, protocol="splice", saliency="rationale",
+                                rationales=TEXTS)
+
+
+def test_bad_labels_texts_and_options(tiny_clf):
+    pipe = _pipe(tiny_clf, KMeansConcepts(k=4, random_state=0))
+    with pytest.raises(ValueError, match="not classes of the classifier"):
+        concept_ablation_report(pipe, TEXTS, LABELS + 5, n_steps=4)
+    with pytest.raises(ValueError, match="not classes of the classifier"):
+        concept_ablation_report(pipe, TEXTS, np.where(LABELS == 1, "pos", "neg"), n_steps=4)
+    with pytest.raises(ValueError, match="one label per text"):
+        concept_ablation_report(pipe, TEXTS, LABELS[:-1])
+    with pytest.raises(ValueError, match="single class"):
+        concept_ablation_report(pipe, TEXTS, np.ones(len(TEXTS), int))
+    with pytest.raises(ValueError, match="needs the labels"):
+        concept_ablation_score(pipe, TEXTS, None)
+    with pytest.raises(TypeError, match="single string"):
+        concept_ablation_report(pipe, "a text", LABELS)
+    short = _pipe(tiny_clf, KMeansConcepts(k=2, random_state=0), max_length=8)
+    short[0].set_params(max_length=2)  # [CLS] [SEP]: no token left
+    with pytest.raises(ValueError, match="no token left after truncation"):
+        concept_ablation_report(short, TEXTS, LABELS, n_steps=4)
+    with pytest.raises(ValueError, match="protocol"):
+        concept_ablation_report(pipe, TEXTS, LABELS, protocol="patch")
+    with pytest.raises(ValueError, match="saliency"):
+        concept_ablation_report(pipe, TEXTS, LABELS, saliency="attention")
+    with pytest.raises(ValueError, match="rationales"):
+        concept_ablation_report(pipe, TEXTS, LABELS, saliency="rationale")
+    with pytest.raises(ValueError, match="mapping"):
+        concept_ablation_report(pipe, TEXTS, LABELS, saliency="rationale", rationales=TEXTS[:3])
+    with pytest.raises(TypeError, match="unknown option"):
+        make_ablation_scorer(protocl="splice")
+    with pytest.raises(ValueError, match="score must be"):
+        make_ablation_scorer(score="accuracy")
+    with pytest.raises(ValueError, match="per class"):
+        concept_ablation_report(pipe, TEXTS, LABELS, n_steps=4, probe="logistic", n_splits=10)
