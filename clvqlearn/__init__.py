@@ -3,9 +3,18 @@
 Public names only; see the docs for the guide.
 """
 
-from .concepts.vq import CrossLayerVQ, SingleLayerVQ
+from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoencoder
+from .extraction import LayerPairExtractor
 from .pairs import LayerPairs
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossLayerVQ", "LayerPairs", "SingleLayerVQ", "__version__"]
+__all__ = [
+    "CrossLayerVQ",
+    "KMeansConcepts",
+    "LayerPairExtractor",
+    "LayerPairs",
+    "SingleLayerVQ",
+    "SparseAutoencoder",
+    "__version__",
+]

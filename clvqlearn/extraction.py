@@ -720,12 +720,8 @@ def _compact(arrays, upper_off: np.ndarray, counts: np.ndarray):
     copying forward chunk by chunk is safe (also for memmaps).
     """
     slot = np.diff(upper_off)
-    n_docs = counts.size
-    valid = np.zeros(int(upper_off[-1]), dtype=bool)
-    # position of each row within its slot
-    within = np.arange(valid.size) - np.repeat(upper_off[:-1], slot)
-    valid[:] = within < np.repeat(counts, slot)
-    src = np.flatnonzero(valid)
+    within = np.arange(int(upper_off[-1])) - np.repeat(upper_off[:-1], slot)  # row index inside its slot
+    src = np.flatnonzero(within < np.repeat(counts, slot))
     n = int(counts.sum())
     chunk = 1 << 16
     out = []
@@ -741,5 +737,4 @@ def _compact(arrays, upper_off: np.ndarray, counts: np.ndarray):
                 out.append(a)
             except (ValueError, SystemError):  # pragma: no cover
                 out.append(a[:n].copy())
-    del n_docs
     return out

@@ -226,6 +226,22 @@ def test_outliers_dropped_in_ram_and_memmap(sink_llama_dir, tmp_path):
         assert dropped.low.shape == (dropped.n_tokens, 32)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=25))
+def test_compact_keeps_the_first_rows_of_every_slot(slots):
+    from clvqlearn.extraction import _compact
+
+    upper = np.array([max(a, b) for a, b in slots])
+    counts = np.array([min(a, b) for a, b in slots])
+    upper_off = np.concatenate([[0], np.cumsum(upper)])
+    matrix = np.arange(upper_off[-1] * 3, dtype=np.float32).reshape(-1, 3)
+    ids = np.arange(upper_off[-1]) * 10
+    expected = np.concatenate([np.arange(upper_off[i], upper_off[i] + counts[i]) for i in range(len(slots))])
+    out_matrix, out_ids = _compact([matrix.copy(), ids.copy()], upper_off, counts)
+    np.testing.assert_array_equal(out_matrix, matrix[expected.astype(int)])
+    np.testing.assert_array_equal(out_ids, ids[expected.astype(int)])
+
+
 def test_no_outliers_in_normal_model(tiny_bert_dir):
     pairs = LayerPairExtractor(str(tiny_bert_dir), layers=(1, 4), device="cpu").fit_transform(TEXTS)
     assert pairs.extra["n_outliers"] == 0 and pairs.extra["outliers"] == "drop"

@@ -15,7 +15,7 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
-from sklearn.metrics import pairwise_distances, pairwise_distances_argmin
+from sklearn.metrics import pairwise_distances
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -25,6 +25,9 @@ from ._base import ConceptEstimator, _Data
 #: ``algorithm="auto"`` uses full k-means up to this many tokens and
 #: MiniBatchKMeans above it.
 AUTO_MINIBATCH_MIN_TOKENS = 200_000
+
+#: Token rows per chunk when assigning tokens to centres.
+_ASSIGN_CHUNK = 4096
 
 #: Ward clustering is refused when its condensed distance matrix would need
 #: more than this fraction of the memory available on the machine.
@@ -320,11 +323,7 @@ class KMeansConcepts(ConceptEstimator):
             as scikit-learn does for methods that depend on a parameter):
             Ward clustering cannot be updated incrementally.
         """
-        self._partial_call = True
-        try:
-            return super().partial_fit(X, y)
-        finally:
-            vars(self).pop("_partial_call", None)
+        return super().partial_fit(X, y)
 
     def _stream(self, X: np.ndarray) -> None:
         first = not hasattr(self, "components_")
@@ -429,4 +428,16 @@ class KMeansConcepts(ConceptEstimator):
         return self.components_.astype(dtype, copy=False)
 
     def _nearest(self, X: np.ndarray) -> np.ndarray:
-        return pairwise_distances_argmin(X, self._centers(X.dtype)).astype(np.int64)
+        """Nearest centre: argmin of ``||c||^2 - 2 x.c`` by chunked BLAS products.
+
+        The same computation as scikit-learn's k-means assignment step, in
+        the input's dtype (``pairwise_distances_argmin`` is about 2x slower).
+        """
+        centers = self._centers(X.dtype)
+        half_norms = 0.5 * np.einsum("ij,ij->i", centers, centers)
+        out = np.empty(X.shape[0], dtype=np.int64)
+        for start in range(0, X.shape[0], _ASSIGN_CHUNK):
+            scores = X[start:start + _ASSIGN_CHUNK] @ centers.T
+            scores -= half_norms
+            out[start:start + _ASSIGN_CHUNK] = scores.argmax(axis=1)
+        return out

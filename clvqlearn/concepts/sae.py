@@ -394,11 +394,7 @@ class SparseAutoencoder(ConceptEstimator):
         -------
         self
         """
-        self._partial_call = True
-        try:
-            return super().partial_fit(X, y)
-        finally:
-            vars(self).pop("_partial_call", None)
+        return super().partial_fit(X, y)
 
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> SparseAutoencoderNet:

@@ -50,6 +50,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..concepts._base import ConceptEstimator
 from ..extraction import LayerPairExtractor
+from ..pairs import LayerPairs
 from .probe import cross_val_probe
 from .projection import orthonormalize, project_out_rows, random_directions
 from .saliency import Saliency, token_saliency
@@ -58,6 +59,7 @@ from .tasks import ClassifierResult, check_texts, load_classifier
 
 __all__ = [
     "AblationReport",
+    "clear_saliency_cache",
     "concept_ablation_report",
     "concept_ablation_score",
     "make_ablation_scorer",
@@ -318,7 +320,16 @@ def _saliency(classifier, extractor, texts, saliency, rationales, n_steps, max_l
 
 
 def clear_saliency_cache() -> None:
-    """Forget the saliency maps cached by :func:`concept_ablation_report`."""
+    """Forget the saliency maps cached by :func:`concept_ablation_report`.
+
+    The report keeps the last 16 saliency maps (keyed by classifier, texts
+    and settings) so that a grid search over concept estimators computes
+    Integrated Gradients once per fold.
+
+    Examples
+    --------
+    >>> clear_saliency_cache()
+    """
     _SALIENCY_CACHE.clear()
 
 
@@ -388,6 +399,97 @@ def _estimator_settings(concepts, extractor) -> dict:
     }
 
 
+# ------------------------------------------------------------------------ protocols
+@dataclass
+class _Kept:
+    """The evaluated sentences and what is removed from each."""
+
+    idx: np.ndarray  # indices into the given texts
+    texts: list
+    rows: np.ndarray  # salient token's row in the LayerPairs
+    positions: np.ndarray  # salient token's position in the tokenised input
+    concept_dirs: list
+    control_dirs: list
+    other_dirs: list
+
+
+@dataclass
+class _Outcome:
+    """Predictions of one protocol: clean, concept removed, random control, other concept."""
+
+    before: np.ndarray
+    after: np.ndarray
+    control: np.ndarray
+    other: np.ndarray
+    truth: np.ndarray
+    removed: float
+    control_removed: float
+    extra: dict
+
+
+def _probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, probe, probe_params, n_splits,
+                    rng) -> _Outcome:
+    """The paper's protocol: project out of the sentence vector, probe trained on clean vectors."""
+    pooling_used = ("mean" if extractor.is_decoder_ else "cls") if pooling == "auto" else pooling
+    if pooling_used == "cls":
+        reps = extractor.sentence_vectors(kept.texts, layer=layer, pooling="first").astype(np.float64)
+    else:
+        off = pairs.offsets
+        reps = np.stack([np.asarray(states[off[i] : off[i + 1]], dtype=np.float64).mean(axis=0) for i in kept.idx])
+    variants = {
+        "after": project_out_rows(reps, kept.concept_dirs),
+        "control": project_out_rows(reps, kept.control_dirs),
+        "other": project_out_rows(reps, kept.other_dirs),
+    }
+    preds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
+                            random_state=rng.randint(2**31 - 1), probe_params=probe_params)
+    extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
+             "n_splits": int(n_splits)}
+    return _Outcome(preds["clean"], preds["after"], preds["control"], preds["other"], goal,
+                    _removed_norm(reps, kept.concept_dirs), _removed_norm(reps, kept.control_dirs), extra)
+
+
+def _splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, device, splice_positions, max_length,
+                     batch_size) -> _Outcome:
+    """Edit the hidden state inside the classifier's forward pass and read its own head."""
+    model, tokenizer = clf.load(device)
+    width = states.shape[1]
+    hidden = int(model.config.get_text_config().hidden_size)
+    if hidden != width:
+        raise ValueError(
+            f"the classifier's hidden size ({hidden}) differs from the extracted layer's ({width}); "
+            "the concepts must come from the classifier's own hidden states."
+        )
+    if Path(os.fspath(extractor.model)).expanduser().resolve() != Path(clf.path).resolve():
+        warnings.warn(
+            f"The concepts were learned on hidden states of {extractor.model!r} but the splice edits the "
+            f"classifier at {clf.path}; extract from the classifier (LayerPairExtractor(model=str(clf.path))) "
+            "so the directions refer to the network that is edited.",
+            UserWarning,
+            stacklevel=3,
+        )
+    pos = kept.positions if splice_positions == "salient" else None
+
+    def run(dirs):
+        logits = splice_logits(model, tokenizer, kept.texts, layer=None if dirs is None else layer,
+                               directions=dirs, positions=pos, max_length=max_length, batch_size=batch_size)
+        return logits.argmax(axis=1)
+
+    before = run(None)
+    after, control, other = run(kept.concept_dirs), run(kept.control_dirs), run(kept.other_dirs)
+    if splice_positions == "salient":
+        edited = np.asarray(states[kept.rows], dtype=np.float64)
+        concept_sets, control_sets = kept.concept_dirs, kept.control_dirs
+    else:  # every extracted token of the sentence
+        token_rows = [np.arange(pairs.offsets[i], pairs.offsets[i + 1]) for i in kept.idx]
+        edited = np.asarray(states[np.concatenate(token_rows)], dtype=np.float64)
+        concept_sets = [D for D, r in zip(kept.concept_dirs, token_rows) for _ in r]
+        control_sets = [D for D, r in zip(kept.control_dirs, token_rows) for _ in r]
+    extra = {"splice_positions": splice_positions, "classifier": str(clf.path)}
+    return _Outcome(before, after, control, other, truth, _removed_norm(edited, concept_sets),
+                    _removed_norm(edited, control_sets), extra)
+
+
 # ------------------------------------------------------------------------ main entry
 def concept_ablation_report(
     pipeline,
@@ -409,6 +511,7 @@ def concept_ablation_report(
     confidence: float = 0.95,
     missing: str = "skip",
     batch_size: int = 32,
+    pairs=None,
     random_state=0,
     device="auto",
     verbose: bool = False,
@@ -465,6 +568,9 @@ def concept_ablation_report(
         among the extracted tokens (e.g. no rationale within ``max_length``).
     batch_size : int, default=32
         Splice forward passes.
+    pairs : LayerPairs, optional
+        ``pipeline[0].transform(texts)`` when already computed (saves a
+        forward pass when several estimators share one extractor).
     random_state : int, RandomState instance or None, default=0
         Seeds the controls, the folds, the probes and the bootstrap.
     device : str, default="auto"
@@ -530,7 +636,14 @@ def concept_ablation_report(
     max_length = int(extractor.max_length)
 
     # ------------------------------------------------------- tokens and concepts
-    pairs = extractor.transform(texts)
+    if pairs is None:
+        pairs = extractor.transform(texts)
+    elif not isinstance(pairs, LayerPairs) or pairs.n_docs != len(texts) or tuple(pairs.layers) != tuple(
+            extractor.layers_):
+        raise ValueError(
+            f"pairs must be the LayerPairs of these {len(texts)} texts from the pipeline's extractor "
+            f"(layers {tuple(extractor.layers_)})."
+        )
     empty = np.flatnonzero(pairs.lengths == 0)
     if empty.size:
         raise ValueError(
@@ -578,72 +691,21 @@ def concept_ablation_report(
         other_dirs.append(directions(other))
 
     # ---------------------------------------------------------------- protocols
+    kept = _Kept(idx=idx, texts=[texts[i] for i in idx], rows=rows[idx], positions=positions[idx],
+                 concept_dirs=concept_dirs, control_dirs=control_dirs, other_dirs=other_dirs)
     if protocol == "probe":
-        if pooling == "auto":
-            pooling_used = "mean" if extractor.is_decoder_ else "cls"
-        else:
-            pooling_used = pooling
-        texts_kept = [texts[i] for i in idx]
-        if pooling_used == "cls":
-            reps = extractor.sentence_vectors(texts_kept, layer=layer, pooling="first").astype(np.float64)
-        else:
-            offsets = pairs.offsets
-            reps = np.stack([np.asarray(states[offsets[i] : offsets[i + 1]], dtype=np.float64).mean(axis=0) for i in idx])
+        goal = y[idx]
         if target == "prediction":
             goal = np.asarray(clf.classes)[np.asarray(sal.targets)[idx]] if sal.targets is not None else np.asarray(
-                clf.predict(texts_kept, max_length=max_length))
-        else:
-            goal = y[idx]
-        variants = {
-            "after": project_out_rows(reps, concept_dirs),
-            "control": project_out_rows(reps, control_dirs),
-            "other": project_out_rows(reps, other_dirs),
-        }
-        preds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
-                                random_state=rng.randint(2**31 - 1), probe_params=probe_params)
-        before, after, control, other = preds["clean"], preds["after"], preds["control"], preds["other"]
-        truth = goal
-        removed = _removed_norm(reps, concept_dirs)
-        control_removed = _removed_norm(reps, control_dirs)
-        extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
-                 "n_splits": int(n_splits), "target": target}
+                clf.predict(kept.texts, max_length=max_length))
+        result = _probe_protocol(extractor, pairs, states, layer, kept, goal, pooling=pooling, probe=probe,
+                                 probe_params=probe_params, n_splits=n_splits, rng=rng)
+        result.extra["target"] = target
     else:
-        model, tokenizer = clf.load(device)
-        hidden = int(model.config.get_text_config().hidden_size)
-        if hidden != width:
-            raise ValueError(
-                f"the classifier's hidden size ({hidden}) differs from the extracted layer's ({width}); "
-                "the concepts must come from the classifier's own hidden states."
-            )
-        if Path(os.fspath(extractor.model)).expanduser().resolve() != Path(clf.path).resolve():
-            warnings.warn(
-                f"The concepts were learned on hidden states of {extractor.model!r} but the splice edits the "
-                f"classifier at {clf.path}; extract from the classifier (LayerPairExtractor(model=str(clf.path))) "
-                "so the directions refer to the network that is edited.",
-                UserWarning,
-                stacklevel=2,
-            )
-        texts_kept = [texts[i] for i in idx]
-        pos = positions[idx] if splice_positions == "salient" else None
-
-        def run(dirs):
-            logits = splice_logits(model, tokenizer, texts_kept, layer=None if dirs is None else layer,
-                                   directions=dirs, positions=pos, max_length=max_length, batch_size=batch_size)
-            return logits.argmax(axis=1)
-
-        before = run(None)
-        after, control, other = run(concept_dirs), run(control_dirs), run(other_dirs)
-        truth = y_index[idx]
-        if splice_positions == "salient":
-            edited = np.asarray(states[rows[idx]], dtype=np.float64)
-            removed = _removed_norm(edited, concept_dirs)
-            control_removed = _removed_norm(edited, control_dirs)
-        else:  # every extracted token of the sentence
-            token_rows = [np.arange(pairs.offsets[i], pairs.offsets[i + 1]) for i in idx]
-            edited = np.asarray(states[np.concatenate(token_rows)], dtype=np.float64)
-            removed = _removed_norm(edited, [D for D, r in zip(concept_dirs, token_rows) for _ in r])
-            control_removed = _removed_norm(edited, [D for D, r in zip(control_dirs, token_rows) for _ in r])
-        extra = {"splice_positions": splice_positions, "classifier": str(clf.path)}
+        result = _splice_protocol(extractor, clf, pairs, states, layer, kept, y_index[idx], device=device,
+                                  splice_positions=splice_positions, max_length=max_length, batch_size=batch_size)
+    before, after, control, other = result.before, result.after, result.control, result.other
+    truth, removed, control_removed, extra = result.truth, result.removed, result.control_removed, result.extra
 
     # ----------------------------------------------------------------- numbers
     correct = {name: (pred == truth) for name, pred in
@@ -795,7 +857,7 @@ def make_ablation_scorer(**options):
     >>> scorer = make_ablation_scorer(protocol="splice", n_steps=16)
     >>> scorer.keywords["protocol"]
     'splice'
-    >>> make_ablation_scorer(protocl="splice")
+    >>> make_ablation_scorer(protocl="splice")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     TypeError: unknown option(s) ['protocl'] ...

@@ -15,6 +15,7 @@ state is restored afterwards); the batch order comes from an explicit
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral, Real
 
 import numpy as np
@@ -22,7 +23,6 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_X_y
@@ -32,6 +32,22 @@ from .._sklearn_compat import Interval, validate_data
 from .._torch_utils import seeded, torch_seed
 
 __all__ = ["MLPProbe", "cross_val_probe", "make_probe"]
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run tiny torch ops on one thread (restored afterwards).
+
+    A 64-unit MLP gains nothing from intra-op parallelism, and on a busy
+    machine the thread hand-offs made training about 10x slower (measured:
+    26 s with 2 threads vs 1.9 s with one, 200 epochs of a 60-row problem).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _MLP(nn.Module):
@@ -51,8 +67,10 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
     """The paper's MLP probe: 64 hidden units, ReLU, dropout 0.2, Adam, early stopping.
 
     A scikit-learn classifier around skorch's ``NeuralNetClassifier``.
-    Inputs are standardised with statistics of the training data (set
-    ``standardize=False`` for raw inputs).  Training stops when the loss on
+    Inputs are used raw, as in the paper (``standardize=True`` scales them
+    with statistics of the training data first; beware that scaling
+    magnifies low-variance dimensions, so a projection that barely moves a
+    vector can then move it far in the probe's eyes).  Training stops when the loss on
     a stratified ``validation_fraction`` of the training data has not
     improved for ``patience`` epochs, and the best epoch's weights are kept.
 
@@ -68,7 +86,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
     validation_fraction : float, default=0.1
         Share of the training rows held out for early stopping.
-    standardize : bool, default=True
+    standardize : bool, default=False
     random_state : int, RandomState instance or None, default=None
 
     Attributes
@@ -102,7 +120,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
     }
 
     def __init__(self, hidden=64, dropout=0.2, learning_rate=1e-3, max_epochs=200, patience=5,
-                 batch_size=32, validation_fraction=0.1, standardize=True, random_state=None):
+                 batch_size=32, validation_fraction=0.1, standardize=False, random_state=None):
         self.hidden = hidden
         self.dropout = dropout
         self.learning_rate = learning_rate
@@ -155,10 +173,12 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
             callbacks=[EarlyStopping(patience=self.patience, load_best=True)],
             iterator_train__shuffle=True,
             iterator_train__generator=generator,
+            # DataLoader draws a base seed even without shuffling; give it its own generator
+            iterator_valid__generator=torch.Generator().manual_seed(seed % (2**63)),
             device="cpu",
             verbose=0,
         )
-        with seeded(seed, torch.device("cpu")):
+        with seeded(seed, torch.device("cpu")), _one_thread():
             net.fit(Xs, target)
         self.net_ = net
         self.n_epochs_ = len(net.history)
@@ -169,7 +189,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         Xs = self.scaler_.transform(X).astype(np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             return self.net_.predict_proba(Xs)
 
     def predict(self, X):
@@ -184,7 +204,7 @@ def make_probe(kind="mlp", *, random_state=None, **params):
     ----------
     kind : {"mlp", "logistic"} or a scikit-learn classifier, default="mlp"
         ``"mlp"``: :class:`MLPProbe` (the paper's).  ``"logistic"``:
-        standardisation + ``LogisticRegression(max_iter=2000)``, the fast
+        ``LogisticRegression(max_iter=5000)`` on the raw vectors, the fast
         option.  An estimator instance is cloned and used as is.
     random_state : int, RandomState instance or None
         Seed of the MLP (ignored by the deterministic logistic regression).
@@ -197,13 +217,13 @@ def make_probe(kind="mlp", *, random_state=None, **params):
 
     Examples
     --------
-    >>> make_probe("logistic").steps[-1][0]
-    'logisticregression'
+    >>> type(make_probe("logistic")).__name__
+    'LogisticRegression'
     """
     if kind == "mlp":
         return MLPProbe(random_state=random_state, **params)
     if kind == "logistic":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, **params))
+        return LogisticRegression(**{"max_iter": 5000, **params})
     if isinstance(kind, str) or not hasattr(kind, "fit") or not hasattr(kind, "predict"):
         raise ValueError(f"probe must be 'mlp', 'logistic' or a scikit-learn classifier; got {kind!r}.")
     if params:

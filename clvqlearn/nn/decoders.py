@@ -35,7 +35,8 @@ DECODERS = ("transformer", "transformer-codes", "mlp")
 class SequenceDecoder(nn.Module):
     """Transformer decoder over padded sequences ``(B, T, d_low)``."""
 
-    def __init__(self, d_low, d_high, n_layers=6, n_heads=8, ff=2048, dropout=0.1, codes_only=False):
+    def __init__(self, d_low, d_high, n_layers=6, n_heads=8, ff=2048, dropout=0.1, codes_only=False,
+                 norm_first=False):
         super().__init__()
         if d_low % n_heads:
             raise ValueError(
@@ -43,7 +44,8 @@ class SequenceDecoder(nn.Module):
                 "choose decoder_heads that divides the layer width, or decoder='mlp'."
             )
         layer = nn.TransformerDecoderLayer(
-            d_model=d_low, nhead=n_heads, dim_feedforward=ff, dropout=dropout, batch_first=True
+            d_model=d_low, nhead=n_heads, dim_feedforward=ff, dropout=dropout, batch_first=True,
+            norm_first=norm_first,
         )
         self.decoder = nn.TransformerDecoder(layer, num_layers=n_layers)
         self.out = nn.Linear(d_low, d_high)
@@ -69,12 +71,12 @@ class TokenDecoder(nn.Module):
         return self.net(quantized)
 
 
-def make_decoder(kind, d_low, d_high, *, n_layers=6, n_heads=8, ff=2048, dropout=0.1, hidden=1024):
+def make_decoder(kind, d_low, d_high, *, n_layers=6, n_heads=8, ff=2048, dropout=0.1, hidden=1024,
+                 norm_first=True):
     """Build a decoder by name (see the module docstring)."""
-    if kind == "transformer":
-        return SequenceDecoder(d_low, d_high, n_layers, n_heads, ff, dropout, codes_only=False)
-    if kind == "transformer-codes":
-        return SequenceDecoder(d_low, d_high, n_layers, n_heads, ff, dropout, codes_only=True)
+    if kind in ("transformer", "transformer-codes"):
+        return SequenceDecoder(d_low, d_high, n_layers, n_heads, ff, dropout,
+                               codes_only=kind == "transformer-codes", norm_first=norm_first)
     if kind == "mlp":
         return TokenDecoder(d_low, d_high, hidden)
     raise ValueError(f"decoder must be one of {DECODERS}; got {kind!r}")

