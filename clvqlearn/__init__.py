@@ -4,6 +4,7 @@ Public names only; see the docs for the guide.
 """
 
 from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoencoder
+from .evaluation.ablation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
 from .pairs import LayerPairs
 
@@ -16,5 +17,7 @@ __all__ = [
     "LayerPairs",
     "SingleLayerVQ",
     "SparseAutoencoder",
+    "concept_ablation_report",
+    "concept_ablation_score",
     "__version__",
 ]

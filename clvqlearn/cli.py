@@ -2,6 +2,9 @@
 
 ``clvq demo``
     The main job on the embedded default (see :mod:`clvqlearn.demo`).
+``clvq table``
+    The paper's concept-ablation comparison table
+    (see :mod:`clvqlearn.evaluation.comparison`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="clvq_output")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
+    from .evaluation.comparison import build_parser as build_table_parser
+
+    build_table_parser(sub.add_parser("table", help="concept-ablation comparison table (evaluation axis 1)"))
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point of the ``clvq`` command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["table"]:
+        from .evaluation.comparison import main as table_main
+
+        return table_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
