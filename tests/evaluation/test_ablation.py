@@ -463,7 +463,4 @@ def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path
                                                 batch_size=16, random_state=0))])
     splice = make_ablation_scorer(protocol="splice", n_steps=4, n_bootstrap=0)
     values = cross_val_score(pipe2, texts, labels, cv=cv, scoring=splice, error_score="raise")
-    assert values.shape == (2,) and np.isfinite(values).all()
-    probe = cross_val_score(pipe2, texts, labels, cv=cv, error_score="raise",
-                            scoring=make_ablation_scorer(n_steps=4, probe="logistic", n_splits=3, n_bootstrap=0))
-    assert np.isfinite(probe).all()
+    assert values.shape == (2,) and np.isfinite(values).all() and np.all(np.abs(values) <= 1.5)
