@@ -243,7 +243,10 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def partial_fit(self, X, y=None):
         """Update the concepts with one more batch of data.
 
-        The first call initialises the model.  If a call fails (bad input,
+        The first call initialises the model.  Trainable estimators run one
+        epoch over the batch with no validation split (optimiser state
+        carries over between calls in one session; it is not pickled).  If a
+        call fails (bad input,
         or an error during the update) the fitted state is left exactly as
         it was before the call.
 

@@ -375,27 +375,6 @@ class SparseAutoencoder(ConceptEstimator):
         self.l0_ = float(active.sum(axis=1).mean()) if latents.shape[0] else 0.0
         self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
 
-    # ---------------------------------------------------------- streaming
-    def partial_fit(self, X, y=None):
-        """One epoch of training on ``X`` (no validation split).
-
-        The first call initialises the autoencoder.  Adam's state carries
-        over between calls in the same session (it is not pickled).  A
-        failed call leaves the fitted state unchanged.
-
-        Parameters
-        ----------
-        X : LayerPairs or array-like of shape (n_tokens, n_features)
-            As for :meth:`fit`.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self
-        """
-        return super().partial_fit(X, y)
-
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> SparseAutoencoderNet:
         """The torch network for the fitted state (a private, rebuilt cache)."""
