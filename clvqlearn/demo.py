@@ -27,8 +27,8 @@ from .extraction import LayerPairExtractor
 from .report.descriptions import describe_concepts
 
 
-def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6), n_texts: int = 400,
-             k: int = 50, max_length: int = 128, max_epochs: int = 15, decoder: str = "transformer",
+def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6), n_texts: int = 200,
+             k: int = 50, max_length: int = 128, max_epochs: int = 8, decoder: str = "transformer",
              output: str | Path = "clvq_output", random_state: int = 0, verbose: bool = True,
              device: str = "auto") -> dict:
     """Run the embedded default end to end and return its summary.
@@ -40,12 +40,12 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
     dataset : str, default="bbc_news"
         Any name :func:`clvqlearn.datasets.load_dataset` knows.
     layers : tuple of (int, int), default=(4, 6)
-    n_texts : int, default=400
+    n_texts : int, default=200
         Documents used (a stratified sample when labels exist); 80 % train,
         20 % held out.
     k : int, default=50
     max_length : int, default=128
-    max_epochs : int, default=15
+    max_epochs : int, default=8
     decoder : str, default="transformer"
         Decoder of CrossLayerVQ (a smaller version of the reference: 2
         layers, feed-forward 512, keeps the demo to minutes on a laptop CPU).
