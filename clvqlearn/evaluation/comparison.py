@@ -66,8 +66,9 @@ class ComparisonConfig:
     n_classifier_train, n_classifier_train_decoder : int
         Labelled sentences used to fine-tune each classifier (encoder,
         decoder).
-    n_fit : int
-        Unlabelled sentences used to fit the concept estimators.
+    n_fit, n_fit_decoder : int
+        Unlabelled sentences used to fit the concept estimators (encoder,
+        decoder).
     n_eval : int
         Evaluation sentences for the encoder (class-balanced).
     n_eval_decoder : int
@@ -90,6 +91,14 @@ class ComparisonConfig:
         "mlp" (the paper's) or "logistic".
     splice_positions : str
         "salient" or "all".
+    decoder_classifier : {"head", "fine-tune"}
+        How the decoder gets its classifier: ``"head"`` (default) keeps the
+        language model frozen, as the paper's zero-shot decoders, and fits a
+        logistic-regression head on its last-token state (written into the
+        model's ``score`` layer); ``"fine-tune"`` uses
+        :func:`~clvqlearn.evaluation.tasks.fine_tune_classifier` (slow on a
+        CPU, and at 1 epoch of 300 sentences it stayed at chance level on
+        ERASER-Movie).
     seed : int
     device : str
 
@@ -107,6 +116,7 @@ class ComparisonConfig:
     n_classifier_train: int = 600
     n_classifier_train_decoder: int = 300
     n_fit: int = 400
+    n_fit_decoder: int = 250
     n_eval: int = 200
     n_eval_decoder: int = 60
     max_length: int = 64
@@ -119,19 +129,34 @@ class ComparisonConfig:
     clvq_decoder: str = "mlp"
     probe: str = "mlp"
     splice_positions: str = "salient"
+    decoder_classifier: str = "head"
     seed: int = 0
     device: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def unit_key(self, model: str, dataset: str) -> str:
-        """A hash of the settings that determine one (model, data set) unit."""
-        relevant = {k: v for k, v in asdict(self).items() if k not in ("datasets", "models", "device", "extra")}
+        """A hash of the settings that determine one (model, data set) unit.
+
+        Only the settings that unit uses count (the encoder's sizes for
+        MiniLM, the decoder's for SmolLM2), so ``--resume`` keeps finished
+        units when an unrelated setting changes.
+        """
+        common = ("methods", "protocols", "max_length", "k", "concept_epochs", "clvq_decoder", "probe",
+                  "splice_positions", "seed")
+        if model == "smollm2":
+            own = ("n_classifier_train_decoder", "n_fit_decoder", "n_eval_decoder", "ig_steps_decoder",
+                   "decoder_classifier") + (("epochs_decoder",) if self.decoder_classifier == "fine-tune" else ())
+        else:
+            own = ("n_classifier_train", "n_fit", "n_eval", "epochs", "ig_steps")
+        values = asdict(self)
+        relevant = {k: values[k] for k in common + own}
         relevant.update(model=model, dataset=dataset, version=_PART_VERSION)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ data
-def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train: int | None = None):
+def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train: int | None = None,
+                n_fit: int | None = None):
     """(classifier training set, concept-fitting texts, evaluation set) of a data set.
 
     The three parts never share a text.  ERASER-Movie: the classifier learns
@@ -150,6 +175,8 @@ def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train:
         Evaluation sentences (rounded down to a multiple of the class count).
     n_train : int, optional
         Classifier training sentences (default ``config.n_classifier_train``).
+    n_fit : int, optional
+        Concept-fitting sentences (default ``config.n_fit``).
 
     Returns
     -------
@@ -166,6 +193,7 @@ def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train:
     seed = config.seed
     rng = np.random.RandomState(seed)
     n_train = config.n_classifier_train if n_train is None else int(n_train)
+    n_fit = config.n_fit if n_fit is None else int(n_fit)
 
     def clean(ds):
         keep = [i for i, t in enumerate(ds.texts) if t.strip()]
@@ -176,14 +204,14 @@ def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train:
         ev = ev_all.subset(n_eval // ev_all.n_classes, random_state=seed)
         clf_train = clean(load_movie_reviews("sentences")).sample(n_train, random_state=seed)
         fit_pool = [t for t in load_eraser_movie("train").texts if t.strip()]
-        fit = [fit_pool[i] for i in rng.choice(len(fit_pool), size=config.n_fit, replace=False)]
+        fit = [fit_pool[i] for i in rng.choice(len(fit_pool), size=n_fit, replace=False)]
     elif dataset == "jigsaw":
         train = clean(load_jigsaw("train"))
         ev_all = clean(load_jigsaw("dev"))
         ev = ev_all.subset(n_eval // ev_all.n_classes, random_state=seed)
         order = rng.permutation(len(train))
         clf_train = train.take(order[:n_train])
-        fit = [train.texts[i] for i in order[n_train : n_train + config.n_fit]]
+        fit = [train.texts[i] for i in order[n_train : n_train + n_fit]]
     elif dataset == "ag_news":
         data = clean(load_ag_news("test"))
         per_class = n_eval // data.n_classes
@@ -194,10 +222,127 @@ def load_splits(dataset: str, config: ComparisonConfig, *, n_eval: int, n_train:
         ev = data.take(chosen)
         order = rng.permutation(np.setdiff1d(np.arange(len(data)), chosen))
         clf_train = data.take(order[:n_train])
-        fit = [data.texts[i] for i in order[n_train : n_train + config.n_fit]]
+        fit = [data.texts[i] for i in order[n_train : n_train + n_fit]]
     else:
         raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}.")
     return clf_train, fit, ev
+
+
+# -------------------------------------------------------------- decoder classifier
+def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 64, random_state=0,
+                           device="auto", batch_size: int = 16):
+    """A frozen language model with a logistic-regression classification head.
+
+    The paper prompts its decoders zero-shot: their weights are never
+    trained.  This keeps the decoder frozen too, but gives it a linear head:
+    L2-regularised logistic regression (no intercept, ``C`` chosen by
+    stratified 5-fold CV) on the final hidden state of the last token, the
+    very vector a Hugging Face ``*ForSequenceClassification`` head reads.
+    The fitted weights are written into the model's ``score`` layer and the
+    model is saved as a checkpoint that
+    :func:`~clvqlearn.evaluation.tasks.load_classifier`,
+    :func:`~clvqlearn.evaluation.saliency.token_saliency`, the splice
+    protocol and ``LayerPairExtractor(model=str(path))`` all read.  One
+    forward pass over the training texts replaces fine-tuning, and the
+    checkpoint is cached under ``get_cache_home() / "classifiers"``.
+
+    Parameters
+    ----------
+    model : str
+        A causal language model (short name, folder or hub id).
+    train, evaluation : TextDataset
+        Labelled training texts and the held-out set whose accuracy is
+        recorded.
+    max_length : int, default=64
+    random_state : int, default=0
+    device : str, default="auto"
+    batch_size : int, default=16
+
+    Returns
+    -------
+    ClassifierResult
+
+    Examples
+    --------
+    >>> clf = linear_head_classifier("smollm2", train, ev)  # doctest: +SKIP
+    >>> clf.accuracy  # doctest: +SKIP
+    0.717
+    """
+    import shutil
+
+    import torch
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from .. import models as _models
+    from .._config import get_cache_home
+    from .._torch_utils import resolve_device, seeded
+    from .tasks import _INFO_FORMAT, _INFO_VERSION, INFO_FILE, ensure_pad_token, load_classifier
+
+    classes = np.arange(len(evaluation.label_names))
+    params = {"kind": "linear-head", "max_length": int(max_length), "random_state": random_state,
+              "Cs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    digest = hashlib.sha256(json.dumps(
+        {"model": model, "params": params, "train": [train.texts, train.labels.tolist()],
+         "eval": [evaluation.texts, evaluation.labels.tolist()]}).encode()).hexdigest()[:16]
+    folder = get_cache_home() / "classifiers" / f"{Path(model).name}-head-{digest}"
+    if (folder / INFO_FILE).is_file():
+        return load_classifier(folder)
+
+    dev = resolve_device(device)
+    tokenizer = _models.load_tokenizer(model)
+    with seeded(int(random_state or 0), torch.device("cpu")):  # the head's (overwritten) initialisation
+        net = _models.load_model(model, head="sequence-classification", num_labels=int(classes.size))
+    ensure_pad_token(net, tokenizer)
+    net.to(dev).eval()
+    head = getattr(net, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise ValueError(f"{type(net).__name__} has no bias-free `score` head; use decoder_classifier='fine-tune'.")
+
+    @torch.no_grad()
+    def last_token_states(texts):
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=int(max_length),
+                            padding=True, return_tensors="pt").to(dev)
+            hidden = net.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
+            last = enc["attention_mask"].sum(dim=1) - 1  # right padding
+            out.append(hidden[torch.arange(hidden.shape[0], device=dev), last].float().cpu().numpy())
+        return np.concatenate(out)
+
+    X_train, X_eval = last_token_states(list(train.texts)), last_token_states(list(evaluation.texts))
+    probe = LogisticRegressionCV(Cs=params["Cs"], fit_intercept=False, max_iter=5000,
+                                 cv=StratifiedKFold(5, shuffle=True, random_state=int(random_state or 0)))
+    probe.fit(X_train, train.labels)
+    coef = probe.coef_
+    weight = np.vstack([-coef / 2, coef / 2]) if classes.size == 2 and coef.shape[0] == 1 else coef
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        logits = head(torch.as_tensor(X_eval, dtype=head.weight.dtype, device=dev)).cpu().numpy()
+    accuracy = float((logits.argmax(axis=1) == evaluation.labels).mean())
+    net.config.id2label = dict(enumerate(evaluation.label_names))
+    net.config.label2id = {name: i for i, name in enumerate(evaluation.label_names)}
+    info = dict(format=_INFO_FORMAT, version=_INFO_VERSION, base_model=model, fingerprint=digest,
+                label_names=list(evaluation.label_names), classes=classes.tolist(), accuracy=accuracy,
+                n_train=len(train), n_test=len(evaluation),
+                history=[{"C": float(np.ravel(probe.C_)[0]), "train_accuracy": float(probe.score(X_train, train.labels)),
+                          "test_accuracy": accuracy}],
+                params=params)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        net.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_classifier(folder)
 
 
 def make_estimator(method: str, config: ComparisonConfig, model: str):
@@ -258,17 +403,22 @@ def run_unit(model: str, dataset: str, config: ComparisonConfig, *, log=print) -
     ig_steps = config.ig_steps_decoder if decoder else config.ig_steps
     epochs = config.epochs_decoder if decoder else config.epochs
     n_train = config.n_classifier_train_decoder if decoder else config.n_classifier_train
+    n_fit = config.n_fit_decoder if decoder else config.n_fit
     seconds: dict = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
-    clf_train, fit_texts, ev = load_splits(dataset, config, n_eval=n_eval, n_train=n_train)
+    clf_train, fit_texts, ev = load_splits(dataset, config, n_eval=n_eval, n_train=n_train, n_fit=n_fit)
     log(f"[{model}/{dataset}] classifier on {len(clf_train)} texts, concepts on {len(fit_texts)}, "
         f"evaluation on {len(ev)} ({ev.class_counts()})")
-    clf = fine_tune_classifier(
-        clf_train.texts, clf_train.labels, model=model, label_names=ev.label_names, num_labels=ev.n_classes,
-        validation_data=(ev.texts, ev.labels), epochs=epochs, learning_rate=spec["learning_rate"],
-        batch_size=16, max_length=config.max_length, random_state=config.seed, device=config.device,
-        verbose=False,
-    )
+    if decoder and config.decoder_classifier == "head":
+        clf = linear_head_classifier(model, clf_train, ev, max_length=config.max_length, random_state=config.seed,
+                                     device=config.device)
+    else:
+        clf = fine_tune_classifier(
+            clf_train.texts, clf_train.labels, model=model, label_names=ev.label_names, num_labels=ev.n_classes,
+            validation_data=(ev.texts, ev.labels), epochs=epochs, learning_rate=spec["learning_rate"],
+            batch_size=16, max_length=config.max_length, random_state=config.seed, device=config.device,
+            verbose=False,
+        )
     seconds["classifier"] = time.perf_counter() - t0
     took = "reused" if clf.reused else f"{seconds['classifier']:.0f} s"
     log(f"[{model}/{dataset}] classifier accuracy on the evaluation set {clf.accuracy:.3f} ({took})")
@@ -538,7 +688,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="labelled sentences to fine-tune each encoder classifier")
     parser.add_argument("--n-classifier-train-decoder", type=int, default=d.n_classifier_train_decoder,
                         help="labelled sentences to fine-tune each decoder classifier")
-    parser.add_argument("--n-fit", type=int, default=d.n_fit, help="sentences to fit the concept models")
+    parser.add_argument("--n-fit", type=int, default=d.n_fit, help="sentences to fit the concept models (encoder)")
+    parser.add_argument("--n-fit-decoder", type=int, default=d.n_fit_decoder,
+                        help="sentences to fit the concept models (decoder)")
     parser.add_argument("--n-eval", type=int, default=d.n_eval, help="evaluation sentences (encoder)")
     parser.add_argument("--n-eval-decoder", type=int, default=d.n_eval_decoder,
                         help="evaluation sentences (decoder)")
@@ -552,6 +704,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--clvq-decoder", default=d.clvq_decoder, choices=["mlp", "transformer", "transformer-codes"])
     parser.add_argument("--probe", default=d.probe, choices=["mlp", "logistic"])
     parser.add_argument("--splice-positions", default=d.splice_positions, choices=["salient", "all"])
+    parser.add_argument("--decoder-classifier", default=d.decoder_classifier, choices=["head", "fine-tune"],
+                        help="frozen decoder + logistic head (default) or full fine-tuning")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device)
     parser.add_argument("--resume", action="store_true", help="reuse finished units from OUT/parts")
@@ -572,7 +726,8 @@ def config_from_args(args) -> ComparisonConfig:
     >>> config_from_args(build_parser().parse_args(["--k", "20"])).k
     20
     """
-    for name in ("n_classifier_train", "n_classifier_train_decoder", "n_fit", "n_eval", "n_eval_decoder",
+    for name in ("n_classifier_train", "n_classifier_train_decoder", "n_fit", "n_fit_decoder", "n_eval",
+                 "n_eval_decoder",
                  "max_length", "k", "epochs", "epochs_decoder", "ig_steps", "ig_steps_decoder", "concept_epochs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}.")
@@ -580,10 +735,12 @@ def config_from_args(args) -> ComparisonConfig:
         datasets=tuple(args.datasets), models=tuple(args.models), methods=tuple(args.methods),
         protocols=tuple(args.protocols), n_classifier_train=args.n_classifier_train,
         n_classifier_train_decoder=args.n_classifier_train_decoder, n_fit=args.n_fit,
+        n_fit_decoder=args.n_fit_decoder,
         n_eval=args.n_eval, n_eval_decoder=args.n_eval_decoder, max_length=args.max_length, k=args.k,
         epochs=args.epochs, epochs_decoder=args.epochs_decoder, ig_steps=args.ig_steps, ig_steps_decoder=args.ig_steps_decoder,
         concept_epochs=args.concept_epochs, clvq_decoder=args.clvq_decoder, probe=args.probe,
-        splice_positions=args.splice_positions, seed=args.seed, device=args.device,
+        splice_positions=args.splice_positions, decoder_classifier=args.decoder_classifier, seed=args.seed,
+        device=args.device,
     )
 
 

@@ -51,6 +51,11 @@ class Saliency:
         1.0 on rationale tokens and 0.0 elsewhere.
     special_mask : list of ndarray of bool
         True on special tokens (never among the top tokens).
+    fixed_mask : list of ndarray of bool
+        True on tokens the IG reference keeps as they are (special tokens,
+        and a decoder's first token with ``keep_first``); they get zero
+        attribution and are never among the top tokens.  For rationales,
+        the special tokens.
     top_positions : ndarray of shape (n_docs, top_n) of int64
         Positions of the ``top_n`` most salient tokens, best first; -1 where a
         document has fewer candidate tokens (or no rationale).
@@ -76,6 +81,7 @@ class Saliency:
     tokens: list
     attributions: list
     special_mask: list
+    fixed_mask: list
     top_positions: np.ndarray
     targets: np.ndarray | None = None
     probabilities: np.ndarray | None = None
@@ -92,7 +98,18 @@ class Saliency:
             for i, row in enumerate(self.top_positions.tolist())
         ]
 
-    def rows(self, pairs: LayerPairs, rank: int = 0) -> np.ndarray:
+    def ranking(self, i: int) -> np.ndarray:
+        """All candidate positions of document ``i``, most salient first.
+
+        Candidates are the tokens not in :attr:`fixed_mask` (IG) or the
+        rationale tokens; :attr:`top_positions` is the head of this ranking.
+        """
+        att, fixed = self.attributions[i], self.fixed_mask[i]
+        candidates = (att > 0) & ~fixed if self.method == "rationale" else ~fixed
+        rank_by = self.params.get("rank_by", "value")
+        return _top_positions(att, candidates, int(candidates.sum()), rank_by)
+
+    def rows(self, pairs: LayerPairs, rank: int = 0, *, skip_missing: bool = False) -> np.ndarray:
         """Row of each document's ``rank``-th salient token in ``pairs``.
 
         Parameters
@@ -102,19 +119,28 @@ class Saliency:
             tokenizer and ``max_length``; must carry ``positions``.
         rank : int, default=0
             0 = the most salient token.
+        skip_missing : bool, default=False
+            When a salient token has no row in ``pairs`` (the extractor
+            dropped it, e.g. a decoder's massive-activation first token),
+            walk down the document's :meth:`ranking` and count only tokens
+            that have a row.  Without it such documents get -1.
 
         Returns
         -------
         ndarray of shape (n_docs,) of int64
             Row index into ``pairs`` (its ``low``/``high`` arrays), or -1
-            where the document has no salient token or the token is not in
-            ``pairs`` (e.g. dropped special token).
+            where the document has no such token in ``pairs``.
 
         Raises
         ------
         ValueError
             When ``pairs`` has another number of documents, has no
             ``positions``, or its token ids disagree with these documents.
+
+        Examples
+        --------
+        >>> rows = sal.rows(pairs)  # doctest: +SKIP
+        >>> concept_ids = estimator.predict(pairs)[rows]  # doctest: +SKIP
         """
         if not isinstance(pairs, LayerPairs):
             raise TypeError(f"pairs must be a LayerPairs; got {type(pairs).__name__}.")
@@ -122,8 +148,11 @@ class Saliency:
             raise ValueError(f"pairs holds {pairs.n_docs} documents but the saliency map {len(self)}.")
         if pairs.positions is None:
             raise ValueError("pairs has no positions; extract it with a LayerPairExtractor that records them.")
-        if not 0 <= rank < self.top_positions.shape[1]:
-            raise ValueError(f"rank must be in [0, {self.top_positions.shape[1]}); got {rank}.")
+        if not isinstance(rank, Integral) or rank < 0 or (not skip_missing and rank >= self.top_positions.shape[1]):
+            raise ValueError(
+                f"rank must be an integer in [0, {self.top_positions.shape[1]}) (any rank >= 0 with "
+                f"skip_missing=True); got {rank!r}."
+            )
         theirs = pairs.extra.get("max_length") if isinstance(pairs.extra, dict) else None
         if theirs is not None and int(theirs) != self.params.get("max_length", theirs):
             warnings.warn(
@@ -133,21 +162,27 @@ class Saliency:
             )
         out = np.full(len(self), -1, dtype=np.int64)
         for i in range(len(self)):
-            pos = self.top_positions[i, rank]
-            if pos < 0:
-                continue
             start, stop = pairs.offsets[i], pairs.offsets[i + 1]
-            hits = np.flatnonzero(np.asarray(pairs.positions[start:stop]) == pos)
-            if hits.size == 0:
-                continue
-            row = start + int(hits[0])
-            if pairs.token_ids is not None and int(pairs.token_ids[row]) != int(self.input_ids[i][pos]):
-                raise ValueError(
-                    f"Document {i}: LayerPairs token id {int(pairs.token_ids[row])} at position {pos} differs "
-                    f"from the saliency map's {int(self.input_ids[i][pos])}; were both made from the same texts "
-                    "with the same tokenizer and max_length?"
-                )
-            out[i] = row
+            doc_positions = np.asarray(pairs.positions[start:stop])
+            found = 0
+            candidates = self.ranking(i) if skip_missing else self.top_positions[i, rank : rank + 1]
+            for pos in candidates:
+                if pos < 0:
+                    break
+                hits = np.flatnonzero(doc_positions == pos)
+                if hits.size == 0:
+                    continue
+                row = start + int(hits[0])
+                if pairs.token_ids is not None and int(pairs.token_ids[row]) != int(self.input_ids[i][pos]):
+                    raise ValueError(
+                        f"Document {i}: LayerPairs token id {int(pairs.token_ids[row])} at position {pos} "
+                        f"differs from the saliency map's {int(self.input_ids[i][pos])}; were both made from "
+                        "the same texts with the same tokenizer and max_length?"
+                    )
+                if not skip_missing or found == rank:
+                    out[i] = row
+                    break
+                found += 1
         return out
 
     def to_frame(self):
@@ -268,6 +303,7 @@ def token_saliency(
     max_length: int = 128,
     target=None,
     baseline="auto",
+    keep_first="auto",
     rank_by: str = "value",
     device="auto",
     verbose: bool = True,
@@ -315,6 +351,12 @@ def token_saliency(
         Reference token: ``[PAD]`` for encoders; for decoders (whose heads
         locate the last real token through pad ids) the first of unk, eos,
         bos that is not the pad token.
+    keep_first : {"auto", True, False}, default="auto"
+        Keep the first token of every sequence in the reference input (zero
+        attribution, never a top token).  ``"auto"``: for decoders, whose
+        first position is an attention sink with massive activations; moving
+        its embedding makes the IG path so rough that it does not converge
+        (SmolLM2: convergence deltas of about 10 logits at 100 steps).
     rank_by : {"value", "absolute"}, default="value"
         Rank tokens by signed attribution (evidence for the target) or by its
         magnitude.
@@ -365,9 +407,8 @@ def token_saliency(
         rationales = list(rationales)
         if len(rationales) != len(texts):
             raise ValueError(f"Got {len(texts)} texts but {len(rationales)} rationales: expected one entry per text.")
-        tokenizer = (
-            classifier.load("cpu")[1] if isinstance(classifier, ClassifierResult) else _models.load_tokenizer(classifier)
-        )
+        name = str(classifier.path) if isinstance(classifier, ClassifierResult) else classifier
+        tokenizer = _models.load_tokenizer(name)
         return _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
 
     model, tokenizer, is_decoder = _resolve_classifier(classifier, device)
@@ -376,11 +417,16 @@ def token_saliency(
     if target is not None:
         target = np.asarray(target)
         if target.shape != (len(texts),) or not np.issubdtype(target.dtype, np.integer):
-            raise ValueError(f"target must be {len(texts)} integer class ids; got shape {target.shape}, dtype {target.dtype}.")
+            raise ValueError(
+                f"target must be {len(texts)} integer class ids; got shape {target.shape}, dtype {target.dtype}."
+            )
         if target.min() < 0 or target.max() >= n_classes:
             raise ValueError(f"target must lie in [0, {n_classes}); got values {target.min()}..{target.max()}.")
     ref_token = _baseline_token(model, tokenizer, baseline, is_decoder)
-    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by)
+    if keep_first not in ("auto", True, False):
+        raise ValueError(f"keep_first must be 'auto', True or False; got {keep_first!r}.")
+    keep_first = is_decoder if keep_first == "auto" else keep_first
+    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by, keep_first=bool(keep_first))
 
     from captum.attr import LayerIntegratedGradients
 
@@ -391,6 +437,10 @@ def token_saliency(
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     input_ids = [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]
     special = [np.asarray(m, dtype=bool) for m in enc["special_tokens_mask"]]
+    fixed = [m.copy() for m in special]
+    if keep_first:
+        for m in fixed:
+            m[0] = True
     n = len(texts)
     attributions = [None] * n
     targets = np.zeros(n, dtype=np.int64)
@@ -408,7 +458,7 @@ def token_saliency(
             L = input_ids[i].size
             ids[j, :L] = torch.from_numpy(input_ids[i])
             mask[j, :L] = 1
-            ref[j, :L] = torch.where(torch.from_numpy(special[i]), ids[j, :L], ref_token)
+            ref[j, :L] = torch.where(torch.from_numpy(fixed[i]), ids[j, :L], ref_token)
         ids, mask, ref = ids.to(dev), mask.to(dev), ref.to(dev)
         with torch.no_grad():
             p = torch.softmax(forward(ids, mask).float(), dim=-1).cpu().numpy()
@@ -427,13 +477,14 @@ def token_saliency(
             attributions[i] = attr[j, : input_ids[i].size]
         targets[idx], probs[idx], deltas[idx] = tgt, p, delta.detach().float().cpu().numpy()
 
-    top = np.stack([_top_positions(attributions[i], ~special[i], top_n, rank_by) for i in range(n)])
+    top = np.stack([_top_positions(attributions[i], ~fixed[i], top_n, rank_by) for i in range(n)])
     return Saliency(
         method="integrated_gradients",
         input_ids=input_ids,
         tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in input_ids],
         attributions=attributions,
         special_mask=special,
+        fixed_mask=fixed,
         top_positions=top,
         targets=targets,
         probabilities=probs,
@@ -466,6 +517,7 @@ def _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
         tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in input_ids],
         attributions=attributions,
         special_mask=special,
+        fixed_mask=special,
         top_positions=np.stack(top),
         params=params,
     )

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .. import models as _models
 from .._config import get_cache_home
-from .._torch_utils import make_generator, resolve_device, seeded, torch_seed
+from .._torch_utils import resolve_device, seeded, torch_seed
 
 INFO_FILE = "clvqlearn_classifier.json"
 _INFO_FORMAT = "clvqlearn.classifier"
@@ -473,7 +473,9 @@ def fine_tune_classifier(
             raise ValueError(f"validation_data has {len(val_texts)} texts but {val_y.shape} labels.")
         unknown = set(np.unique(val_y).tolist()) - set(classes.tolist())
         if unknown:
-            raise ValueError(f"validation_data has labels {sorted(unknown)} not seen in training labels {classes.tolist()}.")
+            raise ValueError(
+                f"validation_data has labels {sorted(unknown)} not seen in training labels {classes.tolist()}."
+            )
         val_ids = np.searchsorted(classes, val_y).astype(np.int64)
         validation = (val_texts, val_ids)
     else:
@@ -506,7 +508,9 @@ def fine_tune_classifier(
         n = len(texts)
         n_test = max(int(round(validation_fraction * n)), classes.size)
         if n - n_test < classes.size:
-            raise ValueError(f"Too few texts ({n}) to hold out {validation_fraction:.0%} and still train on every class.")
+            raise ValueError(
+                f"Too few texts ({n}) to hold out {validation_fraction:.0%} and still train on every class."
+            )
         counts = np.bincount(ids)
         stratify = ids if counts[counts > 0].min() >= 2 else None
         train_idx, test_idx = train_test_split(

@@ -13,6 +13,7 @@ from clvqlearn.evaluation.comparison import (
     ComparisonConfig,
     build_parser,
     config_from_args,
+    linear_head_classifier,
     load_splits,
     main,
     make_estimator,
@@ -63,6 +64,46 @@ def test_cli_options_and_bad_values(tmp_path, capsys):
     assert "--n-eval must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--models", "gpt5"])
+
+
+def test_unit_key_depends_only_on_the_units_own_settings():
+    base = ComparisonConfig()
+    assert base.unit_key("minilm", "ag_news") == ComparisonConfig(n_eval_decoder=7).unit_key("minilm", "ag_news")
+    assert base.unit_key("minilm", "ag_news") != ComparisonConfig(n_eval=7).unit_key("minilm", "ag_news")
+    assert base.unit_key("smollm2", "ag_news") == ComparisonConfig(n_eval=7).unit_key("smollm2", "ag_news")
+    assert base.unit_key("smollm2", "ag_news") != ComparisonConfig(n_eval_decoder=7).unit_key("smollm2", "ag_news")
+    assert base.unit_key("minilm", "ag_news") != ComparisonConfig(k=7).unit_key("minilm", "ag_news")
+
+
+def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama_dir, tmp_path, monkeypatch):
+    from clvqlearn.datasets import TextDataset
+    from clvqlearn.evaluation.tasks import load_classifier
+
+    monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path))
+    pos = ["a wonderful film", "great acting", "i loved it", "a moving story", "brilliant and warm",
+           "the best film", "funny and clever", "a beautiful movie", "great story", "wonderful acting"]
+    neg = ["a dull film", "awful acting", "i hated it", "a boring story", "stupid and cold",
+           "the worst film", "dull and dumb", "an ugly movie", "terrible story", "boring acting"]
+    texts = pos + neg
+    labels = np.array([1] * 10 + [0] * 10)
+    train = TextDataset(texts, labels, ["neg", "pos"])
+    ev = TextDataset(texts[::2], labels[::2], ["neg", "pos"])
+    clf = linear_head_classifier(str(tiny_llama_dir), train, ev, max_length=16)
+    assert clf.label_names == ["neg", "pos"] and clf.n_train == 20 and clf.n_test == 10
+    # the saved head reproduces the recorded accuracy through the model's own forward pass
+    predicted = load_classifier(clf.path).predict(ev.texts, max_length=16)
+    assert clf.accuracy == pytest.approx(float((predicted == ev.labels).mean()))
+    # the language model itself is unchanged (frozen): same base weights as the original
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_llama_dir / "model.safetensors"))
+    saved = load_file(str(clf.path / "model.safetensors"))
+    key = next(k for k in original if k.endswith("layers.0.mlp.up_proj.weight"))
+    saved_key = next(k for k in saved if k.endswith("layers.0.mlp.up_proj.weight"))
+    assert np.array_equal(original[key].numpy(), saved[saved_key].numpy())
+    # cached: the second call reuses the folder
+    again = linear_head_classifier(str(tiny_llama_dir), train, ev, max_length=16)
+    assert again.path == clf.path and again.reused
 
 
 @pytest.mark.parametrize("method", METHODS)

