@@ -33,12 +33,14 @@ it.  Negative indices count from the end (``-1`` is ``n_layers``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,8 +333,9 @@ def _ensure_gguf_cache(spec: ModelSpec) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
     try:
         kwargs = {"gguf_file": spec.gguf_file, "local_files_only": True}
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype="float32", **kwargs)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype="float32", **kwargs)
         # The weights are dequantised float32 tensors now; drop the GGUF
         # quantisation record so the saved folder loads as a plain checkpoint.
         if hasattr(model.config, "quantization_config"):
@@ -474,21 +477,75 @@ def load_model(
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     try:
-        model = cls.from_pretrained(
-            path,
-            dtype=dtype,
-            local_files_only=not _online(online),
-            trust_remote_code=trust_remote_code,
-            **kwargs,
-        )
+        with _quiet_transformers():
+            model, loading_info = cls.from_pretrained(
+                path,
+                dtype=dtype,
+                local_files_only=not _online(online),
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+                **kwargs,
+            )
     except OSError as exc:
         raise _not_available(spec.name, exc) from exc
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise ValueError(f"Model {spec.name!r} cannot be loaded with head={head!r}: {exc}") from exc
         raise
+    _warn_about_weights(spec.name, head, loading_info)
     model.eval()
     return model.to(dev)
+
+
+# Parameters that belong to a task head (or BERT's pooler): loading a checkpoint
+# with another head than it was saved with leaves these unused or new, as expected.
+_HEAD_PARTS = frozenset({"classifier", "score", "lm_head", "cls", "pooler", "qa_outputs"})
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report and progress bar (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _warn_about_weights(name: str, head, loading_info: dict) -> None:
+    """Warn when weights outside a task head were missing, unused or mismatched.
+
+    Head parameters are expected to differ: a fine-tuned classifier read as a
+    bare model leaves its ``classifier`` unused, and a base model loaded with
+    a new head initialises it.
+    """
+    def outside_head(keys):
+        return sorted(k for k in keys if not _HEAD_PARTS.intersection(str(k).split(".")))
+
+    missing = outside_head(loading_info.get("missing_keys", ()))
+    unused = outside_head(loading_info.get("unexpected_keys", ()))
+    mismatched = [str(m[0] if isinstance(m, (tuple, list)) else m) for m in loading_info.get("mismatched_keys", ())]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) not in the checkpoint, newly initialised (e.g. {missing[:3]})")
+    if unused:
+        problems.append(f"{len(unused)} checkpoint tensor(s) not used (e.g. {unused[:3]})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensor(s) with mismatched shapes (e.g. {mismatched[:3]})")
+    if problems:
+        warnings.warn(
+            f"Loading {name!r} with head={head!r}: " + "; ".join(problems)
+            + ". Check that the checkpoint matches the architecture.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 # ------------------------------------------------------------------- model anatomy

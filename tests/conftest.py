@@ -19,8 +19,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Shared CI machines are noisy: a per-example deadline would make property
+# tests fail on load, not on behaviour (speed is measured in benchmarks/).
+settings.register_profile("clvqlearn", deadline=None)
+settings.load_profile("clvqlearn")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

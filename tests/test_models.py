@@ -189,6 +189,25 @@ def test_checkpoint_with_head_loads_base_model(tiny_bert_dir, tmp_path):
     torch.testing.assert_close(again.classifier.weight, clf.classifier.weight, rtol=0, atol=0)
 
 
+def test_head_mismatch_is_silent_but_missing_base_weights_warn(tiny_bert_dir, tmp_path, recwarn):
+    from safetensors.torch import load_file, save_file
+
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.num_labels = 3
+    with seeded(2, torch.device("cpu")):
+        BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    load_model(str(tmp_path / "clf"))  # unused classifier weights: expected
+    load_model(str(tiny_bert_dir), head="sequence-classification", num_labels=2)  # a new head: expected
+    assert not [w for w in recwarn if "Loading" in str(w.message)]
+    # a checkpoint that lacks a weight of the base model is worth a warning
+    weights = load_file(str(tmp_path / "clf" / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    del weights[key]
+    save_file(weights, str(tmp_path / "clf" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"not in the checkpoint, newly initialised .*query\.weight"):
+        load_model(str(tmp_path / "clf"))
+
+
 def test_load_model_dtype_and_arguments(tiny_bert_dir, tmp_path, monkeypatch):
     half = AutoModel.from_pretrained(tiny_bert_dir).to(torch.float16)
     half.save_pretrained(tmp_path)

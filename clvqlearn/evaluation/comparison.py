@@ -52,7 +52,7 @@ MODELS = {
 }
 METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
-_PART_VERSION = 1
+_PART_VERSION = 2
 
 
 @dataclass
@@ -90,7 +90,12 @@ class ComparisonConfig:
     probe : str
         "mlp" (the paper's) or "logistic".
     splice_positions : str
-        "salient" or "all".
+        "all" (default): remove the salient token's concept from every
+        position of the sentence inside the forward pass; "salient": only at
+        the salient token.  An edit at the LAST layer reaches the head only
+        through the position the head reads ([CLS] or the last token), so
+        with "salient" the high-layer estimators could never change a
+        prediction; "all" lets every method reach the head.
     decoder_classifier : {"head", "fine-tune"}
         How the decoder gets its classifier: ``"head"`` (default) keeps the
         language model frozen, as the paper's zero-shot decoders, and fits a
@@ -106,7 +111,7 @@ class ComparisonConfig:
     --------
     >>> config = ComparisonConfig(models=("minilm",), k=50)
     >>> config.k, config.n_eval, len(config.unit_key("minilm", "ag_news"))
-    (50, 200, 16)
+    (50, 400, 16)
     """
 
     datasets: tuple = DATASETS
@@ -114,13 +119,13 @@ class ComparisonConfig:
     methods: tuple = METHODS
     protocols: tuple = PROTOCOLS
     n_classifier_train: int = 600
-    n_classifier_train_decoder: int = 300
-    n_fit: int = 400
-    n_fit_decoder: int = 250
-    n_eval: int = 200
-    n_eval_decoder: int = 60
+    n_classifier_train_decoder: int = 1500
+    n_fit: int = 1000
+    n_fit_decoder: int = 500
+    n_eval: int = 400
+    n_eval_decoder: int = 120
     max_length: int = 64
-    k: int = 100
+    k: int = 400
     epochs: int = 2
     epochs_decoder: int = 1
     ig_steps: int = 8
@@ -128,7 +133,7 @@ class ComparisonConfig:
     concept_epochs: int = 30
     clvq_decoder: str = "mlp"
     probe: str = "mlp"
-    splice_positions: str = "salient"
+    splice_positions: str = "all"
     decoder_classifier: str = "head"
     seed: int = 0
     device: str = "auto"
@@ -268,8 +273,6 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
     >>> clf.accuracy  # doctest: +SKIP
     0.717
     """
-    import shutil
-
     import torch
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
@@ -277,7 +280,7 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
     from .. import models as _models
     from .._config import get_cache_home
     from .._torch_utils import resolve_device, seeded
-    from .tasks import _INFO_FORMAT, _INFO_VERSION, INFO_FILE, ensure_pad_token, load_classifier
+    from .tasks import _INFO_FORMAT, _INFO_VERSION, INFO_FILE, ensure_pad_token, load_classifier, save_checkpoint
 
     classes = np.arange(len(evaluation.label_names))
     params = {"kind": "linear-head", "max_length": int(max_length), "random_state": random_state,
@@ -328,21 +331,7 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
                 history=[{"C": float(np.ravel(probe.C_)[0]), "train_accuracy": float(probe.score(X_train, train.labels)),
                           "test_accuracy": accuracy}],
                 params=params)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        net.to("cpu").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_classifier(folder)
+    return save_checkpoint(net, tokenizer, info, folder)
 
 
 def make_estimator(method: str, config: ComparisonConfig, model: str):
@@ -670,7 +659,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     --------
     >>> args = build_parser().parse_args(["--out", "x", "--models", "minilm"])
     >>> args.models, args.n_eval
-    (['minilm'], 200)
+    (['minilm'], 400)
     """
     d = ComparisonConfig()
     if parser is None:

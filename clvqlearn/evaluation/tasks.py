@@ -50,6 +50,7 @@ __all__ = [
     "ZeroShotClassifier",
     "fine_tune_classifier",
     "load_classifier",
+    "save_checkpoint",
 ]
 
 
@@ -353,6 +354,51 @@ def _publish(tmp: Path, output_dir: Path) -> None:
         os.replace(tmp, output_dir)
 
 
+def save_checkpoint(net, tokenizer, info: dict, output_dir) -> "ClassifierResult":
+    """Write a classifier checkpoint atomically and load it back.
+
+    The model and tokenizer are saved with ``save_pretrained`` next to
+    ``clvqlearn_classifier.json`` (``info``) in a temporary folder that is
+    then moved into place, so an interrupted write never leaves a
+    half-written classifier.
+
+    Parameters
+    ----------
+    net : transformers.PreTrainedModel
+        A ``*ForSequenceClassification`` model (moved to the CPU).
+    tokenizer : transformers.PreTrainedTokenizerBase
+    info : dict
+        The classifier record (format, version, label names, classes,
+        accuracy, ...), as :func:`load_classifier` reads it.
+    output_dir : path-like
+
+    Returns
+    -------
+    ClassifierResult
+        With ``reused=False``.
+
+    Examples
+    --------
+    >>> clf = save_checkpoint(net, tokenizer, info, "my-classifier")  # doctest: +SKIP
+    """
+    output_dir = Path(output_dir)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        net.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        _publish(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    result = load_classifier(output_dir)
+    result.reused = False
+    return result
+
+
 def _slug(model: str) -> str:
     name = Path(model).name if (os.sep in model or Path(model).exists()) else model
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "model"
@@ -583,20 +629,7 @@ def fine_tune_classifier(
         n_train=len(train_texts), n_test=len(test_texts), history=history, params=params,
         seconds=round(time.perf_counter() - start_all, 2),
     )
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        net.to("cpu").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
-        _publish(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    result = load_classifier(output_dir)
-    result.reused = False
+    result = save_checkpoint(net, tokenizer, info, output_dir)
     result._cache[str(dev)] = (net.to(dev).eval(), tokenizer)
     return result
 

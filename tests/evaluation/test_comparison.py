@@ -89,6 +89,7 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
     train = TextDataset(texts, labels, ["neg", "pos"])
     ev = TextDataset(texts[::2], labels[::2], ["neg", "pos"])
     clf = linear_head_classifier(str(tiny_llama_dir), train, ev, max_length=16)
+    assert not clf.reused
     assert clf.label_names == ["neg", "pos"] and clf.n_train == 20 and clf.n_test == 10
     # the saved head reproduces the recorded accuracy through the model's own forward pass
     predicted = load_classifier(clf.path).predict(ev.texts, max_length=16)
