@@ -87,6 +87,11 @@ class ComparisonConfig:
     clvq_decoder : str
         Decoder of the two VQ models ("mlp" is fast; "transformer" is the
         reference form).
+    baseline_layer : {"high", "low"}
+        The layer of the single-layer baselines (SingleLayerVQ,
+        KMeansConcepts).  "low" puts them in CrossLayerVQ's own space (the
+        low layer): a layer-matched control that separates the effect of
+        the method from that of the layer edited.
     probe : str
         "mlp" (the paper's) or "logistic".
     splice_positions : str
@@ -132,6 +137,7 @@ class ComparisonConfig:
     ig_steps_decoder: int = 2
     concept_epochs: int = 30
     clvq_decoder: str = "mlp"
+    baseline_layer: str = "high"
     probe: str = "mlp"
     splice_positions: str = "all"
     decoder_classifier: str = "head"
@@ -147,7 +153,7 @@ class ComparisonConfig:
         units when an unrelated setting changes.
         """
         common = ("methods", "protocols", "max_length", "k", "concept_epochs", "clvq_decoder", "probe",
-                  "splice_positions", "seed")
+                  "splice_positions", "seed") + (("baseline_layer",) if self.baseline_layer != "high" else ())
         if model == "smollm2":
             own = ("n_classifier_train_decoder", "n_fit_decoder", "n_eval_decoder", "ig_steps_decoder",
                    "decoder_classifier") + (("epochs_decoder",) if self.decoder_classifier == "fine-tune" else ())
@@ -354,9 +360,9 @@ def make_estimator(method: str, config: ComparisonConfig, model: str):
     if method == "CrossLayerVQ":
         return CrossLayerVQ(k, **vq)
     if method == "SingleLayerVQ":
-        return SingleLayerVQ(k, layer="high", **vq)
+        return SingleLayerVQ(k, layer=config.baseline_layer, **vq)
     if method == "KMeansConcepts":
-        return KMeansConcepts(k, layer="high", random_state=seed)
+        return KMeansConcepts(k, layer=config.baseline_layer, random_state=seed)
     if method == "SparseAutoencoder":
         return SparseAutoencoder(k, max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
                                  random_state=seed, device=device)
@@ -466,7 +472,8 @@ def to_markdown(frame) -> str:
     protocols = [p for p in PROTOCOLS if p in set(frame["protocol"])]
     header = ["model", "data set", "method", "classifier acc."]
     for p in protocols:
-        header += [f"{p}: acc. before -> after", f"{p}: drop", f"{p}: random ctrl drop", f"{p}: flip rate"]
+        header += [f"{p}: acc. before -> after", f"{p}: drop (95% CI)", f"{p}: random ctrl drop",
+                   f"{p}: flip rate", f"{p}: norm removed (concept / random)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["model", "dataset", "method"]
     for (model, dataset, method), group in frame.groupby(keys, sort=False):
@@ -474,11 +481,17 @@ def to_markdown(frame) -> str:
         for p in protocols:
             sub = group[group["protocol"] == p]
             if sub.empty:
-                cells += ["", "", "", ""]
+                cells += [""] * 5
                 continue
             r = sub.iloc[0]
-            cells += [f"{r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}", f"{r['drop']:.1%}",
-                      f"{r['control_drop']:.1%}", f"{r['flip_rate']:.1%}"]
+            drop = f"{r['drop']:.1%}"
+            if "drop_ci_low" in r and np.isfinite(r["drop_ci_low"]):
+                drop += f" ({r['drop_ci_low']:.0%} to {r['drop_ci_high']:.0%})"
+            removed = ""
+            if "removed_norm" in r and np.isfinite(r["removed_norm"]):
+                removed = f"{r['removed_norm']:.2f} / {r['control_removed_norm']:.2f}"
+            cells += [f"{r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}", drop,
+                      f"{r['control_drop']:.1%}", f"{r['flip_rate']:.1%}", removed]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -611,16 +624,23 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     if command is None:
         command = "run_comparison(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"
+    unit_wall = sum(u.get("seconds", {}).get("total", 0.0) for u in units.values())
+    unit_cpu = sum(u.get("seconds", {}).get("cpu_total", 0.0) for u in units.values())
     md = [
         "# Concept removal: comparison table (evaluation axis 1)\n",
-        f"Produced by `{command.strip()}` in {total / 60:.1f} min wall clock, {cpu / 60:.1f} min of CPU time "
-        "(units reused from earlier runs count 0; see run.json for each unit).\n",
+        f"Produced by `{command.strip()}`. The units took {unit_wall / 60:.1f} min wall clock and "
+        f"{unit_cpu / 60:.1f} min of CPU time when they ran (this call: {total / 60:.1f} min; units reused "
+        "with --resume keep their own times, see run.json).\n",
         "Drop = relative accuracy drop `(before - after) / before` when the concept of each sentence's most "
-        "salient token (Integrated Gradients on the fine-tuned classifier) is projected out; random ctrl = "
-        "the same with random Gaussian directions of the same rank; flip rate = share of sentences whose "
-        "prediction changed. Probe: the paper's protocol (sentence vector at the concept's layer, MLP probe "
-        "trained on clean vectors, stratified 5-fold CV). Splice: edit inside the forward pass at the salient "
-        "token, read the model's own head.\n",
+        "salient token (Integrated Gradients on the task classifier: fine-tuned MiniLM; frozen SmolLM2 with "
+        f"a {'linear' if config.decoder_classifier == 'head' else 'fine-tuned'} head) is projected out, with "
+        "its bootstrap 95% CI; random ctrl = the same with random Gaussian directions of the same rank; flip "
+        "rate = share of sentences whose prediction changed; norm removed = mean share of the edited vector's "
+        "norm that the projection removed (concept / random). Probe: the paper's protocol (sentence vector at "
+        f"the concept's layer, {config.probe} probe trained on clean vectors, stratified 5-fold CV). Splice: "
+        "edit the hidden state inside the forward pass at "
+        f"{'every position' if config.splice_positions == 'all' else 'the salient token'} and read the "
+        "model's own head.\n",
         f"Subsampled settings: {json.dumps(settings, default=str)}\n",
         to_markdown(frame) if len(frame) else "(no rows)\n",
     ]
@@ -691,6 +711,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--ig-steps-decoder", type=int, default=d.ig_steps_decoder)
     parser.add_argument("--concept-epochs", type=int, default=d.concept_epochs)
     parser.add_argument("--clvq-decoder", default=d.clvq_decoder, choices=["mlp", "transformer", "transformer-codes"])
+    parser.add_argument("--baseline-layer", default=d.baseline_layer, choices=["high", "low"],
+                        help="layer of SingleLayerVQ and KMeansConcepts ('low' = CrossLayerVQ's own layer)")
     parser.add_argument("--probe", default=d.probe, choices=["mlp", "logistic"])
     parser.add_argument("--splice-positions", default=d.splice_positions, choices=["salient", "all"])
     parser.add_argument("--decoder-classifier", default=d.decoder_classifier, choices=["head", "fine-tune"],
@@ -727,7 +749,8 @@ def config_from_args(args) -> ComparisonConfig:
         n_fit_decoder=args.n_fit_decoder,
         n_eval=args.n_eval, n_eval_decoder=args.n_eval_decoder, max_length=args.max_length, k=args.k,
         epochs=args.epochs, epochs_decoder=args.epochs_decoder, ig_steps=args.ig_steps, ig_steps_decoder=args.ig_steps_decoder,
-        concept_epochs=args.concept_epochs, clvq_decoder=args.clvq_decoder, probe=args.probe,
+        concept_epochs=args.concept_epochs, clvq_decoder=args.clvq_decoder, baseline_layer=args.baseline_layer,
+        probe=args.probe,
         splice_positions=args.splice_positions, decoder_classifier=args.decoder_classifier, seed=args.seed,
         device=args.device,
     )

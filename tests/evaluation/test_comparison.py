@@ -107,6 +107,16 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
     assert again.path == clf.path and again.reused
 
 
+def test_baseline_layer_moves_the_single_layer_baselines():
+    config = config_from_args(build_parser().parse_args(["--baseline-layer", "low"]))
+    assert config.baseline_layer == "low"
+    assert make_estimator("KMeansConcepts", config, "minilm").layer == "low"
+    assert make_estimator("SingleLayerVQ", config, "minilm").layer == "low"
+    assert make_estimator("KMeansConcepts", ComparisonConfig(), "minilm").layer == "high"
+    # a different layer is a different unit; the default keeps the keys of earlier runs
+    assert config.unit_key("minilm", "jigsaw") != ComparisonConfig().unit_key("minilm", "jigsaw")
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_estimators_share_k_and_seed(method):
     est = make_estimator(method, ComparisonConfig(k=12, seed=3), "minilm")
