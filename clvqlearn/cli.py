@@ -21,11 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="minilm", help="packaged name (minilm, smollm2), HF id or local folder")
     demo.add_argument("--dataset", default="bbc_news", help="bbc_news (packaged), ag_news, jigsaw, eraser_movie, movie_reviews")
     demo.add_argument("--layers", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"))
-    demo.add_argument("--n-texts", type=int, default=200)
+    demo.add_argument("--n-texts", type=int, default=400)
     demo.add_argument("--k", type=int, default=50)
     demo.add_argument("--max-length", type=int, default=128)
-    demo.add_argument("--max-epochs", type=int, default=8)
-    demo.add_argument("--decoder", default="transformer", choices=["transformer", "transformer-codes", "mlp"])
+    demo.add_argument("--max-epochs", type=int, default=30)
+    demo.add_argument("--decoder", default="mlp", choices=["mlp", "transformer", "transformer-codes"],
+                      help="CrossLayerVQ decoder: 'mlp' (per token, learns in minutes on a CPU) or the "
+                           "reference 'transformer' (needs many more epochs)")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--output", default="clvq_output")
     demo.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,7 @@
 Fine-tunes MiniLM on BBC News topics, learns CrossLayerVQ concepts from the
 fine-tuned model's own layers 4 -> 6, then removes each test sentence's
 salient concept and reports the accuracy drop against a random-direction
-control, with both protocols. About two minutes on a laptop CPU.
+control, with both protocols. A few minutes on a laptop CPU (3.5 min on 2 busy cores).
 
     python examples/concept_removal.py
 """

@@ -542,10 +542,15 @@ def plot(frame, path) -> Path:
             for p_i, protocol in enumerate(protocols):
                 rows = sub[sub["protocol"] == protocol].set_index("method").reindex(methods)
                 offset = (p_i - (len(protocols) - 1) / 2) * width
-                ax.bar(x + offset, 100 * rows["drop"].to_numpy(dtype=float), width, color=colours.get(protocol),
-                       label=f"{protocol}: concept removed")
+                drop = 100 * rows["drop"].to_numpy(dtype=float)
+                yerr = None
+                if {"drop_ci_low", "drop_ci_high"} <= set(rows.columns):
+                    low, high = 100 * rows["drop_ci_low"].to_numpy(float), 100 * rows["drop_ci_high"].to_numpy(float)
+                    yerr = np.nan_to_num(np.vstack([drop - low, high - drop]).clip(min=0))
+                ax.bar(x + offset, drop, width, color=colours.get(protocol), yerr=yerr, capsize=2,
+                       error_kw={"elinewidth": 0.8, "ecolor": "0.3"}, label=f"{protocol}: concept removed (95% CI)")
                 ax.plot(x + offset, 100 * rows["control_drop"].to_numpy(dtype=float), "kx", markersize=7,
-                        label=f"{protocol}: random direction" if p_i == 0 else None)
+                        label="random directions of the same rank" if p_i == 0 else None)
             ax.axhline(0, color="grey", linewidth=0.8)
             ax.set_xticks(x)
             ax.set_xticklabels([m.replace("Concepts", "").replace("Autoencoder", "AE") for m in methods],
@@ -557,11 +562,11 @@ def plot(frame, path) -> Path:
     seen = {}
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 2), fontsize=9)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 3), fontsize=9)
     fig.suptitle("Concept removal: relative accuracy drop when the salient token's concept\n"
                  "is projected out (bars) vs. random directions of the same rank (x)", fontsize=11)
-    bottom = 0.9 / (3.6 * len(models) + 1.2)
-    fig.tight_layout(rect=(0, bottom + 0.02, 1, 0.95))
+    bottom = 0.5 / (3.6 * len(models) + 1.2)
+    fig.tight_layout(rect=(0, bottom, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -387,8 +387,9 @@ def save_checkpoint(net, tokenizer, info: dict, output_dir) -> "ClassifierResult
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        net.to("cpu").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with _models._quiet_transformers():
+            net.to("cpu").save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         _publish(tmp, output_dir)
     finally:
