@@ -53,6 +53,7 @@ MODELS = {
 METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
 _PART_VERSION = 2
+_HEAD_VERSION = 2  # bump when linear_head_classifier's fitting changes (its cache key)
 
 
 @dataclass
@@ -144,6 +145,14 @@ class ComparisonConfig:
     seed: int = 0
     device: str = "auto"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        choices = {"decoder_classifier": ("head", "fine-tune"), "baseline_layer": ("high", "low"),
+                   "probe": ("mlp", "logistic"), "splice_positions": ("salient", "all"),
+                   "clvq_decoder": ("mlp", "transformer", "transformer-codes")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}.")
 
     def unit_key(self, model: str, dataset: str) -> str:
         """A hash of the settings that determine one (model, data set) unit.
@@ -289,8 +298,14 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
     from .tasks import _INFO_FORMAT, _INFO_VERSION, INFO_FILE, ensure_pad_token, load_classifier, save_checkpoint
 
     classes = np.arange(len(evaluation.label_names))
-    params = {"kind": "linear-head", "max_length": int(max_length), "random_state": random_state,
-              "Cs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    params = {"kind": "linear-head", "version": _HEAD_VERSION, "max_length": int(max_length),
+              "random_state": random_state, "Cs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    present = np.unique(train.labels)
+    if not np.array_equal(present, classes):
+        raise ValueError(
+            f"the training texts must hold every class 0..{classes.size - 1} of {list(evaluation.label_names)}; "
+            f"got labels {present.tolist()}."
+        )
     digest = hashlib.sha256(json.dumps(
         {"model": model, "params": params, "train": [train.texts, train.labels.tolist()],
          "eval": [evaluation.texts, evaluation.labels.tolist()]}).encode()).hexdigest()[:16]
@@ -315,7 +330,9 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
             enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=int(max_length),
                             padding=True, return_tensors="pt").to(dev)
             hidden = net.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
-            last = enc["attention_mask"].sum(dim=1) - 1  # right padding
+            # the position the HF head reads: the rightmost token that is not the pad token
+            non_pad = (enc["input_ids"] != net.config.pad_token_id).int()
+            last = (torch.arange(non_pad.shape[1], device=dev) * non_pad).argmax(-1)
             out.append(hidden[torch.arange(hidden.shape[0], device=dev), last].float().cpu().numpy())
         return np.concatenate(out)
 
@@ -328,6 +345,8 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
         logits = head(torch.as_tensor(X_eval, dtype=head.weight.dtype, device=dev)).cpu().numpy()
+    if not np.array_equal(logits.argmax(axis=1), probe.predict(X_eval)):
+        raise RuntimeError("the head written into the model does not reproduce the fitted probe's predictions.")
     accuracy = float((logits.argmax(axis=1) == evaluation.labels).mean())
     net.config.id2label = dict(enumerate(evaluation.label_names))
     net.config.label2id = {name: i for i, name in enumerate(evaluation.label_names)}
@@ -637,8 +656,9 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
         f"{unit_cpu / 60:.1f} min of CPU time when they ran (this call: {total / 60:.1f} min; units reused "
         "with --resume keep their own times, see run.json).\n",
         "Drop = relative accuracy drop `(before - after) / before` when the concept of each sentence's most "
-        "salient token (Integrated Gradients on the task classifier: fine-tuned MiniLM; frozen SmolLM2 with "
-        f"a {'linear' if config.decoder_classifier == 'head' else 'fine-tuned'} head) is projected out, with "
+        "salient token (Integrated Gradients on the task classifier: fine-tuned MiniLM; SmolLM2 "
+        f"{'frozen with a linear head' if config.decoder_classifier == 'head' else 'fine-tuned'}) is projected "
+        "out, with "
         "its bootstrap 95% CI; random ctrl = the same with random Gaussian directions of the same rank; flip "
         "rate = share of sentences whose prediction changed; norm removed = mean share of the edited vector's "
         "norm that the projection removed (concept / random). Probe: the paper's protocol (sentence vector at "

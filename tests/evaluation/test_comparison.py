@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -102,9 +103,38 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
     key = next(k for k in original if k.endswith("layers.0.mlp.up_proj.weight"))
     saved_key = next(k for k in saved if k.endswith("layers.0.mlp.up_proj.weight"))
     assert np.array_equal(original[key].numpy(), saved[saved_key].numpy())
+    # the head reproduces an independently fitted probe on the same last-token states
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from clvqlearn.models import load_model, load_tokenizer
+
+    tok, base = load_tokenizer(str(tiny_llama_dir)), load_model(str(tiny_llama_dir))
+
+    def states(batch):
+        rows = []
+        for text in batch:
+            ids = tok(text, truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                rows.append(base(input_ids=ids).last_hidden_state[0, -1].numpy())
+        return np.stack(rows)
+
+    reference = LogisticRegressionCV(Cs=clf.params["Cs"], fit_intercept=False, max_iter=5000,
+                                     cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(states(texts), labels)
+    np.testing.assert_array_equal(predicted, reference.predict(states(ev.texts)))
+    with pytest.raises(ValueError, match="every class"):
+        linear_head_classifier(str(tiny_llama_dir), TextDataset(pos, np.ones(10, int), ["neg", "pos"]), ev,
+                               max_length=16)
     # cached: the second call reuses the folder
     again = linear_head_classifier(str(tiny_llama_dir), train, ev, max_length=16)
     assert again.path == clf.path and again.reused
+
+
+def test_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="decoder_classifier"):
+        ComparisonConfig(decoder_classifier="Head")
+    with pytest.raises(ValueError, match="baseline_layer"):
+        ComparisonConfig(baseline_layer="middle")
 
 
 def test_baseline_layer_moves_the_single_layer_baselines():

@@ -167,6 +167,7 @@ def test_rows_skip_tokens_the_extractor_dropped(bert_clf):
     assert np.all(sal.rows(dropped) == -1)
     rows = sal.rows(dropped, skip_missing=True)
     for i, row in enumerate(rows):
+        assert row >= 0
         assert dropped.positions[row] == sal.ranking(i)[1] == sal.top_positions[i, 1]
     with pytest.raises(ValueError, match="rank must be"):
         sal.rows(pairs, rank=2)
