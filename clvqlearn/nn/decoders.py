@@ -26,7 +26,6 @@ torch.Size([3, 6])
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 DECODERS = ("transformer", "transformer-codes", "mlp")

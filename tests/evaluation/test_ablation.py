@@ -30,7 +30,6 @@ from clvqlearn.evaluation.projection import (
 from clvqlearn.evaluation.splice import hook_site, splice_logits, splice_projection
 from clvqlearn.evaluation.tasks import fine_tune_classifier
 from clvqlearn.extraction import LayerPairExtractor
-from clvqlearn.models import get_layer_list
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -19,7 +19,6 @@ from clvqlearn.evaluation.comparison import (
     main,
     make_estimator,
     plot,
-    run_comparison,
     to_markdown,
 )
 
