@@ -504,6 +504,21 @@ def test_sample_keeps_class_proportions(labels, data):
     expected = n * np.bincount(labels, minlength=4) / len(labels)
     assert np.all(np.abs(np.array(_counts(sub)) - expected) < 1)
     assert sub.texts == ds.sample(n, random_state=seed).texts
+    # shuffle: the same texts, in an order of its own, reproducibly
+    stratify = data.draw(st.booleans())
+    plain = ds.sample(n, stratify=stratify, random_state=seed)
+    mixed = ds.sample(n, stratify=stratify, shuffle=True, random_state=seed)
+    assert sorted(mixed.texts) == sorted(plain.texts)
+    assert mixed.texts == ds.sample(n, stratify=stratify, shuffle=True, random_state=seed).texts
+    assert [dict(zip(mixed.texts, mixed.labels.tolist()))[t] for t in plain.texts] == plain.labels.tolist()
+
+
+def test_shuffled_sample_mixes_classes_of_a_sorted_file():
+    ds = TextDataset([f"t{i}" for i in range(100)], np.repeat([0, 1], 50), ["a", "b"])
+    head = ds.sample(60, random_state=0).labels[:20]
+    assert set(head.tolist()) == {0}  # original order: the first class first
+    mixed = ds.sample(60, shuffle=True, random_state=0).labels[:20]
+    assert set(mixed.tolist()) == {0, 1}
 
 
 line_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,

@@ -295,13 +295,15 @@ class TextDataset:
         ]
         return self.take(np.sort(np.concatenate(chosen)))
 
-    def sample(self, n: int, *, stratify: bool = True, random_state=None) -> TextDataset:
+    def sample(self, n: int, *, stratify: bool = True, shuffle: bool = False, random_state=None) -> TextDataset:
         """A random subset of ``n`` texts, stratified by class when labelled.
 
         With ``stratify=True`` every class gets ``floor(n * p)`` or
         ``floor(n * p) + 1`` texts, ``p`` its share of the data set (largest
         remainder rounding), so class proportions are kept to within one text.
-        The chosen texts keep their original order.
+        The chosen texts keep their original order (files are often sorted
+        by class, so slicing the result may give one class only) unless
+        ``shuffle=True``.
 
         Parameters
         ----------
@@ -309,6 +311,9 @@ class TextDataset:
             Number of texts, ``1 <= n <= len(self)``.
         stratify : bool, default=True
             Keep class proportions (ignored for unlabelled data).
+        shuffle : bool, default=False
+            Return the chosen texts in random order (the same texts as
+            without it, for the same ``random_state``).
         random_state : int, RandomState instance or None
             Seed of the draw.
 
@@ -328,14 +333,16 @@ class TextDataset:
             raise ValueError(f"n must be an int in 1..{len(self)}, got {n!r}")
         rng = check_random_state(random_state)
         if not stratify or self.labels is None:
-            return self.take(np.sort(rng.choice(len(self), size=n, replace=False)))
+            chosen = np.sort(rng.choice(len(self), size=n, replace=False))
+            return self.take(rng.permutation(chosen) if shuffle else chosen)
         counts = np.bincount(self.labels, minlength=self.n_classes)
         quotas = _proportional_quotas(counts, n)
         chosen = [
             rng.choice(np.flatnonzero(self.labels == c), size=int(q), replace=False)
             for c, q in enumerate(quotas)
         ]
-        return self.take(np.sort(np.concatenate(chosen)))
+        chosen = np.sort(np.concatenate(chosen))
+        return self.take(rng.permutation(chosen) if shuffle else chosen)
 
     def _require_labels(self, what: str):
         if self.labels is None:
