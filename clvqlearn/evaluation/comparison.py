@@ -53,6 +53,14 @@ MODELS = {
 METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
 _PART_VERSION = 2
+# The allowed values of ComparisonConfig's choice settings (also the CLI's choices).
+CHOICES = {
+    "clvq_decoder": ("mlp", "transformer", "transformer-codes"),
+    "baseline_layer": ("high", "low"),
+    "probe": ("mlp", "logistic"),
+    "splice_positions": ("salient", "all"),
+    "decoder_classifier": ("head", "fine-tune"),
+}
 _HEAD_VERSION = 2  # bump when linear_head_classifier's fitting changes (its cache key)
 
 
@@ -147,10 +155,7 @@ class ComparisonConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        choices = {"decoder_classifier": ("head", "fine-tune"), "baseline_layer": ("high", "low"),
-                   "probe": ("mlp", "logistic"), "splice_positions": ("salient", "all"),
-                   "clvq_decoder": ("mlp", "transformer", "transformer-codes")}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}.")
 
@@ -735,12 +740,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--ig-steps", type=int, default=d.ig_steps)
     parser.add_argument("--ig-steps-decoder", type=int, default=d.ig_steps_decoder)
     parser.add_argument("--concept-epochs", type=int, default=d.concept_epochs)
-    parser.add_argument("--clvq-decoder", default=d.clvq_decoder, choices=["mlp", "transformer", "transformer-codes"])
-    parser.add_argument("--baseline-layer", default=d.baseline_layer, choices=["high", "low"],
+    parser.add_argument("--clvq-decoder", default=d.clvq_decoder, choices=CHOICES["clvq_decoder"])
+    parser.add_argument("--baseline-layer", default=d.baseline_layer, choices=CHOICES["baseline_layer"],
                         help="layer of SingleLayerVQ and KMeansConcepts ('low' = CrossLayerVQ's own layer)")
-    parser.add_argument("--probe", default=d.probe, choices=["mlp", "logistic"])
-    parser.add_argument("--splice-positions", default=d.splice_positions, choices=["salient", "all"])
-    parser.add_argument("--decoder-classifier", default=d.decoder_classifier, choices=["head", "fine-tune"],
+    parser.add_argument("--probe", default=d.probe, choices=CHOICES["probe"])
+    parser.add_argument("--splice-positions", default=d.splice_positions, choices=CHOICES["splice_positions"])
+    parser.add_argument("--decoder-classifier", default=d.decoder_classifier, choices=CHOICES["decoder_classifier"],
                         help="frozen decoder + logistic head (default) or full fine-tuning")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device)
