@@ -82,13 +82,16 @@ def seeded(seed: int, device: torch.device):
     Used for module construction and dropout, which read the global RNG.
     """
     devices = [device] if device.type == "cuda" else []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed % (2**63))
-            if device.type == "cuda":
-                torch.cuda.manual_seed(seed % (2**63))
-            yield
+    with contextlib.ExitStack() as stack:
+        # silence fork_rng's own notices only: warnings raised inside the
+        # block (e.g. a ConvergenceWarning from training) must reach the user
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+        torch.manual_seed(seed % (2**63))
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed % (2**63))
+        yield
 
 
 def to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -245,10 +245,11 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         The first call initialises the model.  Trainable estimators run one
         epoch over the batch with no validation split (optimiser state
-        carries over between calls in one session; it is not pickled).  If a
-        call fails (bad input,
-        or an error during the update) the fitted state is left exactly as
-        it was before the call.
+        carries over between calls in one session: Adam's moments, the
+        plateau schedule and the warm-up position; it is not pickled).  If
+        a call fails (bad input, or an error during the update) the fitted
+        state, the optimiser state included, is left exactly as it was
+        before the call.
 
         Parameters
         ----------
@@ -410,7 +411,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __getstate__(self):
         state = super().__getstate__()
-        return {k: v for k, v in state.items() if not k.startswith("_cache")}
+        # torch modules and the optimiser's streaming state stay out of pickles
+        return {k: v for k, v in state.items() if not k.startswith("_cache") and k != "_train_state"}
 
     def save(self, path) -> Path:
         """Save a fitted estimator without pickle: safetensors + JSON.

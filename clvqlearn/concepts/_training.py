@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -107,6 +108,8 @@ class TrainConfig:
     gradient_clip: float | None = 2.0
     validation_fraction: float = 0.1
     compute_dtype: str = "float32"
+    warmup_steps: int = 0
+    divergence_factor: float = 10.0
     verbose: int = 0
     description: str = "fit"
 
@@ -121,6 +124,21 @@ class TrainResult:
     best_epoch: int = 0
     n_steps: int = 0
     stopped_early: bool = False
+    diverged: str | None = None
+
+
+@dataclass
+class TrainState:
+    """Optimiser state carried from one :func:`train_module` call to the next.
+
+    ``partial_fit`` keeps it between calls, so Adam's moments, the
+    plateau schedule (its current learning rate, best loss and patience
+    counter) and the warm-up position survive streaming.
+    """
+
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    n_steps: int = 0
 
 
 def parameter_groups(module: nn.Module, weight_decay: float):
@@ -196,9 +214,14 @@ def train_module(
     rng: np.random.RandomState,
     device: torch.device,
     after_step: Callable[[nn.Module, Batch], None] | None = None,
-    optimizer_state: dict | None = None,
-) -> tuple[TrainResult, dict]:
+    state: TrainState | None = None,
+) -> tuple[TrainResult, TrainState]:
     """Train ``module`` on token rows grouped by document.
+
+    Training stops early when the validation loss stops improving, and
+    stops at once when the loss becomes non-finite or explodes (more than
+    ``config.divergence_factor`` times the best epoch so far): the best
+    state seen is restored and a ``ConvergenceWarning`` says what to change.
 
     Parameters
     ----------
@@ -216,81 +239,149 @@ def train_module(
     device : torch.device
     after_step : callable, optional
         Called after every optimiser step (e.g. re-normalise decoder rows).
-    optimizer_state : dict, optional
-        State to resume Adam from (``partial_fit``).
+    state : TrainState, optional
+        Where a previous call left the optimiser (``partial_fit``).
 
     Returns
     -------
     result : TrainResult
-    optimizer_state : dict
-        Adam's state after training (for the next ``partial_fit``).
+    state : TrainState
+        The optimiser's state after training (for the next ``partial_fit``).
     """
     from tqdm.auto import tqdm
 
     offsets = np.asarray(offsets, dtype=np.int64)
-    n_docs = offsets.size - 1
-    same = source is target
     source_t = as_float_tensor(source)
-    target_t = source_t if same else as_float_tensor(target)
-    train_docs, val_docs = split_documents(n_docs, config.validation_fraction, rng)
-
-    optimizer = torch.optim.Adam(parameter_groups(module, config.weight_decay), lr=config.learning_rate)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
-    )
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-
+    target_t = source_t if source is target else as_float_tensor(target)
+    train_docs, val_docs = split_documents(offsets.size - 1, config.validation_fraction, rng)
+    optimizer, scheduler, state = _optimizer(module, config, state)
     result = TrainResult()
-    best_loss, best_state, bad_epochs = math.inf, None, 0
-    epochs = range(config.max_epochs)
-    bar = tqdm(epochs, desc=config.description, disable=not config.verbose, leave=False)
+    tracker = _BestState(module, config)
+    bar = tqdm(range(config.max_epochs), desc=config.description, disable=not config.verbose, leave=False)
     for epoch in bar:
-        module.train()
-        total, count = 0.0, 0
-        for batch in iterate_batches(source_t, target_t, offsets, train_docs, config, rng, True, device):
-            with _autocast(device, config.compute_dtype):
-                loss = loss_fn(module, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {loss.item()} at epoch {epoch}; lower learning_rate "
-                    "or check the input scale."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.gradient_clip)
-            optimizer.step()
-            if after_step is not None:
-                after_step(module, batch)
-            total += float(loss.detach()) * batch.n_tokens
-            count += batch.n_tokens
-            result.n_steps += 1
-        train_loss = total / max(count, 1)
-        result.loss_curve.append(train_loss)
-        if val_docs.size:
+        batches = iterate_batches(source_t, target_t, offsets, train_docs, config, rng, True, device)
+        train_loss, reason = _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
+                                          result, device, tracker.best_train)
+        if reason is None and val_docs.size:
             val_loss = evaluate_loss(module, loss_fn, source_t, target_t, offsets, val_docs, config, rng, device)
             result.validation_curve.append(val_loss)
         else:
             val_loss = train_loss
+        reason = reason or tracker.explosion(train_loss, val_loss)
+        if reason is not None:
+            result.diverged = f"{reason} at epoch {epoch + 1}"
+            break
+        result.loss_curve.append(train_loss)
         scheduler.step(val_loss)
         result.n_epochs = epoch + 1
         bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-        if val_loss < best_loss - config.tol * abs(best_loss if math.isfinite(best_loss) else 0):
-            best_loss, bad_epochs, result.best_epoch = val_loss, 0, epoch + 1
-            best_state = copy.deepcopy(module.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.early_stopping_patience:
-                result.stopped_early = True
-                break
-    if best_state is not None:
-        module.load_state_dict(best_state)
+        if tracker.update(train_loss, val_loss, epoch + 1):
+            result.best_epoch = epoch + 1
+        elif tracker.bad_epochs >= config.early_stopping_patience:
+            result.stopped_early = True
+            break
+    tracker.restore()
     module.eval()
-    return result, optimizer.state_dict()
+    if result.diverged:
+        _warn_divergence(config, result)
+    state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+    return result, state
+
+
+def _optimizer(module, config: TrainConfig, state: TrainState | None):
+    """Adam and ReduceLROnPlateau, resumed from ``state`` when given."""
+    optimizer = torch.optim.Adam(parameter_groups(module, config.weight_decay), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    state = state if state is not None else TrainState()
+    if state.optimizer:
+        optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+    if state.scheduler:
+        scheduler.load_state_dict(copy.deepcopy(state.scheduler))
+    return optimizer, scheduler, state
+
+
+def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step, result, device, best_train):
+    """One pass of optimiser steps; returns (mean loss, divergence reason or None)."""
+    module.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    total, count, reason = 0.0, 0, None
+    for batch in batches:
+        _set_warmup(optimizer, scheduled, state.n_steps, config.warmup_steps)
+        with _autocast(device, config.compute_dtype):
+            loss = loss_fn(module, batch)
+        value = float(loss.detach())
+        limit = config.divergence_factor * (best_train if math.isfinite(best_train) else max(value, 1e-12))
+        if best_train == math.inf and count == 0:
+            best_train = value
+        if not math.isfinite(value) or value > limit:
+            reason = f"the training loss became {value:.4g}"
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.gradient_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.gradient_clip)
+        optimizer.step()
+        if after_step is not None:
+            after_step(module, batch)
+        total += value * batch.n_tokens
+        count += batch.n_tokens
+        state.n_steps += 1
+        result.n_steps += 1
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr
+    return total / max(count, 1), reason
+
+
+def _set_warmup(optimizer, scheduled, step: int, warmup_steps: int) -> None:
+    """Linear learning-rate warm-up over the first ``warmup_steps`` steps."""
+    if step >= warmup_steps:
+        return
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * (step + 1) / warmup_steps
+
+
+class _BestState:
+    """Best-validation bookkeeping: patience, explosion check, restore."""
+
+    def __init__(self, module, config: TrainConfig):
+        self.module, self.config = module, config
+        self.best_val, self.best_train, self.bad_epochs = math.inf, math.inf, 0
+        self.state = copy.deepcopy(module.state_dict())
+
+    def explosion(self, train_loss: float, val_loss: float) -> str | None:
+        factor = self.config.divergence_factor
+        for name, value, best in (("training", train_loss, self.best_train), ("validation", val_loss, self.best_val)):
+            if not math.isfinite(value) or (math.isfinite(best) and value > factor * best):
+                return f"the {name} loss became {value:.4g} (best so far {best:.4g})"
+        return None
+
+    def update(self, train_loss: float, val_loss: float, epoch: int) -> bool:
+        self.best_train = min(self.best_train, train_loss)
+        tol = self.config.tol * abs(self.best_val if math.isfinite(self.best_val) else 0)
+        if val_loss < self.best_val - tol:
+            self.best_val, self.bad_epochs = val_loss, 0
+            self.state = copy.deepcopy(self.module.state_dict())
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def restore(self) -> None:
+        self.module.load_state_dict(self.state)
+
+
+def _warn_divergence(config: TrainConfig, result: TrainResult) -> None:
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.warn(
+        f"{config.description}: training diverged ({result.diverged}); the best state seen "
+        f"(epoch {result.best_epoch}) was restored. Lower learning_rate (now {config.learning_rate:g}), "
+        f"raise warmup_steps (now {config.warmup_steps}), or use compute_dtype='float32'.",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
 
 
 @torch.no_grad()

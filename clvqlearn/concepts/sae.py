@@ -316,7 +316,7 @@ class SparseAutoencoder(ConceptEstimator):
             network = self._new_network(data, torch_seed(rng), device)
             self.n_iter_, self.n_steps_, self.n_resampled_ = 0, 0, 0
             self.loss_curve_, self.validation_curve_ = [], []
-            self._cache_optimizer_state = None
+            self._train_state = None
         self._rng = rng
         seed = torch_seed(rng)
         config = self._train_config(streaming)
@@ -348,10 +348,10 @@ class SparseAutoencoder(ConceptEstimator):
                     )
 
         with seeded(seed, device):
-            result, self._cache_optimizer_state = train_module(
+            result, self._train_state = train_module(
                 network, loss_fn, data.source, data.target, data.offsets,
                 config=config, rng=rng, device=device, after_step=after_step,
-                optimizer_state=getattr(self, "_cache_optimizer_state", None),
+                state=getattr(self, "_train_state", None),
             )
         self._cache_network = (device, network)
         for attr, value in to_numpy_state(network).items():

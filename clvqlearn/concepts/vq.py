@@ -10,10 +10,11 @@ import torch
 from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.clvq import CLVQNetwork
-from ..nn.decoders import DECODERS
-from ._base import ConceptEstimator
-from ._init import INITS, initial_codes
-from ._training import TrainConfig, as_float_tensor, predict_batches, train_module
+from ..nn.decoders import DECODERS, fit_output_layer
+from ..nn.encoders import ENCODERS
+from ._base import ConceptEstimator, _Data
+from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
+from ._training import TrainConfig, as_float_tensor, predict_batches, rows_of_documents, train_module
 
 #: Token rows per inference batch for per-token work (encoding, assignment).
 _TOKEN_BATCH = 8192
@@ -29,8 +30,11 @@ class _VQEstimator(ConceptEstimator):
         "ema_decay": [Interval(Real, 0, 1, closed="both")],
         "ema_update": [StrOptions({"sampled", "nearest"})],
         "init": [StrOptions(set(INITS))],
-        "encoder": [StrOptions({"adaptive", "adaptive-fixed", "identity"})],
+        "encoder": [StrOptions(set(ENCODERS))],
         "alpha": [Real],
+        "encoder_init": [StrOptions({"regression", "identity", "random"})],
+        "decoder_init": [StrOptions({"least-squares", "random"})],
+        "warmup_steps": [Interval(Integral, 0, None, closed="left")],
         "decoder": [StrOptions(set(DECODERS))],
         "decoder_layers": [Interval(Integral, 1, None, closed="left")],
         "decoder_heads": [Interval(Integral, 1, None, closed="left")],
@@ -73,6 +77,7 @@ class _VQEstimator(ConceptEstimator):
             gradient_clip=self.gradient_clip,
             validation_fraction=0.0 if partial else self.validation_fraction,
             compute_dtype=self.compute_dtype,
+            warmup_steps=self.warmup_steps,
             verbose=self.verbose,
             description=type(self).__name__,
         )
@@ -86,19 +91,13 @@ class _VQEstimator(ConceptEstimator):
         device = self._resolve_device()
         if partial:
             rng = getattr(self, "_rng", None) or self._check_random_state()
-            self._rng = rng
             network = self._network(device)
         else:
             rng = self._check_random_state()
-            self._rng = rng
-            with seeded(torch_seed(rng), device):
-                network = CLVQNetwork(data.source.shape[1], data.target.shape[1], self.k,
-                                      **self._network_kwargs()).to(device)
-            with torch.no_grad():
-                z = self._encode(network, data.source, device)
-            network.codebook.initialize(torch.as_tensor(initial_codes(z, self.k, self.init, rng), device=device))
+            network = self._initial_network(data, rng, device)
             self.n_iter_, self.n_steps_, self.loss_curve_, self.validation_curve_ = 0, 0, [], []
-            self._cache_optimizer_state = None
+            self._train_state = None
+        self._rng = rng
         seed = torch_seed(rng)
         streaming = getattr(self, "_partial_call", False)
         network.codebook.generator = make_generator(seed, device)
@@ -109,12 +108,42 @@ class _VQEstimator(ConceptEstimator):
             return mse + self.commitment * out.commitment
 
         with seeded(seed, device):
-            result, self._cache_optimizer_state = train_module(
+            result, self._train_state = train_module(
                 network, loss_fn, data.source, data.target, data.offsets,
                 config=self._train_config(streaming), rng=rng, device=device,
-                optimizer_state=getattr(self, "_cache_optimizer_state", None),
+                state=getattr(self, "_train_state", None),
             )
         network.codebook.generator = None
+        self._store_fitted(network, result, data, device)
+
+    def _initial_network(self, data, rng, device) -> CLVQNetwork:
+        """A new network with its encoder, codebook and read-out started from the data."""
+        start = self.encoder_init if self.encoder_init in ("identity", "random") else "identity"
+        with seeded(torch_seed(rng), device):
+            network = CLVQNetwork(data.source.shape[1], data.target.shape[1], self.k, encoder_init=start,
+                                  **self._network_kwargs()).to(device)
+        sample = _document_sample(data, INIT_MAX_SAMPLES, rng)
+        if self.encoder_init == "regression" and hasattr(network.encoder, "init_regression"):
+            network.encoder.init_regression(as_float_tensor(sample.source), as_float_tensor(sample.target))
+            network.encoder.to(device)
+        with torch.no_grad():
+            z = self._encode(network, data.source, device)
+        network.codebook.initialize(torch.as_tensor(initial_codes(z, self.k, self.init, rng), device=device))
+        if self.decoder_init == "least-squares":
+            features = self._decoder_features(network, sample, device)
+            fit_output_layer(network.decoder.out, torch.as_tensor(features), as_float_tensor(sample.target))
+        return network
+
+    def _decoder_features(self, network, sample, device) -> np.ndarray:
+        network.eval()
+        unit = "tokens" if network.per_token else "documents"
+        batch = _TOKEN_BATCH if network.per_token else self.batch_size
+        return predict_batches(
+            lambda b: network.decoder_features(b.source, b.lengths),
+            sample.source, sample.source, sample.offsets, batch_size=batch, unit=unit, device=device,
+        )
+
+    def _store_fitted(self, network, result, data, device) -> None:
         self._cache_network = (device, network)
         self.network_state_ = to_numpy_state(network)
         self.components_ = network.codebook.codes.detach().cpu().numpy().astype(np.float32)
@@ -123,6 +152,7 @@ class _VQEstimator(ConceptEstimator):
         self.loss_curve_ = list(self.loss_curve_) + result.loss_curve
         self.validation_curve_ = list(self.validation_curve_) + result.validation_curve
         self.best_epoch_ = result.best_epoch
+        self.diverged_ = result.diverged is not None
         self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
         self._record_usage(self._assign(data))
 
@@ -167,8 +197,7 @@ class _VQEstimator(ConceptEstimator):
         source_t = as_float_tensor(data.source)
         ids = []
         for start in range(0, source_t.shape[0], _TOKEN_BATCH):
-            z = network.encode(source_t[start:start + _TOKEN_BATCH].to(device))
-            ids.append(network.codebook(z).indices.cpu())
+            ids.append(network.quantize(source_t[start:start + _TOKEN_BATCH].to(device))[1].indices.cpu())
         return torch.cat(ids).numpy().astype(np.int64)
 
     def _predict_ids(self, data) -> np.ndarray:
@@ -211,6 +240,22 @@ class _VQEstimator(ConceptEstimator):
         device = self._resolve_device()
         with torch.no_grad():
             return self._encode(self._network(device), data.source, device).astype(data.dtype)
+
+
+def _document_sample(data: _Data, max_tokens: int, rng) -> _Data:
+    """Whole documents drawn at random until about ``max_tokens`` tokens.
+
+    Returns ``data`` itself when it has no more than ``max_tokens`` tokens.
+    """
+    if data.n_tokens <= max_tokens:
+        return data
+    lengths = np.diff(data.offsets)
+    order = rng.permutation(lengths.size)
+    n_docs = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
+    docs = np.sort(order[:n_docs])
+    rows = rows_of_documents(data.offsets, docs)
+    offsets = np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64)
+    return _Data(source=data.source[rows], target=data.target[rows], offsets=offsets, dtype=data.dtype)
 
 
 def _last_weight_key(state: dict) -> str:
@@ -341,9 +386,10 @@ class CrossLayerVQ(_VQEstimator):
     """
 
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
-                 init="spherical", encoder="adaptive", alpha=0.2, decoder="transformer", decoder_layers=6,
-                 decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, decoder_norm_first=True,
-                 dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4,
+                 init="spherical", encoder="adaptive", alpha=0.2, encoder_init="regression",
+                 decoder="transformer", decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024,
+                 decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
+                 max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0,
                  early_stopping_patience=15, validation_fraction=0.1, gradient_clip=2.0,
                  dead_code_threshold=None, compute_dtype="float32", n_low_features=None, device="auto",
                  random_state=None, verbose=0):
@@ -355,18 +401,21 @@ class CrossLayerVQ(_VQEstimator):
         self.init = init
         self.encoder = encoder
         self.alpha = alpha
+        self.encoder_init = encoder_init
         self.decoder = decoder
         self.decoder_layers = decoder_layers
         self.decoder_heads = decoder_heads
         self.decoder_ff = decoder_ff
         self.decoder_hidden = decoder_hidden
         self.decoder_norm_first = decoder_norm_first
+        self.decoder_init = decoder_init
         self.dropout = dropout
         self.commitment = commitment
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
         self.early_stopping_patience = early_stopping_patience
         self.validation_fraction = validation_fraction
         self.gradient_clip = gradient_clip
@@ -413,19 +462,20 @@ class SingleLayerVQ(CrossLayerVQ):
 
     def __init__(self, k=400, *, layer="high", top_k=5, temperature=1.0, ema_decay=0.99,
                  ema_update="sampled", init="spherical", encoder="adaptive", alpha=0.2,
-                 decoder="transformer", decoder_layers=6, decoder_heads=8, decoder_ff=2048,
-                 decoder_hidden=1024, decoder_norm_first=True, dropout=0.1, commitment=0.1,
-                 max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4, early_stopping_patience=15,
+                 encoder_init="regression", decoder="transformer", decoder_layers=6, decoder_heads=8,
+                 decoder_ff=2048, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
+                 dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128, learning_rate=5e-3,
+                 weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
                  validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
                  compute_dtype="float32", n_low_features=None, device="auto", random_state=None,
                  verbose=0):
         super().__init__(
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update,
-            init=init, encoder=encoder, alpha=alpha, decoder=decoder, decoder_layers=decoder_layers,
-            decoder_heads=decoder_heads, decoder_ff=decoder_ff, decoder_hidden=decoder_hidden,
-            decoder_norm_first=decoder_norm_first, dropout=dropout, commitment=commitment,
-            max_epochs=max_epochs, batch_size=batch_size,
-            learning_rate=learning_rate, weight_decay=weight_decay,
+            init=init, encoder=encoder, alpha=alpha, encoder_init=encoder_init, decoder=decoder,
+            decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
+            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
+            dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
+            learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
             gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold,
             compute_dtype=compute_dtype, n_low_features=n_low_features, device=device,

@@ -62,17 +62,21 @@ class CLVQNetwork(nn.Module):
     k : int
         Codebook size.
     encoder : {"adaptive", "adaptive-fixed", "identity"}
+    encoder_init : {"identity", "random"}
+        Start of the adaptive encoder's ``W`` (a regression start is
+        applied afterwards, see :meth:`AdaptiveResidualEncoder.init_regression`).
     decoder : {"transformer", "transformer-codes", "mlp"}
     Other parameters are passed to the codebook and decoder.
     """
 
-    def __init__(self, d_low, d_high, k, *, encoder="adaptive", alpha=0.2, decoder="transformer",
+    def __init__(self, d_low, d_high, k, *, encoder="adaptive", alpha=0.2, encoder_init="identity",
+                 decoder="transformer",
                  decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1,
                  decoder_norm_first=True,
                  top_k=5, temperature=1.0, ema_decay=0.99, ema_eps=1e-5, ema_update="sampled",
                  dead_code_threshold=None):
         super().__init__()
-        self.encoder = make_encoder(encoder, d_low, alpha)
+        self.encoder = make_encoder(encoder, d_low, alpha, init=encoder_init)
         self.codebook = EMACodebook(k, d_low, ema_decay, ema_eps, top_k, temperature, ema_update,
                                     dead_code_threshold)
         self.decoder = make_decoder(decoder, d_low, d_high, n_layers=decoder_layers, n_heads=decoder_heads,
@@ -85,16 +89,35 @@ class CLVQNetwork(nn.Module):
         return isinstance(self.decoder, TokenDecoder)
 
     def encode(self, source: torch.Tensor) -> torch.Tensor:
-        """Codebook-space vectors ``z`` of flat source rows."""
-        return self.encoder(source)
+        """Codebook-space vectors ``z`` of flat source rows, always in float32.
+
+        The encoder and the codebook run outside any autocast region, so a
+        model trained or run under bfloat16 autocast assigns exactly the
+        codes that float32 inference assigns.
+        """
+        with torch.autocast(source.device.type, enabled=False):
+            return self.encoder(source.float())
+
+    def quantize(self, source: torch.Tensor):
+        """``(z, QuantizerOutput)`` of flat source rows, in float32."""
+        z = self.encode(source)
+        with torch.autocast(source.device.type, enabled=False):
+            return z, self.codebook(z)
+
+    def decoder_features(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The decoder's hidden rows before its output layer (nearest codes)."""
+        z, (quantized, _, _) = self.quantize(source)
+        return self._decode(z, quantized, lengths, features=True)
+
+    def _decode(self, z, quantized, lengths, features=False):
+        method = self.decoder.features if features else self.decoder
+        if self.per_token:
+            return method(quantized, None, None)
+        rows, cols, mask = padding_layout(lengths)
+        padded = method(to_padded(quantized, rows, cols, mask), to_padded(z, rows, cols, mask), ~mask)
+        return padded[rows, cols]
 
     def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> CLVQOutput:
-        z = self.encoder(source)
-        quantized, indices, commitment = self.codebook(z)
-        if self.per_token:
-            prediction = self.decoder(quantized, None, None)
-        else:
-            rows, cols, mask = padding_layout(lengths)
-            padded = self.decoder(to_padded(quantized, rows, cols, mask), to_padded(z, rows, cols, mask), ~mask)
-            prediction = padded[rows, cols]
+        z, (quantized, indices, commitment) = self.quantize(source)
+        prediction = self._decode(z, quantized, lengths)
         return CLVQOutput(prediction, indices, commitment)

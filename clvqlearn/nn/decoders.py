@@ -26,6 +26,7 @@ torch.Size([3, 6])
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 DECODERS = ("transformer", "transformer-codes", "mlp")
@@ -50,13 +51,16 @@ class SequenceDecoder(nn.Module):
         self.out = nn.Linear(d_low, d_high)
         self.codes_only = codes_only
 
-    def forward(self, quantized, continuous, padding_mask):
-        """``quantized``/``continuous``: (B, T, d_low); ``padding_mask``: True on padding."""
+    def features(self, quantized, continuous, padding_mask):
+        """Hidden states before the output layer, (B, T, d_low)."""
         memory = quantized if self.codes_only else continuous
-        hidden = self.decoder(
+        return self.decoder(
             quantized, memory, tgt_key_padding_mask=padding_mask, memory_key_padding_mask=padding_mask
         )
-        return self.out(hidden)
+
+    def forward(self, quantized, continuous, padding_mask):
+        """``quantized``/``continuous``: (B, T, d_low); ``padding_mask``: True on padding."""
+        return self.out(self.features(quantized, continuous, padding_mask))
 
 
 class TokenDecoder(nn.Module):
@@ -66,8 +70,49 @@ class TokenDecoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(d_low, hidden), nn.GELU(), nn.Linear(hidden, d_high))
 
+    @property
+    def out(self) -> nn.Linear:
+        """The output layer (what a least-squares warm start sets)."""
+        return self.net[2]
+
+    def features(self, quantized, continuous, padding_mask):
+        """Hidden rows before the output layer, (n, hidden)."""
+        return self.net[1](self.net[0](quantized))
+
     def forward(self, quantized, continuous, padding_mask):
         return self.net(quantized)
+
+
+@torch.no_grad()
+def fit_output_layer(out: nn.Linear, features: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> None:
+    """Set ``out`` to the ridge least-squares map from ``features`` to ``target``.
+
+    Solved in float64 on centred data, so the layer starts at the best
+    linear read-out of the decoder's initial features instead of at random.
+    ``ridge`` is relative to the mean feature variance.
+
+    Parameters
+    ----------
+    out : torch.nn.Linear
+        Output layer with ``in_features == features.shape[1]``.
+    features : Tensor of shape (n, d_in)
+    target : Tensor of shape (n, d_out)
+    ridge : float, default=1e-3
+
+    Examples
+    --------
+    >>> import torch
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    >>> fit_output_layer(lin, x, 3 * x[:, :1] - 1, ridge=0.0)
+    >>> [round(v, 3) + 0.0 for v in lin.weight[0].tolist()], round(lin.bias.item(), 3)
+    ([3.0, 0.0], -1.0)
+    """
+    from .encoders import ridge_coefficients
+
+    weight, intercept = ridge_coefficients(features, target, ridge)
+    out.weight.copy_(weight.T.to(out.weight))
+    out.bias.copy_(intercept.to(out.bias))
 
 
 def make_decoder(kind, d_low, d_high, *, n_layers=6, n_heads=8, ff=2048, dropout=0.1, hidden=1024,

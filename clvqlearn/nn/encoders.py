@@ -33,12 +33,15 @@ class AdaptiveResidualEncoder(nn.Module):
         When False, ``alpha`` is a fixed buffer.
     """
 
-    def __init__(self, dim: int, alpha: float = 0.2, learn_alpha: bool = True):
+    def __init__(self, dim: int, alpha: float = 0.2, learn_alpha: bool = True, init: str = "identity"):
         super().__init__()
         self.linear = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.eye(dim))
-            self.linear.bias.zero_()
+        if init not in ("identity", "random"):
+            raise ValueError(f"encoder init must be 'identity' or 'random'; got {init!r}")
+        if init == "identity":
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
         self.norm = nn.LayerNorm(dim)
         alpha_t = torch.tensor(float(alpha))
         if learn_alpha:
@@ -55,13 +58,123 @@ class AdaptiveResidualEncoder(nn.Module):
         m = self.mix
         return (1 - m) * x + m * self.norm(self.linear(x))
 
+    @torch.no_grad()
+    def init_regression(self, source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> None:
+        """Start ``W x + b`` at the ridge regression of the target layer on the source layer.
 
-def make_encoder(kind: str, dim: int, alpha: float = 0.2) -> nn.Module:
-    """Build ``"adaptive"``, ``"adaptive-fixed"`` (alpha not learned) or ``"identity"``."""
+        When both layers have the same width (always, for two layers of one
+        model), ``W x + b`` starts as the ridge prediction of the token's
+        higher-layer vector, so ``LayerNorm(W x + b)`` is the normalised
+        prediction and the codes start grouped by what the tokens become
+        in the higher layer.  For other widths, ``W`` is the reduced-rank
+        regression ``x -> (x - mean) B V`` (``V``: the top right singular
+        vectors of the fitted values, zero-padded).
+
+        Parameters
+        ----------
+        source : Tensor of shape (n, dim)
+        target : Tensor of shape (n, d_target)
+        ridge : float, default=1e-3
+            Relative to the mean source variance.
+        """
+        coef, intercept = ridge_coefficients(source, target, ridge)
+        width = self.linear.out_features
+        if coef.shape[1] != width:
+            mean = source.double().mean(0).cpu()
+            coef = reduced_rank(source, coef, width)
+            intercept = -(mean @ coef)
+        self.linear.weight.copy_(coef.T.to(self.linear.weight))
+        self.linear.bias.copy_(intercept.to(self.linear.bias))
+
+
+class LinearEncoder(nn.Module):
+    """``z = W x + b``: a learnable linear map into the code space (no residual, no LayerNorm).
+
+    With :meth:`init_regression` it starts as the ridge prediction of the
+    higher layer, so the codebook lives in the space of what each token
+    becomes in the higher layer, read from the lower layer alone.
+
+    Parameters
+    ----------
+    dim : int
+        Input and output width.
+    init : {"identity", "random"}, default="identity"
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = LinearEncoder(3)
+    >>> x = torch.randn(2, 3)
+    >>> bool(torch.equal(enc(x), x))
+    True
+    """
+
+    def __init__(self, dim: int, init: str = "identity"):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        if init not in ("identity", "random"):
+            raise ValueError(f"encoder init must be 'identity' or 'random'; got {init!r}")
+        if init == "identity":
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    init_regression = AdaptiveResidualEncoder.init_regression
+
+
+def ridge_coefficients(source: torch.Tensor, target: torch.Tensor, ridge: float):
+    """``(B, c)`` of the ridge map ``target ~ source @ B + c``, in float64.
+
+    ``ridge`` is relative to the mean variance of the source columns.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    >>> coef, intercept = ridge_coefficients(x, 2 * x + 1, 0.0)
+    >>> [round(v, 3) + 0.0 for v in coef.diagonal().tolist()], [round(v, 3) for v in intercept.tolist()]
+    ([2.0, 2.0], [1.0, 1.0])
+    """
+    x, y = source.double().cpu(), target.double().cpu()
+    mx, my = x.mean(0), y.mean(0)
+    xc = x - mx
+    gram = xc.T @ xc
+    scale = float(torch.diagonal(gram).mean()) or 1.0
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    coef = torch.linalg.solve(gram + (ridge * scale + 1e-12) * eye, xc.T @ (y - my))
+    return coef, my - mx @ coef
+
+
+def reduced_rank(source: torch.Tensor, coef: torch.Tensor, width: int) -> torch.Tensor:
+    """``B V``: the ridge map projected on the top ``width`` directions of its fitted values."""
+    x = source.double().cpu()
+    fitted = (x - x.mean(0)) @ coef
+    _, _, vh = torch.linalg.svd(fitted, full_matrices=False)
+    rank = min(width, vh.shape[0])
+    weight = torch.zeros(coef.shape[0], width, dtype=torch.float64)
+    weight[:, :rank] = coef @ vh[:rank].T
+    return weight
+
+
+ENCODERS = ("adaptive", "adaptive-fixed", "linear", "identity")
+
+
+def make_encoder(kind: str, dim: int, alpha: float = 0.2, init: str = "identity") -> nn.Module:
+    """Build ``"adaptive"``, ``"adaptive-fixed"`` (alpha not learned), ``"linear"`` or ``"identity"``.
+
+    ``init`` ("identity" or "random") sets the adaptive encoder's ``W``; a
+    regression start is applied afterwards with
+    :meth:`AdaptiveResidualEncoder.init_regression`.
+    """
     if kind == "adaptive":
-        return AdaptiveResidualEncoder(dim, alpha, learn_alpha=True)
+        return AdaptiveResidualEncoder(dim, alpha, learn_alpha=True, init=init)
     if kind == "adaptive-fixed":
-        return AdaptiveResidualEncoder(dim, alpha, learn_alpha=False)
+        return AdaptiveResidualEncoder(dim, alpha, learn_alpha=False, init=init)
+    if kind == "linear":
+        return LinearEncoder(dim, init=init)
     if kind == "identity":
         return nn.Identity()
-    raise ValueError(f"encoder must be 'adaptive', 'adaptive-fixed' or 'identity'; got {kind!r}")
+    raise ValueError(f"encoder must be one of {ENCODERS}; got {kind!r}")

@@ -1,0 +1,150 @@
+"""CrossLayerVQ training: float32 assignment under bf16, streaming state, divergence, warm starts."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from clvqlearn import CrossLayerVQ, LayerPairs
+from clvqlearn._torch_utils import seeded
+from clvqlearn.nn.clvq import CLVQNetwork
+
+FAST = dict(top_k=2, decoder="mlp", decoder_hidden=16, max_epochs=3, batch_size=8)
+
+
+def _pairs(n_docs=40, length=6, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, size=n_docs)
+    n = int(lengths.sum())
+    low = rng.normal(size=(n, d)).astype(np.float32)
+    high = (np.tanh(low @ rng.normal(size=(d, d))) + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
+    return LayerPairs(low=low, high=high, offsets=np.concatenate([[0], np.cumsum(lengths)]))
+
+
+# ------------------------------------------------------------ bf16 assignment
+@pytest.mark.slow
+def test_bf16_autocast_assigns_the_float32_codes_on_real_activations(minilm_pairs):
+    with seeded(0, torch.device("cpu")):
+        network = CLVQNetwork(384, 384, 400, decoder="mlp", decoder_hidden=32).eval()
+    low = torch.as_tensor(minilm_pairs.low)
+    picks = torch.randperm(low.shape[0], generator=torch.Generator().manual_seed(0))[:400]
+    network.codebook.initialize(network.encode(low[picks]))
+    with torch.no_grad():
+        fp32 = network.quantize(low)[1].indices
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = network.quantize(low)[1].indices
+    agreement = float((fp32 == bf16).float().mean())
+    assert agreement >= 0.999, f"bf16 and float32 nearest codes agree on {agreement:.4f} of tokens"
+
+
+def test_codes_inside_reconstruct_equal_predict_after_bf16_training():
+    pairs = _pairs(n_docs=60)
+    vq = CrossLayerVQ(k=12, compute_dtype="bfloat16", random_state=0, **FAST).fit(pairs)
+    network = vq._network()
+    source = torch.as_tensor(pairs.low)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = network(source, torch.as_tensor(np.diff(pairs.offsets))).indices.numpy()
+    np.testing.assert_array_equal(inside, vq.predict(pairs))
+
+
+# ------------------------------------------------------------ streaming state
+def test_partial_fit_keeps_adam_and_the_plateau_schedule_across_calls():
+    pairs = _pairs()
+    vq = CrossLayerVQ(k=6, random_state=0, **FAST)
+    vq.partial_fit(pairs[:20])
+    first = vq._train_state
+    assert first.scheduler["last_epoch"] == 1
+    vq.partial_fit(pairs[20:])
+    state = vq._train_state
+    assert state.scheduler["last_epoch"] == 2  # one plateau step per call, not a new scheduler
+    adam_steps = {float(s["step"]) for s in state.optimizer["state"].values()}
+    assert adam_steps == {float(vq.n_steps_)}  # Adam's moments carried over every step
+    assert state.n_steps == vq.n_steps_
+
+
+def test_failed_partial_fit_keeps_the_optimizer_state():
+    pairs = _pairs()
+    vq = CrossLayerVQ(k=6, random_state=0, **FAST).partial_fit(pairs[:20])
+    before = vq._train_state
+    steps = {float(s["step"]) for s in before.optimizer["state"].values()}
+    bad = LayerPairs(low=pairs.low[:, :3], high=pairs.high[:, :3], offsets=pairs.offsets)
+    with pytest.raises(ValueError):
+        vq.partial_fit(bad)
+    assert vq._train_state is not None
+    assert {float(s["step"]) for s in vq._train_state.optimizer["state"].values()} == steps
+    assert vq._train_state.scheduler == before.scheduler
+
+
+# ------------------------------------------------------------ divergence
+def test_diverging_training_restores_the_best_state_and_warns():
+    pairs = _pairs(n_docs=80)
+    stable = CrossLayerVQ(k=8, random_state=0, **{**FAST, "max_epochs": 1, "learning_rate": 1e-9}).fit(pairs)
+    with pytest.warns(ConvergenceWarning, match="diverged.*learning_rate"):
+        vq = CrossLayerVQ(k=8, random_state=0, **{**FAST, "max_epochs": 30, "learning_rate": 1e4}).fit(pairs)
+    assert vq.diverged_
+    assert np.isfinite(vq.score(pairs))
+    # the restored state is no worse than the (barely trained) starting point
+    assert vq.score(pairs) >= stable.score(pairs) - 0.05
+
+
+def test_stable_training_does_not_warn():
+    pairs = _pairs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        vq = CrossLayerVQ(k=6, random_state=0, **FAST).fit(pairs)
+    assert not vq.diverged_
+
+
+def test_warmup_ramps_the_learning_rate():
+    from clvqlearn.concepts._training import _set_warmup
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1.0)
+    _set_warmup(optimizer, [1.0], step=0, warmup_steps=4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    _set_warmup(optimizer, [1.0], step=3, warmup_steps=4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------ warm starts
+def test_least_squares_read_out_starts_at_the_per_code_mean():
+    """With k codes and a wide mlp, the read-out starts at the per-code means of the target."""
+    from clvqlearn.evaluation.diagnostics import cluster_means
+    from clvqlearn.concepts._base import fraction_of_variance_explained
+
+    pairs = _pairs(n_docs=60)
+    kwargs = dict(k=6, top_k=1, decoder="mlp", decoder_hidden=64, max_epochs=1, learning_rate=1e-9,
+                  ema_decay=1.0, encoder_init="identity", random_state=0)
+    warm = CrossLayerVQ(decoder_init="least-squares", **kwargs).fit(pairs)
+    cold = CrossLayerVQ(decoder_init="random", **kwargs).fit(pairs)
+    ids = warm.predict(pairs)
+    best = fraction_of_variance_explained(pairs.high, cluster_means(ids, pairs.high, 6)[ids])
+    assert warm.score(pairs) == pytest.approx(best, abs=0.01)
+    assert cold.score(pairs) < best - 0.1
+
+
+def test_regression_encoder_starts_at_the_ridge_prediction():
+    from clvqlearn.nn.encoders import AdaptiveResidualEncoder
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(500, 3)))
+    y = 2 * x @ torch.as_tensor(rng.normal(size=(3, 3))) + 1
+    encoder = AdaptiveResidualEncoder(3).double()
+    encoder.init_regression(x, y, ridge=0.0)
+    torch.testing.assert_close(encoder.linear(x), y, atol=1e-6, rtol=1e-6)
+
+
+def test_regression_encoder_handles_other_target_widths():
+    from clvqlearn.nn.encoders import AdaptiveResidualEncoder
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(300, 4)), dtype=torch.float32)
+    y = x[:, :2] * 3
+    encoder = AdaptiveResidualEncoder(4)
+    encoder.init_regression(x, y)
+    out = encoder.linear(x).detach()
+    assert out.shape == (300, 4)
+    # the image is the 2-D subspace the target depends on
+    assert torch.linalg.matrix_rank(out - out.mean(0), rtol=1e-4) == 2
