@@ -579,7 +579,7 @@ def _splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, devic
 
 
 # ------------------------------------------------------------------------ main entry
-@validate_params(_REPORT_CONSTRAINTS, prefer_skip_nested_validation=True)
+@validate_params(_REPORT_CONSTRAINTS, prefer_skip_nested_validation=False)
 def concept_ablation_report(
     pipeline,
     texts,
@@ -756,9 +756,7 @@ def concept_ablation_report(
     rationale_list = _rationales_for(rationales, texts) if options["saliency"] == "rationale" else None
     rng = check_random_state(random_state)
     max_length = int(extractor.max_length)
-    layer_option = options["saliency_layer"]
-    options["saliency_layer_index"] = (int(extractor.layers_[0 if layer_option == "low" else 1])
-                                       if isinstance(layer_option, str) else int(layer_option))
+    options["saliency_layer_index"] = _saliency_layer(options["saliency_layer"], extractor)
 
     # ------------------------------------------------------- tokens and concepts
     pairs = _check_pairs(pairs, extractor, texts, max_length)
@@ -852,6 +850,16 @@ def concept_ablation_report(
         settings=settings,
         sentences=_sentence_records(idx, rows, positions, ranks, chosen, kept, result, label_out, pairs),
     )
+
+
+def _saliency_layer(option, extractor) -> int:
+    """The hidden-state index of the IG analysis layer ("low", "high" or an index of the model)."""
+    if isinstance(option, str):
+        return int(extractor.layers_[0 if option == "low" else 1])
+    n = int(getattr(extractor, "n_layers_", option))
+    if option > n:
+        raise ValueError(f"saliency_layer={option} is outside the model, which has hidden states 0..{n}.")
+    return int(option)
 
 
 def _classifier_need(protocol: str, saliency: str, target: str) -> str | None:

@@ -402,7 +402,7 @@ def _locate(text: str, evidence) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ main entry
-@validate_params(_CONSTRAINTS, prefer_skip_nested_validation=True)
+@validate_params(_CONSTRAINTS, prefer_skip_nested_validation=False)
 def token_saliency(
     classifier,
     texts,

@@ -536,6 +536,7 @@ _NO_MODEL = "a model was loaded before the bad option was reported"
         (dict(saliency="attention"), r"'saliency' parameter .* among .*'ig-layer'"),
         (dict(saliency_layer="middle"), r"'saliency_layer' parameter .*'high'"),
         (dict(saliency_layer=-2), r"'saliency_layer' parameter .*range \[0, inf\)"),
+        (dict(saliency_layer=9), r"saliency_layer=9 is outside the model, which has hidden states 0..4"),
         (dict(saliency_units="chars"), r"'saliency_units' parameter .*'word'"),
         (dict(saliency_rank_by="max"), r"'saliency_rank_by' parameter .*'absolute'"),
         (dict(n_steps=0), r"'n_steps' parameter .*range \[1, inf\)"),

@@ -62,6 +62,11 @@ def test_cli_options_and_bad_values(tmp_path, capsys):
     assert config.unit_key("minilm", "ag_news") != config.unit_key("minilm", "jigsaw")
     assert main(["--out", str(tmp_path), "--n-eval", "0"]) == 2
     assert "--n-eval must be a positive integer" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--models", "minilm", "--n-splits", "300"]) == 2
+    assert "n_splits=300 probe folds need at least 300" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--ig-steps", "0"]) == 2
+    assert "--ig-steps must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "parts").exists()  # nothing ran
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--models", "gpt5"])
 
