@@ -406,3 +406,24 @@ def test_minilm_integrated_gradients_and_layer_pairs(minilm_eraser_clf):
     # (docs/evaluation.md: 40/40 sentences agree with the paper's 500 steps)
     fine = token_saliency(clf, test.texts[:4], n_steps=200, max_length=64, verbose=False)
     assert np.sum(fine.top_positions[:, 0] == sal.top_positions[:4, 0]) >= 3
+
+
+@pytest.mark.slow
+def test_minilm_paper_saliency_reads_words_of_the_analysis_layer(minilm_eraser_clf):
+    from clvqlearn.extraction import LayerPairExtractor
+
+    clf, test = minilm_eraser_clf
+    kw = dict(saliency="ig-layer", layer=4, units="word", normalize=True, rank_by="absolute", max_length=64,
+              top_n=3, verbose=False)
+    sal = token_saliency(clf, test.texts, n_steps=16, **kw)
+    fine = token_saliency(clf, test.texts, n_steps=128, **kw)
+    # benchmarks/results/ig_steps_minilm_eraser.json: 16 steps keep the 500-step top word on 40/40 sentences
+    top = [sal.word_ids[i][p] for i, p in enumerate(sal.top_positions[:, 0])]
+    assert np.sum(np.array(top) == [fine.word_ids[i][p] for i, p in enumerate(fine.top_positions[:, 0])]) >= 5
+    for i in range(len(test)):
+        assert np.linalg.norm(sal.attributions[i]) == pytest.approx(1.0)
+        words = sal.word_ids[i][sal.top_positions[i]]
+        assert np.unique(words).size == 3 and (words >= 0).all()  # three different words, no special token
+    pairs = LayerPairExtractor(model=str(clf.path), layers=(4, 6), max_length=64, verbose=False).fit_transform(
+        test.texts)
+    assert np.all(sal.rows(pairs) >= 0)
