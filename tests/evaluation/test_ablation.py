@@ -463,7 +463,7 @@ def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path
     pipe2 = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6), max_length=40)),
                       ("concepts", CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=64, max_epochs=2,
                                                 batch_size=16, random_state=0))])
-    splice = make_ablation_scorer(protocol="splice", n_steps=4, n_bootstrap=0)
+    splice = make_ablation_scorer(protocol="splice", preset="paper", n_steps=4, n_bootstrap=0)  # layer IG, words
     values = cross_val_score(pipe2, texts, labels, cv=cv, scoring=splice, error_score="raise")
     assert values.shape == (2,) and np.isfinite(values).all() and np.all(np.abs(values) <= 1.5)
 
