@@ -147,7 +147,8 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
         (dict(ig_steps_decoder=-1), "ig_steps_decoder must be a positive integer"),
         (dict(n_splits=1), "n_splits must be an integer >= 2"),
         # 400 AG News sentences = 100 per class: 101 folds cannot be stratified
-        (dict(n_splits=101), r"n_splits=101 probe folds need at least 101 .* n_eval=400 gives 100 per class on ag_news"),
+        (dict(n_splits=101),
+         r"n_splits=101 probe folds need at least 101 .* n_eval=400 gives 100 per class on ag_news"),
         # the paper preset's 20 folds need 40 decoder sentences on a 2-class set
         (dict(n_eval_decoder=30, datasets=("jigsaw",)), r"n_splits=20 .* n_eval_decoder=30 gives 15 per class"),
     ],
