@@ -990,7 +990,9 @@ def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -
         ``"drop"``: ``(before - after) / before``, the paper's number.
         ``"drop_vs_control"``: that minus the random-direction control's drop.
     **options
-        Passed to :func:`concept_ablation_report`.
+        Passed to :func:`concept_ablation_report`, e.g. ``preset="paper"``
+        (the reference implementation's protocol: IG on the analysis layer,
+        word units, 500 steps, 20 folds averaged) or ``protocol="splice"``.
 
     Returns
     -------
