@@ -9,8 +9,10 @@ from sklearn.utils._param_validation import (  # noqa: F401
     Interval,
     Options,
     StrOptions,
+    validate_parameter_constraints,
     validate_params,
 )
 from sklearn.utils.validation import validate_data  # noqa: F401
 
-__all__ = ["Hidden", "Interval", "Options", "StrOptions", "_fit_context", "validate_data", "validate_params"]
+__all__ = ["Hidden", "Interval", "Options", "StrOptions", "_fit_context", "validate_data",
+           "validate_parameter_constraints", "validate_params"]

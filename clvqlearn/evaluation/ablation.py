@@ -48,6 +48,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .._sklearn_compat import Hidden, Interval, StrOptions, validate_parameter_constraints, validate_params
 from ..concepts._base import ConceptEstimator
 from ..extraction import LayerPairExtractor
 from ..pairs import LayerPairs
@@ -66,7 +67,38 @@ __all__ = [
 ]
 
 PROTOCOLS = ("probe", "splice")
-SALIENCY_METHODS = ("integrated_gradients", "rationale")
+SALIENCY_METHODS = ("ig-layer", "ig-embeddings", "rationale")
+PROBE_ACCURACIES = ("fold-mean", "pooled")
+#: The option values of each preset.  An option passed explicitly (not None) wins over its preset.
+#: "paper": the reference implementation's protocol (METHOD.md, evaluation axis 1).
+#: "fast": clvqlearn's cheaper defaults (embedding-layer IG with 50 steps, 5 pooled folds).
+PRESETS = {
+    "paper": {"saliency": "ig-layer", "n_steps": 500, "saliency_layer": "low", "saliency_units": "word",
+              "saliency_rank_by": "absolute", "n_splits": 20, "probe_accuracy": "fold-mean"},
+    "fast": {"saliency": "ig-embeddings", "n_steps": 50, "saliency_layer": "low", "saliency_units": "token",
+             "saliency_rank_by": "value", "n_splits": 5, "probe_accuracy": "pooled"},
+}
+_REPORT_CONSTRAINTS = {
+    "protocol": [StrOptions(set(PROTOCOLS))],
+    "preset": [StrOptions(set(PRESETS))],
+    "saliency": [StrOptions(set(SALIENCY_METHODS)), Hidden(StrOptions({"integrated_gradients"})), None],
+    "saliency_layer": [StrOptions({"low", "high"}), Interval(Integral, 0, None, closed="left"), None],
+    "saliency_units": [StrOptions({"token", "word"}), None],
+    "saliency_rank_by": [StrOptions({"value", "absolute"}), None],
+    "n_steps": [Interval(Integral, 1, None, closed="left"), None],
+    "probe_params": [dict, None],
+    "n_splits": [Interval(Integral, 2, None, closed="left"), None],
+    "probe_accuracy": [StrOptions(set(PROBE_ACCURACIES)), None],
+    "pooling": [StrOptions({"auto", "cls", "mean"})],
+    "target": [StrOptions({"label", "prediction"})],
+    "splice_positions": [StrOptions({"salient", "all"})],
+    "n_bootstrap": [Interval(Integral, 0, None, closed="left")],
+    "confidence": [Interval(Real, 0, 1, closed="neither")],
+    "missing": [StrOptions({"skip", "error"})],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+    "verbose": ["boolean"],
+}
 _SALIENCY_CACHE: OrderedDict = OrderedDict()
 _SALIENCY_CACHE_SIZE = 16
 
@@ -77,7 +109,11 @@ class AblationReport:
     """Everything behind one concept-removal score.
 
     Accuracies are over the evaluated sentences (those whose salient token
-    was found among the extracted tokens; see ``n_skipped``).
+    was found among the extracted tokens; see ``n_skipped``).  Under the
+    probe protocol the headline accuracies are either the mean of the
+    per-fold accuracies (``probe_accuracy="fold-mean"``, what the reference
+    reports) or the accuracy of the pooled out-of-fold predictions
+    (``"pooled"``); ``probe_accuracies`` holds both.
 
     Attributes
     ----------
@@ -120,6 +156,13 @@ class AblationReport:
         Layer whose representations were edited (the concept's space).
     concept_space : str
         ``"low"`` or ``"high"``.
+    probe_accuracies : dict
+        Probe protocol only (else empty): ``headline`` (which of the two
+        the accuracies above are), ``n_splits``, and per kind
+        (``"pooled"``, ``"fold_mean"``, ``"fold_std"``) the accuracies
+        ``before``, ``after``, ``control``, ``other`` and (pooled, fold
+        mean) the relative ``drop``.  ``drop_ci`` and ``per_class`` are
+        computed on the pooled predictions.
     settings : dict
         The protocol and every option used.
     sentences : list of dict
@@ -154,14 +197,28 @@ class AblationReport:
     n_distinct_concepts: int
     layer: int
     concept_space: str
+    probe_accuracies: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     sentences: list = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        """The headline numbers as a flat dict (no per-sentence data)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("sentences", "per_class", "settings")}
+        """The headline numbers as a flat dict (no per-sentence data).
+
+        Under the probe protocol it also holds both accuracy kinds, e.g.
+        ``pooled_accuracy_after``, ``fold_mean_accuracy_after``,
+        ``pooled_drop``, ``fold_mean_drop``, and ``probe_accuracy`` (which
+        kind the headline uses) and ``n_splits``.
+        """
+        skip = ("sentences", "per_class", "settings", "probe_accuracies")
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["drop_ci_low"], out["drop_ci_high"] = self.drop_ci
         del out["drop_ci"]
+        if self.probe_accuracies:
+            out["probe_accuracy"] = self.probe_accuracies["headline"]
+            out["n_splits"] = self.probe_accuracies["n_splits"]
+            for kind in ("pooled", "fold_mean"):
+                for name, value in self.probe_accuracies[kind].items():
+                    out[f"{kind}_drop" if name == "drop" else f"{kind}_accuracy_{name}"] = value
         return out
 
     def to_dict(self) -> dict:
@@ -176,8 +233,11 @@ class AblationReport:
 
     def __str__(self) -> str:
         lo, hi = self.drop_ci
+        how = ""
+        if self.probe_accuracies:
+            how = f", {self.probe_accuracies['headline']} over {self.probe_accuracies['n_splits']} folds"
         return (
-            f"{self.protocol} ablation on {self.n_sentences} sentences (layer {self.layer}, "
+            f"{self.protocol} ablation on {self.n_sentences} sentences (layer {self.layer}{how}, "
             f"{self.n_distinct_concepts} concepts): accuracy {self.accuracy_before:.3f} -> "
             f"{self.accuracy_after:.3f} (drop {self.drop:.1%}, CI {lo:.1%}..{hi:.1%}); "
             f"random control {self.control_accuracy:.3f}, other concept {self.other_concept_accuracy:.3f}; "
@@ -294,29 +354,54 @@ def _rationales_for(rationales, texts: list) -> list:
 
 
 # -------------------------------------------------------------------------- saliency
-def _saliency(classifier, extractor, texts, saliency, rationales, n_steps, max_length, device, verbose) -> Saliency:
+def _saliency(classifier, extractor, texts, rationales, options: dict, max_length, device, verbose) -> Saliency:
+    """The salient tokens of ``texts`` (cached: a grid search over estimators computes them once)."""
     source = classifier if classifier is not None else os.fspath(extractor.model)
+    method = options["saliency"]
+    kwargs = {"saliency": method, "top_n": 3, "units": options["saliency_units"],
+              "rank_by": "value" if method == "rationale" else options["saliency_rank_by"],
+              "normalize": options["preset"] == "paper" and method != "rationale"}
+    if method != "rationale":
+        kwargs["n_steps"] = options["n_steps"]
+    if method == "ig-layer":
+        kwargs["layer"] = options["saliency_layer_index"]
     key_parts = {
         "classifier": str(classifier.path) if isinstance(classifier, ClassifierResult) else source,
-        "method": saliency,
-        "n_steps": n_steps,
         "max_length": max_length,
         "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
         "rationales": None if rationales is None else hashlib.sha256(
             json.dumps(rationales, default=str).encode()).hexdigest(),
+        **kwargs,
     }
     key = json.dumps(key_parts, sort_keys=True)
     if key in _SALIENCY_CACHE:
         _SALIENCY_CACHE.move_to_end(key)
         return _SALIENCY_CACHE[key]
-    sal = token_saliency(
-        source, texts, saliency=saliency, rationales=rationales, top_n=3, n_steps=n_steps,
-        max_length=max_length, device=device, verbose=verbose,
-    )
+    sal = token_saliency(source, texts, rationales=rationales, max_length=max_length, device=device,
+                         verbose=verbose, **kwargs)
     _SALIENCY_CACHE[key] = sal
     while len(_SALIENCY_CACHE) > _SALIENCY_CACHE_SIZE:
         _SALIENCY_CACHE.popitem(last=False)
     return sal
+
+
+def _resolve_options(preset: str, explicit: dict) -> dict:
+    """The preset's options, overridden by those given explicitly (not None)."""
+    options = {**PRESETS[preset], **{k: v for k, v in explicit.items() if v is not None}, "preset": preset}
+    if options["saliency"] == "integrated_gradients":  # older name
+        options["saliency"] = "ig-embeddings"
+    return options
+
+
+def _check_folds(y: np.ndarray, n_splits: int) -> None:
+    """Stratified folds need every class to have at least ``n_splits`` sentences."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < n_splits:
+        raise ValueError(
+            f"n_splits={n_splits} stratified folds need at least {n_splits} sentences per class, but class "
+            f"{classes[counts.argmin()]!r} has {counts.min()}; pass n_splits <= {counts.min()} (the paper "
+            "preset uses 20) or more sentences."
+        )
 
 
 def clear_saliency_cache() -> None:
@@ -425,6 +510,7 @@ class _Outcome:
     removed: float
     control_removed: float
     extra: dict
+    folds: np.ndarray | None = None  # probe protocol: the test fold of every sentence
 
 
 def _probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, probe, probe_params, n_splits,
@@ -441,12 +527,14 @@ def _probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, pro
         "control": project_out_rows(reps, kept.control_dirs),
         "other": project_out_rows(reps, kept.other_dirs),
     }
-    preds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
-                            random_state=rng.randint(2**31 - 1), probe_params=probe_params)
+    preds, folds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
+                                   random_state=rng.randint(2**31 - 1), probe_params=probe_params,
+                                   return_folds=True)
     extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
              "n_splits": int(n_splits)}
     return _Outcome(preds["clean"], preds["after"], preds["control"], preds["other"], goal,
-                    _removed_norm(reps, kept.concept_dirs), _removed_norm(reps, kept.control_dirs), extra)
+                    _removed_norm(reps, kept.concept_dirs), _removed_norm(reps, kept.control_dirs), extra,
+                    folds=folds)
 
 
 def _splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, device, splice_positions, max_length,
@@ -491,19 +579,25 @@ def _splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, devic
 
 
 # ------------------------------------------------------------------------ main entry
+@validate_params(_REPORT_CONSTRAINTS, prefer_skip_nested_validation=False)
 def concept_ablation_report(
     pipeline,
     texts,
     labels,
     *,
     protocol: str = "probe",
-    saliency: str = "integrated_gradients",
+    preset: str = "fast",
+    saliency: str | None = None,
+    saliency_layer=None,
+    saliency_units: str | None = None,
+    saliency_rank_by: str | None = None,
     classifier=None,
     rationales=None,
-    n_steps: int = 50,
+    n_steps: int | None = None,
     probe="mlp",
     probe_params: dict | None = None,
-    n_splits: int = 5,
+    n_splits: int | None = None,
+    probe_accuracy: str | None = None,
     pooling: str = "auto",
     target: str = "label",
     splice_positions: str = "salient",
@@ -517,6 +611,8 @@ def concept_ablation_report(
     verbose: bool = False,
 ) -> AblationReport:
     """Remove each sentence's salient concept and report the accuracy change.
+
+    Every option is checked (names and values) before any model is loaded.
 
     Parameters
     ----------
@@ -533,9 +629,42 @@ def concept_ablation_report(
         ``"probe"``: the paper's protocol (edit the sentence representation,
         probe trained on clean ones, stratified CV).  ``"splice"``: edit the
         hidden state inside the classifier's forward pass, read its head.
-    saliency : {"integrated_gradients", "rationale"}, default="integrated_gradients"
-        How the salient token is found: IG on the classifier (towards its
-        predicted class), or the first token of the human rationale.
+    preset : {"fast", "paper"}, default="fast"
+        Default values of the options below that are left at None:
+
+        ========================  ======================  ==================
+        option                    ``"paper"``             ``"fast"``
+        ========================  ======================  ==================
+        ``saliency``              ``"ig-layer"``          ``"ig-embeddings"``
+        ``saliency_layer``        ``"low"``               ``"low"``
+        ``saliency_units``        ``"word"``              ``"token"``
+        ``saliency_rank_by``      ``"absolute"``          ``"value"``
+        ``n_steps``               500                     50
+        ``n_splits``              20                      5
+        ``probe_accuracy``        ``"fold-mean"``         ``"pooled"``
+        ========================  ======================  ==================
+
+        ``"paper"`` is the reference implementation's protocol (its IG
+        attributions are also L2-normalised per sentence, which changes no
+        ranking); ``"fast"`` is cheaper on a CPU.
+    saliency : {"ig-layer", "ig-embeddings", "rationale"}, optional
+        How the salient token is found: Integrated Gradients on the
+        classifier towards its predicted class, over the output of the
+        analysis layer (``"ig-layer"``, the paper's) or over the token
+        embeddings (``"ig-embeddings"``; ``"integrated_gradients"`` is its
+        older name); or the first token of the human rationale.
+    saliency_layer : {"low", "high"} or int, optional
+        The analysis layer of ``"ig-layer"``: the extractor's low layer
+        (default; the layer CrossLayerVQ's concepts are removed from, and
+        the one every method of the layer-matched comparison edits), its
+        high layer, or a hidden-state index.  At the LAST layer of an
+        encoder only [CLS] reaches the head, so IG there gives every other
+        token zero.
+    saliency_units : {"token", "word"}, optional
+        ``"word"``: a word's saliency is the max over its subword tokens, and
+        the concept is looked up at the subword carrying that max.
+    saliency_rank_by : {"value", "absolute"}, optional
+        Rank by signed attribution or by its magnitude (the paper).
     classifier : ClassifierResult or str, optional
         The fine-tuned task classifier (or its checkpoint folder).  Default:
         the extractor's model when it is such a checkpoint.  Needed for IG
@@ -544,14 +673,19 @@ def concept_ablation_report(
         For ``saliency="rationale"``: per text its evidence (string, list
         of strings or span dicts), or a mapping ``{text: evidence}`` (use a
         mapping under cross-validation).
-    n_steps : int, default=50
-        IG steps (the paper uses 500).
+    n_steps : int, optional
+        IG steps (the paper: 500).
     probe : {"mlp", "logistic"} or classifier, default="mlp"
         The probe (see :func:`clvqlearn.evaluation.probe.make_probe`).
     probe_params : dict, optional
         Extra parameters of the probe.
-    n_splits : int, default=5
-        Stratified folds of the probe protocol.
+    n_splits : int, optional
+        Stratified folds of the probe protocol (the paper: 20); at most the
+        number of sentences of the smallest class.
+    probe_accuracy : {"fold-mean", "pooled"}, optional
+        Probe protocol: the headline accuracies are the mean of the per-fold
+        accuracies (the reference's number) or the accuracy of all
+        out-of-fold predictions pooled.  Both are in ``probe_accuracies``.
     pooling : {"auto", "cls", "mean"}, default="auto"
         Sentence representation of the probe protocol: the first token
         ([CLS]) for encoders, the mean of the (kept) tokens for decoders.
@@ -584,8 +718,11 @@ def concept_ablation_report(
     ------
     TypeError, ValueError
         For a pipeline without an extractor or a fitted concept step, labels
-        that are not the classifier's classes, texts with no token left after
-        truncation, or invalid options.
+        that are not the classifier's classes, more folds than sentences in
+        the smallest class, texts with no token left after truncation, or
+        unknown option names and values (scikit-learn's
+        ``InvalidParameterError``, a ``ValueError``, which names the option
+        and what it accepts).
 
     Examples
     --------
@@ -594,63 +731,36 @@ def concept_ablation_report(
     >>> from clvqlearn.concepts.kmeans import KMeansConcepts
     >>> clf = fine_tune_classifier(train_texts, train_labels, model="minilm")  # doctest: +SKIP
     >>> pipe = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6))),
-    ...                  ("concepts", KMeansConcepts(k=50))]).fit(fit_texts)  # doctest: +SKIP
-    >>> report = concept_ablation_report(pipe, eval_texts, eval_labels)  # doctest: +SKIP
+    ...                  ("concepts", KMeansConcepts(k=50, layer="low"))]).fit(fit_texts)  # doctest: +SKIP
+    >>> report = concept_ablation_report(pipe, eval_texts, eval_labels, preset="paper")  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
-    probe ablation on 200 sentences (layer 6, 37 concepts): accuracy 0.815 -> 0.640 ...
-    """
-    # ---------------------------------------------------------------- options
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}.")
-    if saliency not in SALIENCY_METHODS:
-        raise ValueError(f"saliency must be one of {SALIENCY_METHODS}; got {saliency!r}.")
-    if pooling not in ("auto", "cls", "mean"):
-        raise ValueError(f"pooling must be 'auto', 'cls' or 'mean'; got {pooling!r}.")
-    if target not in ("label", "prediction"):
-        raise ValueError(f"target must be 'label' or 'prediction'; got {target!r}.")
-    if splice_positions not in ("salient", "all"):
-        raise ValueError(f"splice_positions must be 'salient' or 'all'; got {splice_positions!r}.")
-    if missing not in ("skip", "error"):
-        raise ValueError(f"missing must be 'skip' or 'error'; got {missing!r}.")
-    if not isinstance(n_bootstrap, Integral) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative int; got {n_bootstrap!r}.")
-    if not isinstance(confidence, Real) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}.")
-    if not isinstance(n_steps, Integral) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int; got {n_steps!r}.")
+    probe ablation on 200 sentences (layer 4, fold-mean over 20 folds, 37 concepts): accuracy 0.815 -> ...
 
+    A bad option fails at once, before any model is loaded:
+
+    >>> concept_ablation_report(None, ["a"], [0], preset="papr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sklearn.utils._param_validation.InvalidParameterError: The 'preset' parameter of ...
+    """
+    options = _resolve_options(preset, dict(
+        saliency=saliency, saliency_layer=saliency_layer, saliency_units=saliency_units,
+        saliency_rank_by=saliency_rank_by, n_steps=n_steps, n_splits=n_splits, probe_accuracy=probe_accuracy))
     extractor, concepts = _split_pipeline(pipeline)
     texts = check_texts(texts)
     y = _check_labels(labels, len(texts))
-    needs = None
-    if protocol == "splice":
-        needs = "protocol='splice'"
-    elif saliency == "integrated_gradients":
-        needs = "saliency='integrated_gradients'"
-    elif target == "prediction":
-        needs = "target='prediction'"
-    clf = _resolve_classifier(classifier, extractor, needs)
+    if protocol == "probe":
+        _check_folds(y, options["n_splits"])
+    clf = _resolve_classifier(classifier, extractor, _classifier_need(protocol, options["saliency"], target))
     y_index = _check_classes(y, clf) if clf is not None else None
-    rationale_list = _rationales_for(rationales, texts) if saliency == "rationale" else None
+    rationale_list = _rationales_for(rationales, texts) if options["saliency"] == "rationale" else None
     rng = check_random_state(random_state)
     max_length = int(extractor.max_length)
+    options["saliency_layer_index"] = _saliency_layer(options["saliency_layer"], extractor)
 
     # ------------------------------------------------------- tokens and concepts
-    if pairs is None:
-        pairs = extractor.transform(texts)
-    elif not isinstance(pairs, LayerPairs) or pairs.n_docs != len(texts) or tuple(pairs.layers) != tuple(
-            extractor.layers_):
-        raise ValueError(
-            f"pairs must be the LayerPairs of these {len(texts)} texts from the pipeline's extractor "
-            f"(layers {tuple(extractor.layers_)})."
-        )
-    empty = np.flatnonzero(pairs.lengths == 0)
-    if empty.size:
-        raise ValueError(
-            f"{empty.size} text(s) have no token left after truncation to max_length={max_length} and "
-            f"dropping special tokens/outliers (indices {empty[:10].tolist()}); remove them or raise max_length."
-        )
-    sal = _saliency(clf, extractor, texts, saliency, rationale_list, int(n_steps), max_length, device, verbose)
+    pairs = _check_pairs(pairs, extractor, texts, max_length)
+    sal = _saliency(clf, extractor, texts, rationale_list, options, max_length, device, verbose)
     rows, positions, ranks = _salient_rows(sal, pairs)
     keep = rows >= 0
     if not keep.any():
@@ -667,7 +777,123 @@ def concept_ablation_report(
     space = concepts.concept_space_
     layer = int(extractor.layers_[0 if space == "low" else 1])
     states = pairs.low if space == "low" else pairs.high
-    width = states.shape[1]
+    kept = _directions(concepts, token_concepts, chosen, idx, texts, rows, positions, states.shape[1], space, rng)
+
+    # ---------------------------------------------------------------- protocols
+    if protocol == "probe":
+        goal = y[idx]
+        if target == "prediction":
+            goal = np.asarray(clf.classes)[np.asarray(sal.targets)[idx]] if sal.targets is not None else np.asarray(
+                clf.predict(kept.texts, max_length=max_length))
+        result = _probe_protocol(extractor, pairs, states, layer, kept, goal, pooling=pooling, probe=probe,
+                                 probe_params=probe_params, n_splits=options["n_splits"], rng=rng)
+        result.extra["target"] = target
+    else:
+        result = _splice_protocol(extractor, clf, pairs, states, layer, kept, y_index[idx], device=device,
+                                  splice_positions=splice_positions, max_length=max_length, batch_size=batch_size)
+
+    # ----------------------------------------------------------------- numbers
+    correct = {name: (pred == result.truth) for name, pred in
+               (("before", result.before), ("after", result.after), ("control", result.control),
+                ("other", result.other))}
+    probe_accuracies = {} if result.folds is None else _fold_accuracies(correct, result.folds, options)
+    acc = {name: float(v.mean()) for name, v in correct.items()}
+    if probe_accuracies and options["probe_accuracy"] == "fold-mean":
+        acc = {name: probe_accuracies["fold_mean"][name] for name in acc}
+    flips = {name: float((pred != result.before).mean()) for name, pred in
+             (("after", result.after), ("control", result.control), ("other", result.other))}
+    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float),
+                         int(n_bootstrap), float(confidence), rng)
+    label_out = result.truth if protocol == "probe" else y[idx]
+    settings = {
+        "protocol": protocol,
+        "preset": preset,
+        "saliency": options["saliency"],
+        "n_steps": int(options["n_steps"]) if options["saliency"] != "rationale" else None,
+        "saliency_layer": options["saliency_layer_index"] if options["saliency"] == "ig-layer" else None,
+        "saliency_units": options["saliency_units"],
+        "saliency_rank_by": options["saliency_rank_by"] if options["saliency"] != "rationale" else None,
+        "probe_accuracy": options["probe_accuracy"] if protocol == "probe" else None,
+        "classifier": None if clf is None else str(clf.path),
+        "layer": layer,
+        "concept_space": space,
+        "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
+        "n_bootstrap": int(n_bootstrap),
+        "confidence": float(confidence),
+        **result.extra,
+        **_estimator_settings(concepts, extractor),
+    }
+    classes, counts = np.unique(result.truth, return_counts=True)
+    return AblationReport(
+        protocol=protocol,
+        accuracy_before=acc["before"],
+        accuracy_after=acc["after"],
+        control_accuracy=acc["control"],
+        other_concept_accuracy=acc["other"],
+        drop=_relative_drop(acc["before"], acc["after"]),
+        control_drop=_relative_drop(acc["before"], acc["control"]),
+        other_concept_drop=_relative_drop(acc["before"], acc["other"]),
+        drop_ci=ci,
+        flip_rate=flips["after"],
+        control_flip_rate=flips["control"],
+        other_concept_flip_rate=flips["other"],
+        chance_accuracy=float(counts.max() / counts.sum()),
+        removed_norm=result.removed,
+        control_removed_norm=result.control_removed,
+        per_class=_per_class(result, correct, classes, clf, y_index, protocol),
+        n_sentences=int(idx.size),
+        n_skipped=int(len(texts) - idx.size),
+        n_distinct_concepts=int(np.unique(chosen).size),
+        layer=layer,
+        concept_space=space,
+        probe_accuracies=probe_accuracies,
+        settings=settings,
+        sentences=_sentence_records(idx, rows, positions, ranks, chosen, kept, result, label_out, pairs),
+    )
+
+
+def _saliency_layer(option, extractor) -> int:
+    """The hidden-state index of the IG analysis layer ("low", "high" or an index of the model)."""
+    if isinstance(option, str):
+        return int(extractor.layers_[0 if option == "low" else 1])
+    n = int(getattr(extractor, "n_layers_", option))
+    if option > n:
+        raise ValueError(f"saliency_layer={option} is outside the model, which has hidden states 0..{n}.")
+    return int(option)
+
+
+def _classifier_need(protocol: str, saliency: str, target: str) -> str | None:
+    """Why the report needs the task classifier (None: it does not)."""
+    if protocol == "splice":
+        return "protocol='splice'"
+    if saliency != "rationale":
+        return f"saliency={saliency!r}"
+    if target == "prediction":
+        return "target='prediction'"
+    return None
+
+
+def _check_pairs(pairs, extractor, texts, max_length):
+    """The LayerPairs of the texts (extracted when not given); no text may be empty."""
+    if pairs is None:
+        pairs = extractor.transform(texts)
+    elif not isinstance(pairs, LayerPairs) or pairs.n_docs != len(texts) or tuple(pairs.layers) != tuple(
+            extractor.layers_):
+        raise ValueError(
+            f"pairs must be the LayerPairs of these {len(texts)} texts from the pipeline's extractor "
+            f"(layers {tuple(extractor.layers_)})."
+        )
+    empty = np.flatnonzero(pairs.lengths == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} text(s) have no token left after truncation to max_length={max_length} and "
+            f"dropping special tokens/outliers (indices {empty[:10].tolist()}); remove them or raise max_length."
+        )
+    return pairs
+
+
+def _directions(concepts, token_concepts, chosen, idx, texts, rows, positions, width, space, rng) -> _Kept:
+    """The concept, random-control and other-concept directions of every evaluated sentence."""
     cache: dict = {}
 
     def directions(c: int) -> np.ndarray:
@@ -689,94 +915,51 @@ def concept_ablation_report(
         candidates = pool[pool != c]
         other = int(rng.choice(candidates)) if candidates.size else int(c)
         other_dirs.append(directions(other))
-
-    # ---------------------------------------------------------------- protocols
-    kept = _Kept(idx=idx, texts=[texts[i] for i in idx], rows=rows[idx], positions=positions[idx],
+    return _Kept(idx=idx, texts=[texts[i] for i in idx], rows=rows[idx], positions=positions[idx],
                  concept_dirs=concept_dirs, control_dirs=control_dirs, other_dirs=other_dirs)
-    if protocol == "probe":
-        goal = y[idx]
-        if target == "prediction":
-            goal = np.asarray(clf.classes)[np.asarray(sal.targets)[idx]] if sal.targets is not None else np.asarray(
-                clf.predict(kept.texts, max_length=max_length))
-        result = _probe_protocol(extractor, pairs, states, layer, kept, goal, pooling=pooling, probe=probe,
-                                 probe_params=probe_params, n_splits=n_splits, rng=rng)
-        result.extra["target"] = target
-    else:
-        result = _splice_protocol(extractor, clf, pairs, states, layer, kept, y_index[idx], device=device,
-                                  splice_positions=splice_positions, max_length=max_length, batch_size=batch_size)
-    before, after, control, other = result.before, result.after, result.control, result.other
-    truth, removed, control_removed, extra = result.truth, result.removed, result.control_removed, result.extra
 
-    # ----------------------------------------------------------------- numbers
-    correct = {name: (pred == truth) for name, pred in
-               (("before", before), ("after", after), ("control", control), ("other", other))}
-    acc = {name: float(v.mean()) for name, v in correct.items()}
-    flips = {name: float((pred != before).mean()) for name, pred in
-             (("after", after), ("control", control), ("other", other))}
-    classes, counts = np.unique(truth, return_counts=True)
-    per_class = []
+
+def _fold_accuracies(correct: dict, folds: np.ndarray, options: dict) -> dict:
+    """Pooled and per-fold-averaged accuracies (and drops) of the probe protocol."""
+    ids = np.unique(folds)
+    per_fold = {name: np.array([v[folds == f].mean() for f in ids]) for name, v in correct.items()}
+    pooled = {name: float(v.mean()) for name, v in correct.items()}
+    fold_mean = {name: float(v.mean()) for name, v in per_fold.items()}
+    pooled["drop"] = _relative_drop(pooled["before"], pooled["after"])
+    fold_mean["drop"] = _relative_drop(fold_mean["before"], fold_mean["after"])
+    return {"headline": options["probe_accuracy"], "n_splits": int(ids.size), "pooled": pooled,
+            "fold_mean": fold_mean, "fold_std": {name: float(v.std()) for name, v in per_fold.items()}}
+
+
+def _per_class(result, correct, classes, clf, y_index, protocol) -> list:
+    out = []
     for c in classes:
-        m = truth == c
+        m = result.truth == c
         label = c if y_index is None or protocol == "probe" else np.asarray(clf.classes)[c]
-        per_class.append({
+        out.append({
             "label": label.item() if isinstance(label, np.generic) else label,
             "n": int(m.sum()),
             "accuracy_before": float(correct["before"][m].mean()),
             "accuracy_after": float(correct["after"][m].mean()),
             "control_accuracy": float(correct["control"][m].mean()),
-            "flip_rate": float((after[m] != before[m]).mean()),
+            "flip_rate": float((result.after[m] != result.before[m]).mean()),
         })
-    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float),
-                         int(n_bootstrap), float(confidence), rng)
-    label_out = truth if protocol == "probe" else y[idx]
-    sentences = []
+    return out
+
+
+def _sentence_records(idx, rows, positions, ranks, chosen, kept, result, label_out, pairs) -> list:
+    records = []
     for j, i in enumerate(idx):
         r = int(rows[i])
-        sentences.append({
-            "index": int(i), "label": label_out[j].item() if isinstance(label_out[j], np.generic) else label_out[j],
+        records.append({
+            "index": int(i), "label": _plain(label_out[j]),
             "token": None if pairs.tokens is None else str(pairs.tokens[r]), "position": int(positions[i]),
-            "saliency_rank": int(ranks[i]), "concept": int(chosen[j]), "n_directions": int(concept_dirs[j].shape[0]),
-            "before": _plain(before[j]), "after": _plain(after[j]), "control": _plain(control[j]),
-            "other": _plain(other[j]),
+            "saliency_rank": int(ranks[i]), "concept": int(chosen[j]),
+            "n_directions": int(kept.concept_dirs[j].shape[0]),
+            "before": _plain(result.before[j]), "after": _plain(result.after[j]),
+            "control": _plain(result.control[j]), "other": _plain(result.other[j]),
         })
-    settings = {
-        "protocol": protocol,
-        "saliency": saliency,
-        "n_steps": int(n_steps) if saliency == "integrated_gradients" else None,
-        "classifier": None if clf is None else str(clf.path),
-        "layer": layer,
-        "concept_space": space,
-        "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
-        "n_bootstrap": int(n_bootstrap),
-        "confidence": float(confidence),
-        **extra,
-        **_estimator_settings(concepts, extractor),
-    }
-    return AblationReport(
-        protocol=protocol,
-        accuracy_before=acc["before"],
-        accuracy_after=acc["after"],
-        control_accuracy=acc["control"],
-        other_concept_accuracy=acc["other"],
-        drop=_relative_drop(acc["before"], acc["after"]),
-        control_drop=_relative_drop(acc["before"], acc["control"]),
-        other_concept_drop=_relative_drop(acc["before"], acc["other"]),
-        drop_ci=ci,
-        flip_rate=flips["after"],
-        control_flip_rate=flips["control"],
-        other_concept_flip_rate=flips["other"],
-        chance_accuracy=float(counts.max() / counts.sum()),
-        removed_norm=removed,
-        control_removed_norm=control_removed,
-        per_class=per_class,
-        n_sentences=int(idx.size),
-        n_skipped=int(len(texts) - idx.size),
-        n_distinct_concepts=int(np.unique(chosen).size),
-        layer=layer,
-        concept_space=space,
-        settings=settings,
-        sentences=sentences,
-    )
+    return records
 
 
 def _plain(value):
@@ -807,7 +990,9 @@ def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -
         ``"drop"``: ``(before - after) / before``, the paper's number.
         ``"drop_vs_control"``: that minus the random-direction control's drop.
     **options
-        Passed to :func:`concept_ablation_report`.
+        Passed to :func:`concept_ablation_report`, e.g. ``preset="paper"``
+        (the reference implementation's protocol: IG on the analysis layer,
+        word units, 500 steps, 20 folds averaged) or ``protocol="splice"``.
 
     Returns
     -------
@@ -857,6 +1042,8 @@ def make_ablation_scorer(**options):
     >>> scorer = make_ablation_scorer(protocol="splice", n_steps=16)
     >>> scorer.keywords["protocol"]
     'splice'
+    >>> make_ablation_scorer(preset="paper", n_steps=32).keywords["preset"]
+    'paper'
     >>> make_ablation_scorer(protocl="splice")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -865,8 +1052,8 @@ def make_ablation_scorer(**options):
     unknown = sorted(set(options) - _REPORT_OPTIONS - {"score"})
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for concept_ablation_score; valid: {sorted(_REPORT_OPTIONS | {'score'})}.")
-    if "protocol" in options and options["protocol"] not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {options['protocol']!r}.")
+    checked = {k: v for k, v in options.items() if k in _REPORT_CONSTRAINTS}
+    validate_parameter_constraints(_REPORT_CONSTRAINTS, checked, caller_name="make_ablation_scorer")
     if "score" in options and options["score"] not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}; got {options['score']!r}.")
     return functools.partial(concept_ablation_score, **options)

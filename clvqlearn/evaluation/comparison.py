@@ -2,7 +2,17 @@
 
 ``python -m clvqlearn.evaluation.comparison --out benchmarks/results/comparison``
 builds, for every model (MiniLM encoder, SmolLM2 decoder) and data set
-(ERASER-Movie, Jigsaw, AG News):
+(ERASER-Movie, Jigsaw, AG News), two tables:
+
+* the PRIMARY, layer-matched table: every method reads and edits the
+  analysis layer ``l`` (the low layer of CrossLayerVQ's ``l -> h``), as the
+  paper's reference runs its single-layer baseline (BERT 8 -> 8):
+  ``KMeansConcepts(layer="low")``, ``SingleLayerVQ(layer="low")``,
+  ``SparseAutoencoder(layer="low")`` and ``CrossLayerVQ`` ``l -> h``;
+* the high-layer variant: the single-layer baselines at ``h`` and the
+  cross-layer SAE ``l -> h`` (CrossLayerVQ's row is the same fit);
+
+each with these steps:
 
 1. a task classifier: the model fine-tuned with a classification head
    (:func:`~clvqlearn.evaluation.tasks.fine_tune_classifier`, cached);
@@ -12,11 +22,15 @@ builds, for every model (MiniLM encoder, SmolLM2 decoder) and data set
 2. the four concept estimators (CrossLayerVQ, SingleLayerVQ, KMeansConcepts,
    SparseAutoencoder), fitted on the hidden states of that classifier;
 3. :func:`~clvqlearn.evaluation.ablation.concept_ablation_report` with the
-   probe and the splice protocol on held-out evaluation sentences (IG
-   saliency, computed once per model and data set and shared by all rows),
+   probe and the splice protocol on held-out evaluation sentences, under
+   ``preset="paper"`` by default (IG on the analysis layer's output, word
+   units, 20 stratified folds averaged; the IG steps are reduced from 500 to
+   ``ig_steps`` for the CPU budget), the saliency computed once per model
+   and data set and shared by all rows,
 
-and writes ``comparison.csv`` (every number), ``comparison.md`` (the table)
-and ``comparison.png`` (bar chart) to ``--out``.  Each (model, data set)
+and writes ``comparison.csv`` (every number, a ``table`` column), ``comparison.md``
+(both tables) and ``comparison.png`` / ``comparison_high_layer.png`` (bar
+charts) to ``--out``.  Each (model, data set)
 unit is also saved under ``parts/`` so ``--resume`` continues an interrupted
 run.
 
@@ -52,11 +66,16 @@ MODELS = {
 }
 METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
-_PART_VERSION = 2
+#: "layer-matched": every method at the analysis layer l (the primary table); "high-layer": the
+#: single-layer baselines at h and the cross-layer SAE l -> h (the variant).
+TABLES = ("layer-matched", "high-layer")
+#: classes per data set (the evaluation sets are class-balanced)
+N_CLASSES = {"eraser_movie": 2, "jigsaw": 2, "ag_news": 4}
+_PART_VERSION = 3
 # The allowed values of ComparisonConfig's choice settings (also the CLI's choices).
 CHOICES = {
+    "preset": ("paper", "fast"),
     "clvq_decoder": ("mlp", "transformer", "transformer-codes"),
-    "baseline_layer": ("high", "low"),
     "probe": ("mlp", "logistic"),
     "splice_positions": ("salient", "all"),
     "decoder_classifier": ("head", "fine-tune"),
@@ -72,6 +91,19 @@ class ComparisonConfig:
     ----------
     datasets, models, methods, protocols : tuple of str
         What to run.
+    tables : tuple of str
+        ``"layer-matched"`` (the primary table: every method at the analysis
+        layer l) and/or ``"high-layer"`` (single-layer baselines at h, the
+        cross-layer SAE); CrossLayerVQ is fitted and evaluated once for both.
+    preset : {"paper", "fast"}
+        The evaluation protocol of
+        :func:`~clvqlearn.evaluation.ablation.concept_ablation_report`
+        (``"paper"``: IG on the analysis layer, word units, absolute
+        ranking, 20 folds averaged), except for the IG steps, which come
+        from ``ig_steps``.
+    n_splits : int or None
+        Probe folds; None = the preset's (paper: 20).  At most the
+        evaluation sentences per class of every data set.
     n_classifier_train, n_classifier_train_decoder : int
         Labelled sentences used to fine-tune each classifier (encoder,
         decoder).
@@ -90,17 +122,14 @@ class ComparisonConfig:
     epochs, epochs_decoder : int
         Classifier fine-tuning epochs (encoder, decoder).
     ig_steps, ig_steps_decoder : int
-        Integrated Gradients steps (the paper: 500).
+        Integrated Gradients steps (the paper: 500; the top-1 word at the
+        default 16 against 500 is measured in
+        ``benchmarks/results/ig_steps_minilm_eraser.json``).
     concept_epochs : int
         Maximum epochs of the torch concept models (early stopping after 5).
     clvq_decoder : str
         Decoder of the two VQ models ("mlp" is fast; "transformer" is the
         reference form).
-    baseline_layer : {"high", "low"}
-        The layer of the single-layer baselines (SingleLayerVQ,
-        KMeansConcepts).  "low" puts them in CrossLayerVQ's own space (the
-        low layer): a layer-matched control that separates the effect of
-        the method from that of the layer edited.
     probe : str
         "mlp" (the paper's) or "logistic".
     splice_positions : str
@@ -124,14 +153,21 @@ class ComparisonConfig:
     Examples
     --------
     >>> config = ComparisonConfig(models=("minilm",), k=50)
-    >>> config.k, config.n_eval, len(config.unit_key("minilm", "ag_news"))
-    (50, 400, 16)
+    >>> config.k, config.n_eval, config.preset, len(config.unit_key("minilm", "ag_news"))
+    (50, 400, 'paper', 16)
+    >>> ComparisonConfig(tables=("layer-matched", "middle"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: tables must be a non-empty subset of ('layer-matched', 'high-layer'); got ...
     """
 
     datasets: tuple = DATASETS
     models: tuple = tuple(MODELS)
     methods: tuple = METHODS
     protocols: tuple = PROTOCOLS
+    tables: tuple = TABLES
+    preset: str = "paper"
+    n_splits: int | None = None
     n_classifier_train: int = 600
     n_classifier_train_decoder: int = 1500
     n_fit: int = 1000
@@ -142,11 +178,10 @@ class ComparisonConfig:
     k: int = 400
     epochs: int = 2
     epochs_decoder: int = 1
-    ig_steps: int = 8
+    ig_steps: int = 16
     ig_steps_decoder: int = 2
     concept_epochs: int = 30
     clvq_decoder: str = "mlp"
-    baseline_layer: str = "high"
     probe: str = "mlp"
     splice_positions: str = "all"
     decoder_classifier: str = "head"
@@ -158,6 +193,39 @@ class ComparisonConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}.")
+        for name, allowed in (("datasets", DATASETS), ("models", tuple(MODELS)), ("methods", METHODS),
+                              ("protocols", PROTOCOLS), ("tables", TABLES)):
+            values = getattr(self, name)
+            if isinstance(values, str) or not values or not set(values) <= set(allowed):
+                raise ValueError(f"{name} must be a non-empty subset of {allowed}; got {values!r}.")
+        for name in ("n_classifier_train", "n_classifier_train_decoder", "n_fit", "n_fit_decoder", "n_eval",
+                     "n_eval_decoder", "max_length", "k", "epochs", "epochs_decoder", "ig_steps",
+                     "ig_steps_decoder", "concept_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        self._check_folds()
+
+    def _check_folds(self) -> None:
+        """The probe's folds must fit the smallest class of every evaluation set."""
+        from .ablation import PRESETS
+
+        n_splits = PRESETS[self.preset]["n_splits"] if self.n_splits is None else self.n_splits
+        if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
+            raise ValueError(f"n_splits must be an integer >= 2 or None (the preset's); got {n_splits!r}.")
+        if "probe" not in self.protocols:
+            return
+        for model in self.models:
+            n_eval, name = (self.n_eval_decoder, "n_eval_decoder") if model == "smollm2" else (self.n_eval, "n_eval")
+            for dataset in self.datasets:
+                per_class = n_eval // N_CLASSES[dataset]
+                if per_class < n_splits:
+                    raise ValueError(
+                        f"n_splits={n_splits} probe folds need at least {n_splits} evaluation sentences per "
+                        f"class, but {name}={n_eval} gives {per_class} per class on {dataset} "
+                        f"({N_CLASSES[dataset]} classes); raise {name} to {n_splits * N_CLASSES[dataset]} or "
+                        "lower n_splits."
+                    )
 
     def unit_key(self, model: str, dataset: str) -> str:
         """A hash of the settings that determine one (model, data set) unit.
@@ -166,8 +234,8 @@ class ComparisonConfig:
         MiniLM, the decoder's for SmolLM2), so ``--resume`` keeps finished
         units when an unrelated setting changes.
         """
-        common = ("methods", "protocols", "max_length", "k", "concept_epochs", "clvq_decoder", "probe",
-                  "splice_positions", "seed") + (("baseline_layer",) if self.baseline_layer != "high" else ())
+        common = ("methods", "protocols", "tables", "preset", "n_splits", "max_length", "k", "concept_epochs",
+                  "clvq_decoder", "probe", "splice_positions", "seed")
         if model == "smollm2":
             own = ("n_classifier_train_decoder", "n_fit_decoder", "n_eval_decoder", "ig_steps_decoder",
                    "decoder_classifier") + (("epochs_decoder",) if self.decoder_classifier == "fine-tune" else ())
@@ -364,19 +432,38 @@ def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 6
     return save_checkpoint(net, tokenizer, info, folder)
 
 
-def make_estimator(method: str, config: ComparisonConfig, model: str):
+def make_estimator(method: str, config: ComparisonConfig, model: str, table: str = "layer-matched"):
     """One of the four concept estimators with the comparison's fast settings.
+
+    Parameters
+    ----------
+    method : {"CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"}
+    config : ComparisonConfig
+    model : str
+        Key of ``MODELS`` (sets the VQ learning rate).
+    table : {"layer-matched", "high-layer"}, default="layer-matched"
+        ``"layer-matched"``: the single-layer baselines and the SAE (single
+        layer) at the analysis layer l; ``"high-layer"``: the single-layer
+        baselines at h and the SAE cross-layer l -> h.  CrossLayerVQ is
+        l -> h in both.
 
     Examples
     --------
     >>> make_estimator("KMeansConcepts", ComparisonConfig(k=20), "minilm").k
     20
+    >>> make_estimator("SparseAutoencoder", ComparisonConfig(), "minilm").layer
+    'low'
+    >>> make_estimator("SparseAutoencoder", ComparisonConfig(), "minilm", "high-layer").layer is None
+    True
     """
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}; got {table!r}.")
     from ..concepts.kmeans import KMeansConcepts
     from ..concepts.sae import SparseAutoencoder
     from ..concepts.vq import CrossLayerVQ, SingleLayerVQ
 
     k, seed, device = config.k, config.seed, config.device
+    single = "low" if table == "layer-matched" else "high"
     vq = dict(top_k=5, temperature=1.0, decoder=config.clvq_decoder, decoder_hidden=512, decoder_layers=2,
               decoder_ff=512, max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=32,
               learning_rate=MODELS.get(model, MODELS["minilm"])["vq_learning_rate"], random_state=seed,
@@ -384,11 +471,12 @@ def make_estimator(method: str, config: ComparisonConfig, model: str):
     if method == "CrossLayerVQ":
         return CrossLayerVQ(k, **vq)
     if method == "SingleLayerVQ":
-        return SingleLayerVQ(k, layer=config.baseline_layer, **vq)
+        return SingleLayerVQ(k, layer=single, **vq)
     if method == "KMeansConcepts":
-        return KMeansConcepts(k, layer=config.baseline_layer, random_state=seed)
+        return KMeansConcepts(k, layer=single, random_state=seed)
     if method == "SparseAutoencoder":
-        return SparseAutoencoder(k, max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
+        return SparseAutoencoder(k, layer="low" if table == "layer-matched" else None,
+                                 max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
                                  random_state=seed, device=device)
     raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
 
@@ -401,17 +489,14 @@ def run_unit(model: str, dataset: str, config: ComparisonConfig, *, log=print) -
     -------
     dict
         ``{"rows": [...], "classifier": {...}, "seconds": {...}}``: one row per
-        (method, protocol) with the report's summary numbers.
+        (table, method, protocol) with the report's summary numbers.
 
     Examples
     --------
     >>> part = run_unit("minilm", "ag_news", ComparisonConfig(n_eval=40))  # doctest: +SKIP
     >>> part["rows"][0]["drop"]  # doctest: +SKIP
     """
-    from sklearn.pipeline import Pipeline
-
     from ..extraction import LayerPairExtractor
-    from .ablation import concept_ablation_report
     from .tasks import fine_tune_classifier
 
     if model not in MODELS:
@@ -451,33 +536,51 @@ def run_unit(model: str, dataset: str, config: ComparisonConfig, *, log=print) -
     log(f"[{model}/{dataset}] {fit_pairs.n_tokens} fit tokens, {eval_pairs.n_tokens} evaluation tokens "
         f"({seconds['extract']:.0f} s)")
 
-    rows = []
-    for method in config.methods:
-        t = time.perf_counter()
-        estimator = make_estimator(method, config, model).fit(fit_pairs)
-        fit_seconds = time.perf_counter() - t
-        fve = float(estimator.score(eval_pairs))
-        pipe = Pipeline([("extract", extractor), ("concepts", estimator)])
-        for protocol in config.protocols:
-            t = time.perf_counter()
-            report = concept_ablation_report(
-                pipe, ev.texts, ev.labels, protocol=protocol, classifier=clf, n_steps=ig_steps,
-                probe=config.probe, splice_positions=config.splice_positions, random_state=config.seed,
-                device=config.device, pairs=eval_pairs,
-            )
-            row = {"model": model, "dataset": dataset, "method": method, "protocol": protocol,
-                   "classifier_accuracy": clf.accuracy, "held_out_fve": fve, "fit_seconds": round(fit_seconds, 1),
-                   "eval_seconds": round(time.perf_counter() - t, 1), **report.summary()}
-            rows.append(row)
-            log(f"[{model}/{dataset}] {method:17s} {protocol:6s} acc {report.accuracy_before:.3f} -> "
-                f"{report.accuracy_after:.3f} (drop {report.drop:+.1%}; random {report.control_drop:+.1%}; "
-                f"other concept {report.other_concept_drop:+.1%}) flip {report.flip_rate:.1%} "
-                f"[{row['eval_seconds']:.0f} s]")
+    rows, done = [], {}
+    for table in config.tables:
+        for method in config.methods:
+            estimator = make_estimator(method, config, model, table)
+            signature = (method, repr(estimator.get_params()))
+            if signature not in done:  # CrossLayerVQ is the same fit in both tables
+                done[signature] = _evaluate(estimator, config, extractor, fit_pairs, eval_pairs, ev, clf, ig_steps,
+                                            tag=f"[{model}/{dataset}] {table:13s} {method:17s}", log=log)
+            base = {"model": model, "dataset": dataset, "table": table, "method": method,
+                    "classifier_accuracy": clf.accuracy}
+            rows += [{**base, **row} for row in done[signature]]
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu_total"] = time.process_time() - cpu0
     return {"rows": rows, "classifier": {"path": str(clf.path), "accuracy": clf.accuracy,
                                          "n_train": clf.n_train, "reused": clf.reused},
             "seconds": seconds}
+
+
+def _evaluate(estimator, config, extractor, fit_pairs, eval_pairs, ev, clf, ig_steps, *, tag, log) -> list:
+    """Fit one concept estimator and run every protocol on it: one summary row per protocol."""
+    from sklearn.pipeline import Pipeline
+
+    from .ablation import concept_ablation_report
+
+    t = time.perf_counter()
+    estimator.fit(fit_pairs)
+    fit_seconds = time.perf_counter() - t
+    fve = float(estimator.score(eval_pairs))
+    pipe = Pipeline([("extract", extractor), ("concepts", estimator)])
+    rows = []
+    for protocol in config.protocols:
+        t = time.perf_counter()
+        report = concept_ablation_report(
+            pipe, ev.texts, ev.labels, protocol=protocol, preset=config.preset, classifier=clf, n_steps=ig_steps,
+            n_splits=config.n_splits, probe=config.probe, splice_positions=config.splice_positions,
+            random_state=config.seed, device=config.device, pairs=eval_pairs,
+        )
+        row = {"protocol": protocol, "held_out_fve": fve, "fit_seconds": round(fit_seconds, 1),
+               "eval_seconds": round(time.perf_counter() - t, 1), **report.summary()}
+        rows.append(row)
+        log(f"{tag} {protocol:6s} layer {report.layer} acc {report.accuracy_before:.3f} -> "
+            f"{report.accuracy_after:.3f} (drop {report.drop:+.1%}; random {report.control_drop:+.1%}; "
+            f"other concept {report.other_concept_drop:+.1%}) flip {report.flip_rate:.1%} "
+            f"[{row['eval_seconds']:.0f} s]")
+    return rows
 
 
 # ----------------------------------------------------------------------- the table
@@ -494,14 +597,16 @@ def to_markdown(frame) -> str:
     | model | data set | method | classifier
     """
     protocols = [p for p in PROTOCOLS if p in set(frame["protocol"])]
-    header = ["model", "data set", "method", "classifier acc."]
+    with_layer = "layer" in frame.columns
+    header = ["model", "data set", "method"] + (["layer"] if with_layer else []) + ["classifier acc."]
     for p in protocols:
         header += [f"{p}: acc. before -> after", f"{p}: drop (95% CI)", f"{p}: random ctrl drop",
                    f"{p}: flip rate", f"{p}: norm removed (concept / random)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["model", "dataset", "method"]
     for (model, dataset, method), group in frame.groupby(keys, sort=False):
-        cells = [model, dataset, method, f"{group['classifier_accuracy'].iloc[0]:.3f}"]
+        cells = [model, dataset, method] + ([str(int(group["layer"].iloc[0]))] if with_layer else [])
+        cells.append(f"{group['classifier_accuracy'].iloc[0]:.3f}")
         for p in protocols:
             sub = group[group["protocol"] == p]
             if sub.empty:
@@ -656,32 +761,63 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
     unit_wall = sum(u.get("seconds", {}).get("total", 0.0) for u in units.values())
     unit_cpu = sum(u.get("seconds", {}).get("cpu_total", 0.0) for u in units.values())
     md = [
-        "# Concept removal: comparison table (evaluation axis 1)\n",
+        "# Concept removal: comparison tables (evaluation axis 1)\n",
         f"Produced by `{command.strip()}`. The units took {unit_wall / 60:.1f} min wall clock and "
         f"{unit_cpu / 60:.1f} min of CPU time when they ran (this call: {total / 60:.1f} min; units reused "
         "with --resume keep their own times, see run.json).\n",
-        "Drop = relative accuracy drop `(before - after) / before` when the concept of each sentence's most "
-        "salient token (Integrated Gradients on the task classifier: fine-tuned MiniLM; SmolLM2 "
-        f"{'frozen with a linear head' if config.decoder_classifier == 'head' else 'fine-tuned'}) is projected "
-        "out, with "
-        "its bootstrap 95% CI; random ctrl = the same with random Gaussian directions of the same rank; flip "
-        "rate = share of sentences whose prediction changed; norm removed = mean share of the edited vector's "
-        "norm that the projection removed (concept / random). Probe: the paper's protocol (sentence vector at "
-        f"the concept's layer, {config.probe} probe trained on clean vectors, stratified 5-fold CV). Splice: "
-        "edit the hidden state inside the forward pass at "
-        f"{'every position' if config.splice_positions == 'all' else 'the salient token'} and read the "
-        "model's own head.\n",
+        _legend(config),
         f"Subsampled settings: {json.dumps(settings, default=str)}\n",
-        to_markdown(frame) if len(frame) else "(no rows)\n",
     ]
+    for table in config.tables:
+        sub = frame[frame["table"] == table] if len(frame) else frame
+        md += [_TABLE_TITLES[table], to_markdown(sub) if len(sub) else "(no rows)\n"]
     (out / "comparison.md").write_text("\n".join(md))
     (out / "run.json").write_text(json.dumps({"settings": settings, "units": units, "minutes": total / 60,
                                               "cpu_minutes": cpu / 60},
                                              indent=1, default=_jsonable))
-    if len(frame):
-        plot(frame, out / "comparison.png")
-    log(f"wrote {out}/comparison.csv, comparison.md, comparison.png ({total / 60:.1f} min)")
+    for table in config.tables:
+        sub = frame[frame["table"] == table] if len(frame) else frame
+        if len(sub):
+            plot(sub, out / _PLOT_FILES[table])
+    log(f"wrote {out}/comparison.csv, comparison.md and the charts ({total / 60:.1f} min)")
     return frame
+
+
+_TABLE_TITLES = {
+    "layer-matched": "## Primary: layer-matched (every method reads and edits the analysis layer l)\n\n"
+                     "KMeansConcepts, SingleLayerVQ and the SAE at layer l (single-layer), CrossLayerVQ l -> h, "
+                     "as the paper's reference runs its single-layer baseline (BERT 8 -> 8).\n",
+    "high-layer": "## Variant: baselines at the high layer h\n\n"
+                  "KMeansConcepts and SingleLayerVQ at layer h, the SAE cross-layer l -> h (its concepts in l), "
+                  "CrossLayerVQ l -> h (the same fit as in the primary table).\n",
+}
+_PLOT_FILES = {"layer-matched": "comparison.png", "high-layer": "comparison_high_layer.png"}
+
+
+def _legend(config: ComparisonConfig) -> str:
+    """What the columns of the tables mean, for these settings."""
+    from .ablation import PRESETS
+
+    preset = PRESETS[config.preset]
+    n_splits = preset["n_splits"] if config.n_splits is None else config.n_splits
+    saliency = ("Integrated Gradients on the OUTPUT of the analysis layer l, top word (max over its subwords, "
+                "ranked by |attribution|)" if preset["saliency"] == "ig-layer" else
+                "Integrated Gradients on the token embeddings, top token")
+    accuracy = "mean of the per-fold accuracies" if preset["probe_accuracy"] == "fold-mean" else "pooled out-of-fold"
+    return (
+        f"Preset `{config.preset}`. Salient token: {saliency}, {config.ig_steps} steps for the encoder and "
+        f"{config.ig_steps_decoder} for the decoder (the paper: 500), on the task classifier (fine-tuned MiniLM; "
+        f"SmolLM2 {'frozen with a linear head' if config.decoder_classifier == 'head' else 'fine-tuned'}). "
+        "Drop = relative accuracy drop `(before - after) / before` when the concept of that token is projected "
+        "out, with its bootstrap 95% CI (pooled predictions); random ctrl = the same with random Gaussian "
+        "directions of the same rank; flip rate = share of sentences whose prediction changed; norm removed = "
+        "mean share of the edited vector's norm that the projection removed (concept / random); layer = the "
+        "layer edited. Probe: the paper's protocol (sentence vector at the concept's layer, "
+        f"{config.probe} probe trained on clean vectors, stratified {n_splits}-fold CV, accuracy = {accuracy}; "
+        "comparison.csv has both the fold-mean and the pooled numbers). Splice: edit the hidden state inside "
+        f"the forward pass at {'every position' if config.splice_positions == 'all' else 'the salient token'} "
+        "and read the model's own head.\n"
+    )
 
 
 def _jsonable(value):
@@ -723,6 +859,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--models", nargs="+", default=list(d.models), choices=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS)
     parser.add_argument("--protocols", nargs="+", default=list(d.protocols), choices=PROTOCOLS)
+    parser.add_argument("--tables", nargs="+", default=list(d.tables), choices=TABLES,
+                        help="layer-matched (primary: every method at the analysis layer l) and/or high-layer "
+                             "(single-layer baselines at h, cross-layer SAE)")
+    parser.add_argument("--preset", default=d.preset, choices=CHOICES["preset"],
+                        help="evaluation protocol: 'paper' (IG on layer l's output, word units, |attribution|, "
+                             "20 folds averaged) or 'fast' (embedding IG, 5 pooled folds); IG steps come from "
+                             "--ig-steps")
+    parser.add_argument("--n-splits", type=int, default=d.n_splits,
+                        help="probe folds (default: the preset's, paper 20)")
     parser.add_argument("--n-classifier-train", type=int, default=d.n_classifier_train,
                         help="labelled sentences to fine-tune each encoder classifier")
     parser.add_argument("--n-classifier-train-decoder", type=int, default=d.n_classifier_train_decoder,
@@ -737,12 +882,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--k", type=int, default=d.k, help="concepts per estimator")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="encoder fine-tuning epochs")
     parser.add_argument("--epochs-decoder", type=int, default=d.epochs_decoder, help="decoder fine-tuning epochs")
-    parser.add_argument("--ig-steps", type=int, default=d.ig_steps)
-    parser.add_argument("--ig-steps-decoder", type=int, default=d.ig_steps_decoder)
+    parser.add_argument("--ig-steps", type=int, default=d.ig_steps,
+                        help="IG steps, encoder (the paper: 500; reduced for the CPU budget)")
+    parser.add_argument("--ig-steps-decoder", type=int, default=d.ig_steps_decoder, help="IG steps, decoder")
     parser.add_argument("--concept-epochs", type=int, default=d.concept_epochs)
     parser.add_argument("--clvq-decoder", default=d.clvq_decoder, choices=CHOICES["clvq_decoder"])
-    parser.add_argument("--baseline-layer", default=d.baseline_layer, choices=CHOICES["baseline_layer"],
-                        help="layer of SingleLayerVQ and KMeansConcepts ('low' = CrossLayerVQ's own layer)")
     parser.add_argument("--probe", default=d.probe, choices=CHOICES["probe"])
     parser.add_argument("--splice-positions", default=d.splice_positions, choices=CHOICES["splice_positions"])
     parser.add_argument("--decoder-classifier", default=d.decoder_classifier, choices=CHOICES["decoder_classifier"],
@@ -779,7 +923,8 @@ def config_from_args(args) -> ComparisonConfig:
         n_fit_decoder=args.n_fit_decoder,
         n_eval=args.n_eval, n_eval_decoder=args.n_eval_decoder, max_length=args.max_length, k=args.k,
         epochs=args.epochs, epochs_decoder=args.epochs_decoder, ig_steps=args.ig_steps, ig_steps_decoder=args.ig_steps_decoder,
-        concept_epochs=args.concept_epochs, clvq_decoder=args.clvq_decoder, baseline_layer=args.baseline_layer,
+        concept_epochs=args.concept_epochs, clvq_decoder=args.clvq_decoder, tables=tuple(args.tables),
+        preset=args.preset, n_splits=args.n_splits,
         probe=args.probe,
         splice_positions=args.splice_positions, decoder_classifier=args.decoder_classifier, seed=args.seed,
         device=args.device,

@@ -232,7 +232,7 @@ def make_probe(kind="mlp", *, random_state=None, **params):
 
 
 def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5, random_state=None,
-                    probe_params: dict | None = None) -> dict:
+                    probe_params: dict | None = None, return_folds: bool = False):
     """Train on clean representations, test on clean and perturbed ones, out of fold.
 
     Stratified ``n_splits``-fold cross-validation over the sentences: in
@@ -255,11 +255,18 @@ def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5,
         Seeds the folds and the probes.
     probe_params : dict, optional
         Passed to :func:`make_probe`.
+    return_folds : bool, default=False
+        Also return the test fold of every row, so that per-fold
+        accuracies can be averaged (the paper's number: the mean of the 20
+        fold accuracies) as well as pooled.
 
     Returns
     -------
-    dict of str to ndarray of shape (n,)
+    predictions : dict of str to ndarray of shape (n,)
         Out-of-fold predictions: key ``"clean"`` plus one per variant.
+    folds : ndarray of shape (n,) of int
+        Only with ``return_folds=True``: the fold in which each row was
+        tested.
 
     Raises
     ------
@@ -275,6 +282,9 @@ def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5,
     >>> out = cross_val_probe(X, y, {"flipped": flipped}, probe="logistic", random_state=0)
     >>> bool((out["clean"] == y).mean() > 0.9), bool((out["flipped"] == y).mean() < 0.1)
     (True, True)
+    >>> out, folds = cross_val_probe(X, y, {}, probe="logistic", n_splits=3, random_state=0, return_folds=True)
+    >>> np.bincount(folds).tolist()
+    [20, 20, 20]
     """
     X, y = check_X_y(clean, y, dtype=[np.float64, np.float32])
     perturbed = {}
@@ -299,10 +309,12 @@ def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5,
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=rng.randint(2**31 - 1))
     out = {"clean": np.empty(y.shape, dtype=y.dtype)}
     out.update({name: np.empty(y.shape, dtype=y.dtype) for name in perturbed})
-    for train, test in folds.split(X, y):
+    fold_of = np.empty(y.shape, dtype=np.int64)
+    for fold, (train, test) in enumerate(folds.split(X, y)):
         model = make_probe(probe, random_state=rng.randint(2**31 - 1), **(probe_params or {}))
         model.fit(X[train], y[train])
+        fold_of[test] = fold
         out["clean"][test] = model.predict(X[test])
         for name, arr in perturbed.items():
             out[name][test] = model.predict(arr[test])
-    return out
+    return (out, fold_of) if return_folds else out

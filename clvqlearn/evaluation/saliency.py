@@ -1,11 +1,21 @@
 """The most salient token of each sentence: Integrated Gradients or human rationales.
 
 Step 1 of the paper's concept-removal evaluation ("Evaluation axis 1" in
-METHOD.md) finds, for every evaluation sentence, its most salient token with
-Integrated Gradients (IG) on the fine-tuned classifier, over the embedding
-layer, towards the predicted class.  :func:`token_saliency` does that with
-captum's ``LayerIntegratedGradients``; ``saliency="rationale"`` uses the
-ERASER-Movie human rationales instead.
+METHOD.md) finds, for every evaluation sentence, its most salient word with
+Integrated Gradients (IG) on the fine-tuned classifier, towards the predicted
+class.  :func:`token_saliency` does that with captum's
+``LayerIntegratedGradients``, in two variants:
+
+* ``saliency="ig-layer"`` (the paper's reference code): IG on the OUTPUT of
+  the analysis layer (hidden state ``layer``, the layer whose concepts are
+  removed), attributions summed over the hidden dimension; with
+  ``units="word"``, ``normalize=True`` and ``rank_by="absolute"`` this is the
+  reference's exact recipe (a word scores the max over its subword tokens,
+  words ranked by absolute value);
+* ``saliency="ig-embeddings"``: IG on the token-embedding layer (the
+  textbook form; clvqlearn's earlier default).
+
+``saliency="rationale"`` uses the ERASER-Movie human rationales instead.
 
 Token positions follow :attr:`clvqlearn.LayerPairs.positions`: the index in
 the tokenised input sequence, special tokens included, so
@@ -24,13 +34,31 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import models as _models
+from .._sklearn_compat import Hidden, Interval, StrOptions, validate_params
 from .._torch_utils import resolve_device
 from ..pairs import LayerPairs
+from .splice import hook_site
 from .tasks import ClassifierResult, check_texts, ensure_pad_token, load_classifier
 
-__all__ = ["Saliency", "token_saliency"]
+__all__ = ["Saliency", "rank_words", "token_saliency"]
 
-_METHODS = ("integrated_gradients", "rationale")
+_METHODS = ("ig-layer", "ig-embeddings", "rationale")
+#: older name of "ig-embeddings", still accepted
+_ALIASES = {"integrated_gradients": "ig-embeddings"}
+_CONSTRAINTS = {
+    "saliency": [StrOptions(set(_METHODS)), Hidden(StrOptions(set(_ALIASES)))],
+    "layer": [Interval(Integral, None, None, closed="neither"), None],
+    "units": [StrOptions({"token", "word"})],
+    "normalize": ["boolean"],
+    "top_n": [Interval(Integral, 1, None, closed="left")],
+    "n_steps": [Interval(Integral, 1, None, closed="left")],
+    "internal_batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "max_length": [Interval(Integral, 1, None, closed="left")],
+    "keep_first": [StrOptions({"auto"}), "boolean"],
+    "rank_by": [StrOptions({"value", "absolute"})],
+    "verbose": ["boolean"],
+}
 
 
 @dataclass
@@ -40,25 +68,32 @@ class Saliency:
     Attributes
     ----------
     method : str
-        ``"integrated_gradients"`` or ``"rationale"``.
+        ``"ig-layer"``, ``"ig-embeddings"`` or ``"rationale"``.
     input_ids : list of ndarray
         The tokenised documents (special tokens included, no padding).
     tokens : list of list of str
         The token strings.
     attributions : list of ndarray of float
         One score per token of each document: IG attribution summed over the
-        embedding dimension (positive = evidence for the target class), or
-        1.0 on rationale tokens and 0.0 elsewhere.
+        hidden (or embedding) dimension, positive = evidence for the target
+        class, divided by its L2 norm over the document with
+        ``normalize=True``; or 1.0 on rationale tokens and 0.0 elsewhere.
     special_mask : list of ndarray of bool
         True on special tokens (never among the top tokens).
     fixed_mask : list of ndarray of bool
         True on tokens the IG reference keeps as they are (special tokens,
-        and a decoder's first token with ``keep_first``); they get zero
-        attribution and are never among the top tokens.  For rationales,
-        the special tokens.
+        and a decoder's first token with ``keep_first``); they are never
+        among the top tokens (with ``"ig-embeddings"`` their attribution is
+        exactly zero; at a deeper layer their hidden state still moves with
+        the other tokens).  For rationales, the special tokens.
     top_positions : ndarray of shape (n_docs, top_n) of int64
         Positions of the ``top_n`` most salient tokens, best first; -1 where a
-        document has fewer candidate tokens (or no rationale).
+        document has fewer candidate tokens (or no rationale).  With
+        ``units="word"``, one token per word: the subword that carries the
+        word's score (its max).
+    word_ids : list of ndarray of int, optional
+        With ``units="word"``: the word index of every token (the fast
+        tokenizer's ``word_ids``), -1 on special tokens.
     targets : ndarray of shape (n_docs,), optional
         The class the IG attributions explain (the predicted one by default).
     probabilities : ndarray of shape (n_docs, n_classes), optional
@@ -83,6 +118,7 @@ class Saliency:
     special_mask: list
     fixed_mask: list
     top_positions: np.ndarray
+    word_ids: list | None = None
     targets: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     convergence_delta: np.ndarray | None = None
@@ -103,10 +139,14 @@ class Saliency:
 
         Candidates are the tokens not in :attr:`fixed_mask` (IG) or the
         rationale tokens; :attr:`top_positions` is the head of this ranking.
+        With ``units="word"`` the ranking holds one position per word (see
+        :func:`rank_words`).
         """
         att, fixed = self.attributions[i], self.fixed_mask[i]
         candidates = (att > 0) & ~fixed if self.method == "rationale" else ~fixed
         rank_by = self.params.get("rank_by", "value")
+        if self.params.get("units", "token") == "word":
+            return rank_words(att, candidates, self.word_ids[i], rank_by)
         return _top_positions(att, candidates, int(candidates.sum()), rank_by)
 
     def rows(self, pairs: LayerPairs, rank: int = 0, *, skip_missing: bool = False) -> np.ndarray:
@@ -186,15 +226,20 @@ class Saliency:
         return out
 
     def to_frame(self):
-        """A pandas DataFrame with one row per token: doc, position, token, attribution, special, rank."""
+        """A pandas DataFrame with one row per token: doc, position, token, word, attribution, special, rank.
+
+        ``word`` is the token's word index (-1 on special tokens, and
+        everywhere with ``units="token"``).
+        """
         import pandas as pd
 
         records = []
         for i in range(len(self)):
             ranks = {int(p): r for r, p in enumerate(self.top_positions[i]) if p >= 0}
+            words = self.word_ids[i] if self.word_ids is not None else np.full(len(self.tokens[i]), -1)
             for pos, (tok, att, sp) in enumerate(zip(self.tokens[i], self.attributions[i], self.special_mask[i])):
-                records.append((i, pos, tok, float(att), bool(sp), ranks.get(pos, -1)))
-        return pd.DataFrame(records, columns=["doc", "position", "token", "attribution", "special", "rank"])
+                records.append((i, pos, tok, int(words[pos]), float(att), bool(sp), ranks.get(pos, -1)))
+        return pd.DataFrame(records, columns=["doc", "position", "token", "word", "attribution", "special", "rank"])
 
 
 # ---------------------------------------------------------------------- helpers
@@ -204,6 +249,73 @@ def _top_positions(scores: np.ndarray, candidates: np.ndarray, top_n: int, rank_
     idx = np.flatnonzero(candidates)
     idx = idx[np.argsort(-key[idx], kind="stable")][:top_n]
     return np.concatenate([idx, np.full(top_n - idx.size, -1)]).astype(np.int64)
+
+
+def rank_words(scores: np.ndarray, candidates: np.ndarray, word_ids: np.ndarray, rank_by: str) -> np.ndarray:
+    """Rank words by the max of their subword scores; one position per word.
+
+    A word's score is the MAX of the scores of its candidate subword tokens
+    (the reference implementation's rule); words are ranked by that score
+    (``rank_by="value"``) or by its magnitude (``"absolute"``), ties in
+    reading order.  Each word is represented by the subword that carries
+    its max, so the result indexes tokens like :func:`_top_positions`.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_tokens,)
+    candidates : ndarray of bool, shape (n_tokens,)
+        Tokens that may be chosen (not special, not fixed).
+    word_ids : ndarray of int, shape (n_tokens,)
+        Word index per token; a negative id makes the token its own word.
+    rank_by : {"value", "absolute"}
+
+    Returns
+    -------
+    ndarray of int64
+        Token positions, best word first.
+
+    Examples
+    --------
+    >>> scores = np.array([0.0, -0.7, -0.9, 0.5, 0.0])
+    >>> words = np.array([-1, 0, 0, 1, -1])      # [CLS] un ##fit film [SEP]
+    >>> cand = np.array([False, True, True, True, False])
+    >>> rank_words(scores, cand, words, "value").tolist()     # "unfit" scores max(-0.7, -0.9)
+    [3, 1]
+    >>> rank_words(scores, cand, words, "absolute").tolist()  # |-0.7| > |0.5|
+    [1, 3]
+    """
+    best: dict = {}
+    for pos in np.flatnonzero(candidates):
+        word = int(word_ids[pos]) if word_ids[pos] >= 0 else -(int(pos) + 1)
+        if word not in best or scores[pos] > scores[best[word]]:
+            best[word] = int(pos)
+    reps = np.array(sorted(best.values()), dtype=np.int64)
+    key = np.abs(scores[reps]) if rank_by == "absolute" else scores[reps]
+    return reps[np.argsort(-key, kind="stable")]
+
+
+def _pad(positions: np.ndarray, top_n: int) -> np.ndarray:
+    head = np.asarray(positions, dtype=np.int64)[:top_n]
+    return np.concatenate([head, np.full(top_n - head.size, -1, dtype=np.int64)])
+
+
+def _attribution_module(model, saliency: str, layer):
+    """(module, attribute_to_layer_input, layer index or None) that IG integrates over."""
+    if saliency == "ig-embeddings":
+        return _models.get_embedding_module(model), False, None
+    n = len(_models.get_layer_list(model))
+    if isinstance(layer, bool) or not isinstance(layer, Integral) or not -n <= layer <= n:
+        raise ValueError(
+            f"layer must be the analysis layer's hidden-state index, an int in [{-n}, {n}] "
+            f"(0 = embeddings output) for saliency='ig-layer'; got {layer!r}."
+        )
+    layer = int(layer) % (n + 1) if layer < 0 else int(layer)
+    if layer == 0:  # hidden_states[0]: the embeddings module's output
+        embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+        module = embeddings if isinstance(embeddings, torch.nn.Module) else _models.get_embedding_module(model)
+        return module, False, 0
+    module, _ = hook_site(model, layer)  # block layer-1's output (a decoder's final norm at the top)
+    return module, False, layer
 
 
 def _resolve_classifier(classifier, device):
@@ -290,11 +402,15 @@ def _locate(text: str, evidence) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ main entry
+@validate_params(_CONSTRAINTS, prefer_skip_nested_validation=False)
 def token_saliency(
     classifier,
     texts,
     *,
-    saliency: str = "integrated_gradients",
+    saliency: str = "ig-embeddings",
+    layer: int | None = None,
+    units: str = "token",
+    normalize: bool = False,
     rationales=None,
     top_n: int = 1,
     n_steps: int = 50,
@@ -310,15 +426,24 @@ def token_saliency(
 ) -> Saliency:
     """Token attributions and the top salient token positions of each text.
 
-    With ``saliency="integrated_gradients"`` (the paper's choice), captum's
-    ``LayerIntegratedGradients`` attributes the classifier's target logit to
-    its token-embedding layer, along a straight path from a reference input
+    Integrated Gradients runs captum's ``LayerIntegratedGradients`` on the
+    classifier's target logit along a straight path from a reference input
     (every non-special token replaced by ``baseline``) to the real one, and
-    sums over the embedding dimension.  The paper uses 500 steps; the default
-    of 50 (Gauss-Legendre) gives the same top token on most sentences at a
-    tenth of the cost (measured in docs/evaluation.md).  With
-    ``saliency="rationale"``, human rationale texts are mapped to the tokens
-    they cover.
+    sums the attributions over the hidden dimension:
+
+    * ``saliency="ig-layer"``: over the OUTPUT of hidden-state layer
+      ``layer`` (``hidden_states[layer]``: block ``layer - 1``'s output; a
+      decoder's final norm at the top), interpolating between the layer's
+      activations on the reference and on the real input.  This is the
+      paper's reference implementation; it uses 500 steps, the L2-normalised
+      attributions, word units and absolute ranking
+      (``units="word", normalize=True, rank_by="absolute"``).
+    * ``saliency="ig-embeddings"``: over the token-embedding layer.
+
+    The default of 50 steps (Gauss-Legendre) gives the same top token as
+    500 on most sentences at a tenth of the cost (docs/evaluation.md).
+    With ``saliency="rationale"``, human rationale texts are mapped to the
+    tokens they cover.
 
     Parameters
     ----------
@@ -329,7 +454,20 @@ def token_saliency(
         ``"rationale"`` only its tokenizer is used.
     texts : sequence of str
         The documents.
-    saliency : {"integrated_gradients", "rationale"}, default="integrated_gradients"
+    saliency : {"ig-embeddings", "ig-layer", "rationale"}, default="ig-embeddings"
+        ``"integrated_gradients"`` is accepted as the older name of
+        ``"ig-embeddings"``.
+    layer : int, optional
+        Required for ``"ig-layer"``: the hidden-state index of the analysis
+        layer (the extractor's convention: 0 = embeddings output, ``i`` =
+        output of block ``i``; negative counts from the top).
+    units : {"token", "word"}, default="token"
+        ``"word"``: a word's score is the max over its subword tokens (the
+        fast tokenizer's ``word_ids``) and words are ranked; each top
+        position is the subword carrying its word's max.
+    normalize : bool, default=False
+        Divide each document's attributions by their L2 norm (the
+        reference's step; it does not change any ranking).
     rationales : sequence, optional
         Required for ``"rationale"``: per document, an evidence string, a list
         of them, or span dicts with ``start_char``/``end_char`` (as in
@@ -352,14 +490,14 @@ def token_saliency(
         locate the last real token through pad ids) the first of unk, eos,
         bos that is not the pad token.
     keep_first : {"auto", True, False}, default="auto"
-        Keep the first token of every sequence in the reference input (zero
-        attribution, never a top token).  ``"auto"``: for decoders, whose
-        first position is an attention sink with massive activations; moving
-        its embedding makes the IG path so rough that it does not converge
-        (SmolLM2: convergence deltas of about 10 logits at 100 steps).
+        Keep the first token of every sequence in the reference input (never
+        a top token).  ``"auto"``: for decoders, whose first position is an
+        attention sink with massive activations; moving its embedding makes
+        the IG path so rough that it does not converge (SmolLM2: convergence
+        deltas of about 10 logits at 100 steps).
     rank_by : {"value", "absolute"}, default="value"
-        Rank tokens by signed attribution (evidence for the target) or by its
-        magnitude.
+        Rank tokens (words) by signed attribution (evidence for the target)
+        or by its magnitude.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
     verbose : bool, default=True
         Show a progress bar.
@@ -371,8 +509,9 @@ def token_saliency(
     Raises
     ------
     ValueError
-        On empty texts, an unknown method, missing or misplaced rationales,
-        or targets outside the classifier's classes.
+        On empty texts, an unknown method or option, ``"ig-layer"`` without
+        a valid ``layer``, ``units="word"`` with a slow tokenizer, missing or
+        misplaced rationales, or targets outside the classifier's classes.
 
     Examples
     --------
@@ -383,23 +522,18 @@ def token_saliency(
     >>> sal.top_tokens()
     [['lifeless', 'film', None]]
 
-    Integrated Gradients needs a fine-tuned classifier:
+    Integrated Gradients needs a fine-tuned classifier; the paper's recipe:
 
-    >>> sal = token_saliency(clf, ["a dull , lifeless film ."])  # doctest: +SKIP
+    >>> sal = token_saliency(clf, ["a dull , lifeless film ."], saliency="ig-layer", layer=4,
+    ...                      units="word", normalize=True, rank_by="absolute", n_steps=500)  # doctest: +SKIP
     >>> sal.top_tokens()  # doctest: +SKIP
     [['dull']]
     """
     texts = check_texts(texts)
-    if saliency not in _METHODS:
-        raise ValueError(f"saliency must be one of {_METHODS}; got {saliency!r}.")
-    for name, value in (("top_n", top_n), ("n_steps", n_steps), ("batch_size", batch_size), ("max_length", max_length)):
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    if internal_batch_size is not None and (not isinstance(internal_batch_size, Integral) or internal_batch_size < 1):
-        raise ValueError(f"internal_batch_size must be a positive integer or None; got {internal_batch_size!r}.")
-    if rank_by not in ("value", "absolute"):
-        raise ValueError(f"rank_by must be 'value' or 'absolute'; got {rank_by!r}.")
-    params = dict(max_length=int(max_length), top_n=int(top_n))
+    saliency = _ALIASES.get(saliency, saliency)
+    if saliency == "ig-layer" and layer is None:
+        raise ValueError("saliency='ig-layer' needs layer=<the analysis layer's hidden-state index>.")
+    params = dict(max_length=int(max_length), top_n=int(top_n), units=units, normalize=bool(normalize))
 
     if saliency == "rationale":
         if rationales is None:
@@ -412,39 +546,82 @@ def token_saliency(
         return _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
 
     model, tokenizer, is_decoder = _resolve_classifier(classifier, device)
-    dev = next(model.parameters()).device
-    n_classes = model.config.num_labels
-    if target is not None:
-        target = np.asarray(target)
-        if target.shape != (len(texts),) or not np.issubdtype(target.dtype, np.integer):
-            raise ValueError(
-                f"target must be {len(texts)} integer class ids; got shape {target.shape}, dtype {target.dtype}."
-            )
-        if target.min() < 0 or target.max() >= n_classes:
-            raise ValueError(f"target must lie in [0, {n_classes}); got values {target.min()}..{target.max()}.")
+    target = _check_target(target, len(texts), model.config.num_labels)
+    module, to_input, layer = _attribution_module(model, saliency, layer)
     ref_token = _baseline_token(model, tokenizer, baseline, is_decoder)
-    if keep_first not in ("auto", True, False):
-        raise ValueError(f"keep_first must be 'auto', True or False; got {keep_first!r}.")
     keep_first = is_decoder if keep_first == "auto" else keep_first
-    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by, keep_first=bool(keep_first))
-
-    from captum.attr import LayerIntegratedGradients
-
-    def forward(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    lig = LayerIntegratedGradients(forward, _models.get_embedding_module(model))
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
-    input_ids = [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]
-    special = [np.asarray(m, dtype=bool) for m in enc["special_tokens_mask"]]
-    fixed = [m.copy() for m in special]
+    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by, keep_first=bool(keep_first),
+                  layer=layer)
+    enc = _encode(tokenizer, texts, max_length, units)
+    fixed = [m.copy() for m in enc["special"]]
     if keep_first:
         for m in fixed:
             m[0] = True
-    n = len(texts)
+    out = _integrate(model, tokenizer, module, to_input, enc["input_ids"], fixed, ref_token, target,
+                     n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
+                     verbose=verbose)
+    if normalize:
+        out["attributions"] = [a / n if (n := float(np.linalg.norm(a))) > 0 else a for a in out["attributions"]]
+    sal = Saliency(
+        method=saliency,
+        input_ids=enc["input_ids"],
+        tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in enc["input_ids"]],
+        attributions=out["attributions"],
+        special_mask=enc["special"],
+        fixed_mask=fixed,
+        top_positions=np.zeros((len(texts), top_n), dtype=np.int64),
+        word_ids=enc["word_ids"],
+        targets=out["targets"],
+        probabilities=out["probabilities"],
+        convergence_delta=out["deltas"],
+        params=params,
+    )
+    sal.top_positions = np.stack([_pad(sal.ranking(i), top_n) for i in range(len(sal))])
+    return sal
+
+
+def _check_target(target, n: int, n_classes: int):
+    if target is None:
+        return None
+    target = np.asarray(target)
+    if target.shape != (n,) or not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"target must be {n} integer class ids; got shape {target.shape}, dtype {target.dtype}.")
+    if target.min() < 0 or target.max() >= n_classes:
+        raise ValueError(f"target must lie in [0, {n_classes}); got values {target.min()}..{target.max()}.")
+    return target
+
+
+def _encode(tokenizer, texts, max_length, units) -> dict:
+    """Token ids, special-token masks and (for word units) word ids of every text."""
+    if units == "word" and not getattr(tokenizer, "is_fast", False):
+        raise ValueError("units='word' needs a fast tokenizer (word_ids); this one is not.")
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    word_ids = None
+    if units == "word":
+        word_ids = [np.array([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
+                    for i in range(len(texts))]
+    return {
+        "input_ids": [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]],
+        "special": [np.asarray(m, dtype=bool) for m in enc["special_tokens_mask"]],
+        "word_ids": word_ids,
+    }
+
+
+def _integrate(model, tokenizer, module, to_input, input_ids, fixed, ref_token, target, *, n_steps,
+               internal_batch_size, batch_size, verbose) -> dict:
+    """captum LayerIntegratedGradients over ``module``, in padded batches of similar length."""
+    from captum.attr import LayerIntegratedGradients
+
+    dev = next(model.parameters()).device
+
+    def forward(ids, attention_mask):
+        return model(input_ids=ids, attention_mask=attention_mask).logits
+
+    lig = LayerIntegratedGradients(forward, module)
+    n = len(input_ids)
     attributions = [None] * n
     targets = np.zeros(n, dtype=np.int64)
-    probs = np.zeros((n, n_classes), dtype=np.float32)
+    probs = np.zeros((n, model.config.num_labels), dtype=np.float32)
     deltas = np.zeros(n, dtype=np.float64)
     order = np.argsort([ids.size for ids in input_ids], kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -471,26 +648,15 @@ def token_saliency(
             n_steps=n_steps,
             internal_batch_size=internal_batch_size,
             return_convergence_delta=True,
+            attribute_to_layer_input=to_input,
         )
+        if isinstance(attr, (tuple, list)):  # a module with several outputs: the hidden state comes first
+            attr = attr[0]
         attr = attr.sum(-1).detach().float().cpu().numpy()
         for j, i in enumerate(idx):
             attributions[i] = attr[j, : input_ids[i].size]
         targets[idx], probs[idx], deltas[idx] = tgt, p, delta.detach().float().cpu().numpy()
-
-    top = np.stack([_top_positions(attributions[i], ~fixed[i], top_n, rank_by) for i in range(n)])
-    return Saliency(
-        method="integrated_gradients",
-        input_ids=input_ids,
-        tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in input_ids],
-        attributions=attributions,
-        special_mask=special,
-        fixed_mask=fixed,
-        top_positions=top,
-        targets=targets,
-        probabilities=probs,
-        convergence_delta=deltas,
-        params=params,
-    )
+    return {"attributions": attributions, "targets": targets, "probabilities": probs, "deltas": deltas}
 
 
 def _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params) -> Saliency:
@@ -498,7 +664,7 @@ def _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
         raise ValueError("saliency='rationale' needs a fast tokenizer (character offsets); this one is not.")
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
                     return_offsets_mapping=True)
-    input_ids, special, attributions, top = [], [], [], []
+    input_ids, special, attributions = [], [], []
     for i, text in enumerate(texts):
         ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
         sp = np.asarray(enc["special_tokens_mask"][i], dtype=bool)
@@ -509,15 +675,21 @@ def _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
         input_ids.append(ids)
         special.append(sp)
         attributions.append(score)
-        # rationale tokens in reading order (no ranking inside a rationale)
-        top.append(_top_positions(score, score > 0, top_n, "value"))
-    return Saliency(
+    word_ids = None
+    if params.get("units") == "word":
+        word_ids = [np.array([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
+                    for i in range(len(texts))]
+    sal = Saliency(
         method="rationale",
         input_ids=input_ids,
         tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in input_ids],
         attributions=attributions,
         special_mask=special,
         fixed_mask=special,
-        top_positions=np.stack(top),
-        params=params,
+        top_positions=np.zeros((len(texts), top_n), dtype=np.int64),
+        word_ids=word_ids,
+        params={**params, "rank_by": "value"},
     )
+    # rationale tokens (words) in reading order: no ranking inside a rationale
+    sal.top_positions = np.stack([_pad(sal.ranking(i), top_n) for i in range(len(sal))])
+    return sal

@@ -463,6 +463,111 @@ def test_scorer_in_grid_search_and_cross_val_score_on_minilm(data_home, tmp_path
     pipe2 = Pipeline([("extract", LayerPairExtractor(str(clf.path), layers=(4, 6), max_length=40)),
                       ("concepts", CrossLayerVQ(k=8, top_k=2, decoder="mlp", decoder_hidden=64, max_epochs=2,
                                                 batch_size=16, random_state=0))])
-    splice = make_ablation_scorer(protocol="splice", n_steps=4, n_bootstrap=0)
+    splice = make_ablation_scorer(protocol="splice", preset="paper", n_steps=4, n_bootstrap=0)  # layer IG, words
     values = cross_val_score(pipe2, texts, labels, cv=cv, scoring=splice, error_score="raise")
     assert values.shape == (2,) and np.isfinite(values).all() and np.all(np.abs(values) <= 1.5)
+
+
+# ======================================================= presets, probe folds, bad input
+def test_fold_accuracies_average_the_folds_and_pool_the_sentences():
+    from clvqlearn.evaluation.ablation import _fold_accuracies
+
+    folds = np.array([0, 0, 0, 1])
+    correct = {"before": np.array([1, 1, 1, 0], bool), "after": np.array([1, 0, 0, 0], bool),
+               "control": np.ones(4, bool), "other": np.zeros(4, bool)}
+    out = _fold_accuracies(correct, folds, {"probe_accuracy": "fold-mean"})
+    assert out["pooled"]["before"] == 0.75 and out["fold_mean"]["before"] == 0.5  # (3/3 + 0/1) / 2
+    assert out["pooled"]["after"] == 0.25 and out["fold_mean"]["after"] == pytest.approx(1 / 6)
+    assert out["fold_mean"]["drop"] == pytest.approx((0.5 - 1 / 6) / 0.5)
+    assert out["fold_std"]["before"] == 0.5 and out["n_splits"] == 2 and out["headline"] == "fold-mean"
+
+
+def test_cross_val_probe_reports_the_test_fold_of_every_row():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    plain = cross_val_probe(X, y, {}, probe="logistic", n_splits=4, random_state=0)
+    preds, folds = cross_val_probe(X, y, {}, probe="logistic", n_splits=4, random_state=0, return_folds=True)
+    np.testing.assert_array_equal(preds["clean"], plain["clean"])
+    assert sorted(np.unique(folds).tolist()) == [0, 1, 2, 3]
+    for f in range(4):  # stratified: every fold holds both classes in proportion
+        assert abs(y[folds == f].mean() - y.mean()) <= 0.1
+
+
+def test_paper_preset_uses_layer_ig_words_and_fold_means(tiny_clf):
+    from clvqlearn.evaluation.saliency import token_saliency
+
+    pipe = _pipe(tiny_clf, KMeansConcepts(k=4, layer="low", random_state=0))
+    kw = dict(preset="paper", n_steps=8, probe="logistic", n_splits=3, n_bootstrap=0)
+    report = concept_ablation_report(pipe, TEXTS, LABELS, **kw)
+    s = report.settings
+    assert (s["preset"], s["saliency"], s["saliency_layer"], s["saliency_units"], s["saliency_rank_by"],
+            s["probe_accuracy"], s["n_splits"], s["n_steps"]) == (
+        "paper", "ig-layer", 2, "word", "absolute", "fold-mean", 3, 8)
+    folds = report.probe_accuracies
+    assert report.accuracy_before == folds["fold_mean"]["before"]
+    assert report.accuracy_after == folds["fold_mean"]["after"]
+    frame = report.to_frame()
+    assert folds["pooled"]["before"] == pytest.approx((frame["before"] == frame["label"]).mean())
+    assert folds["pooled"]["after"] == pytest.approx((frame["after"] == frame["label"]).mean())
+    summary = report.summary()
+    assert summary["fold_mean_accuracy_after"] == report.accuracy_after and summary["n_splits"] == 3
+    assert summary["pooled_drop"] == pytest.approx(folds["pooled"]["drop"])
+    # the salient token is the paper's: top word of IG at the low layer's output, by |attribution|
+    sal = token_saliency(tiny_clf, TEXTS, saliency="ig-layer", layer=2, units="word", rank_by="absolute",
+                         normalize=True, n_steps=8, max_length=32, verbose=False)
+    for row in report.sentences:
+        if row["saliency_rank"] == 0:
+            assert row["position"] == sal.top_positions[row["index"], 0]
+    pooled = concept_ablation_report(pipe, TEXTS, LABELS, probe_accuracy="pooled", **kw)
+    assert pooled.accuracy_before == pytest.approx(folds["pooled"]["before"])
+    fast = concept_ablation_report(pipe, TEXTS, LABELS, probe="logistic", n_splits=4, n_bootstrap=0, n_steps=8)
+    assert (fast.settings["saliency"], fast.settings["probe_accuracy"]) == ("ig-embeddings", "pooled")
+
+
+_NO_MODEL = "a model was loaded before the bad option was reported"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(protocol="patch"), r"'protocol' parameter of concept_ablation_report must be a str among"),
+        (dict(preset="papr"), r"'preset' parameter .* among .*'paper'"),
+        (dict(saliency="attention"), r"'saliency' parameter .* among .*'ig-layer'"),
+        (dict(saliency_layer="middle"), r"'saliency_layer' parameter .*'high'"),
+        (dict(saliency_layer=-2), r"'saliency_layer' parameter .*range \[0, inf\)"),
+        (dict(saliency_layer=9), r"saliency_layer=9 is outside the model, which has hidden states 0..4"),
+        (dict(saliency_units="chars"), r"'saliency_units' parameter .*'word'"),
+        (dict(saliency_rank_by="max"), r"'saliency_rank_by' parameter .*'absolute'"),
+        (dict(n_steps=0), r"'n_steps' parameter .*range \[1, inf\)"),
+        (dict(n_splits=1), r"'n_splits' parameter .*range \[2, inf\)"),
+        (dict(probe_accuracy="median"), r"'probe_accuracy' parameter .*'fold-mean'"),
+        (dict(n_splits=9), r"n_splits=9 stratified folds need at least 9 sentences per class.*has 8"),
+        (dict(preset="paper"), r"n_splits=20 stratified folds need at least 20"),
+    ],
+)
+def test_bad_options_fail_before_any_model_loads(tiny_clf, monkeypatch, kwargs, match):
+    import clvqlearn.evaluation.ablation as ablation
+    import clvqlearn.models as models
+    from clvqlearn.evaluation.tasks import ClassifierResult
+
+    pipe = _pipe(tiny_clf, KMeansConcepts(k=4, random_state=0))
+
+    def fail(*args, **kw):
+        raise RuntimeError(_NO_MODEL)
+
+    for target, name in ((ablation, "token_saliency"), (LayerPairExtractor, "transform"),
+                         (ClassifierResult, "load"), (models, "load_model"), (models, "load_tokenizer")):
+        monkeypatch.setattr(target, name, fail)
+    with pytest.raises(ValueError, match=match):
+        concept_ablation_report(pipe, TEXTS, LABELS, **kwargs)
+
+
+def test_scorer_checks_option_values_up_front():
+    with pytest.raises(ValueError, match=r"'preset' parameter of make_ablation_scorer"):
+        make_ablation_scorer(preset="paper-ish")
+    with pytest.raises(ValueError, match=r"'n_steps' parameter of make_ablation_scorer"):
+        make_ablation_scorer(n_steps=0)
+    with pytest.raises(ValueError, match=r"'protocol' parameter"):
+        make_ablation_scorer(protocol="patch")
+    assert make_ablation_scorer(preset="paper", n_steps=16).keywords == {"preset": "paper", "n_steps": 16}

@@ -62,16 +62,21 @@ def test_cli_options_and_bad_values(tmp_path, capsys):
     assert config.unit_key("minilm", "ag_news") != config.unit_key("minilm", "jigsaw")
     assert main(["--out", str(tmp_path), "--n-eval", "0"]) == 2
     assert "--n-eval must be a positive integer" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--models", "minilm", "--n-splits", "300"]) == 2
+    assert "n_splits=300 probe folds need at least 300" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--ig-steps", "0"]) == 2
+    assert "--ig-steps must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "parts").exists()  # nothing ran
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--models", "gpt5"])
 
 
 def test_unit_key_depends_only_on_the_units_own_settings():
     base = ComparisonConfig()
-    assert base.unit_key("minilm", "ag_news") == ComparisonConfig(n_eval_decoder=7).unit_key("minilm", "ag_news")
-    assert base.unit_key("minilm", "ag_news") != ComparisonConfig(n_eval=7).unit_key("minilm", "ag_news")
-    assert base.unit_key("smollm2", "ag_news") == ComparisonConfig(n_eval=7).unit_key("smollm2", "ag_news")
-    assert base.unit_key("smollm2", "ag_news") != ComparisonConfig(n_eval_decoder=7).unit_key("smollm2", "ag_news")
+    assert base.unit_key("minilm", "ag_news") == ComparisonConfig(n_eval_decoder=80).unit_key("minilm", "ag_news")
+    assert base.unit_key("minilm", "ag_news") != ComparisonConfig(n_eval=80).unit_key("minilm", "ag_news")
+    assert base.unit_key("smollm2", "ag_news") == ComparisonConfig(n_eval=80).unit_key("smollm2", "ag_news")
+    assert base.unit_key("smollm2", "ag_news") != ComparisonConfig(n_eval_decoder=80).unit_key("smollm2", "ag_news")
     assert base.unit_key("minilm", "ag_news") != ComparisonConfig(k=7).unit_key("minilm", "ag_news")
 
 
@@ -129,21 +134,56 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
     assert again.path == clf.path and again.reused
 
 
-def test_config_rejects_unknown_choices():
-    with pytest.raises(ValueError, match="decoder_classifier"):
-        ComparisonConfig(decoder_classifier="Head")
-    with pytest.raises(ValueError, match="baseline_layer"):
-        ComparisonConfig(baseline_layer="middle")
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(decoder_classifier="Head"), "decoder_classifier must be one of"),
+        (dict(preset="papr"), r"preset must be one of \('paper', 'fast'\)"),
+        (dict(tables=("layer-matched", "middle")), r"tables must be a non-empty subset of \('layer-matched'"),
+        (dict(tables=()), "tables must be a non-empty subset"),
+        (dict(tables="high-layer"), "tables must be a non-empty subset"),
+        (dict(methods=("PCA",)), "methods must be a non-empty subset"),
+        (dict(ig_steps=0), "ig_steps must be a positive integer"),
+        (dict(ig_steps_decoder=-1), "ig_steps_decoder must be a positive integer"),
+        (dict(n_splits=1), "n_splits must be an integer >= 2"),
+        # 400 AG News sentences = 100 per class: 101 folds cannot be stratified
+        (dict(n_splits=101),
+         r"n_splits=101 probe folds need at least 101 .* n_eval=400 gives 100 per class on ag_news"),
+        # the paper preset's 20 folds need 40 decoder sentences on a 2-class set
+        (dict(n_eval_decoder=30, datasets=("jigsaw",)), r"n_splits=20 .* n_eval_decoder=30 gives 15 per class"),
+    ],
+)
+def test_config_rejects_bad_settings_before_any_model_loads(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ComparisonConfig(**kwargs)
 
 
-def test_baseline_layer_moves_the_single_layer_baselines():
-    config = config_from_args(build_parser().parse_args(["--baseline-layer", "low"]))
-    assert config.baseline_layer == "low"
-    assert make_estimator("KMeansConcepts", config, "minilm").layer == "low"
-    assert make_estimator("SingleLayerVQ", config, "minilm").layer == "low"
-    assert make_estimator("KMeansConcepts", ComparisonConfig(), "minilm").layer == "high"
-    # a different layer is a different unit; the default keeps the keys of earlier runs
-    assert config.unit_key("minilm", "jigsaw") != ComparisonConfig().unit_key("minilm", "jigsaw")
+def test_folds_need_no_check_without_the_probe_protocol():
+    config = ComparisonConfig(protocols=("splice",), n_eval=10)
+    assert config.n_eval == 10
+
+
+def test_tables_place_the_baselines_and_the_cli_reads_the_new_options():
+    matched = {m: make_estimator(m, ComparisonConfig(), "minilm") for m in METHODS}
+    high = {m: make_estimator(m, ComparisonConfig(), "minilm", "high-layer") for m in METHODS}
+    assert matched["KMeansConcepts"].layer == matched["SingleLayerVQ"].layer == "low"
+    assert matched["SparseAutoencoder"].layer == "low"  # single-layer SAE at l
+    assert high["KMeansConcepts"].layer == high["SingleLayerVQ"].layer == "high"
+    assert high["SparseAutoencoder"].layer is None  # cross-layer l -> h
+    assert matched["CrossLayerVQ"].get_params() == high["CrossLayerVQ"].get_params()  # fitted once
+    with pytest.raises(ValueError, match="table must be one of"):
+        make_estimator("KMeansConcepts", ComparisonConfig(), "minilm", "middle")
+    args = build_parser().parse_args(["--preset", "fast", "--tables", "layer-matched", "--n-splits", "4",
+                                      "--ig-steps", "32"])
+    config = config_from_args(args)
+    assert (config.preset, config.tables, config.n_splits, config.ig_steps) == ("fast", ("layer-matched",), 4, 32)
+    assert ComparisonConfig().preset == "paper" and ComparisonConfig().tables == ("layer-matched", "high-layer")
+    # every evaluation setting is part of the unit's key
+    base = ComparisonConfig().unit_key("minilm", "jigsaw")
+    for change in (dict(preset="fast"), dict(tables=("layer-matched",)), dict(n_splits=5), dict(ig_steps=500)):
+        assert ComparisonConfig(**change).unit_key("minilm", "jigsaw") != base
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--preset", "reference"])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -175,19 +215,30 @@ def test_small_run_writes_table_chart_and_resumes(data_home, tmp_path, monkeypat
     monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     argv = ["--out", str(out), "--models", "minilm", "--datasets", "ag_news", "--methods", "KMeansConcepts",
-            "--n-classifier-train", "48", "--n-fit", "40", "--n-eval", "24", "--epochs", "1", "--k", "8",
-            "--ig-steps", "4", "--max-length", "32", "--probe", "logistic", "--quiet"]
+            "CrossLayerVQ", "--n-classifier-train", "48", "--n-fit", "40", "--n-eval", "24", "--epochs", "1",
+            "--k", "8", "--ig-steps", "4", "--n-splits", "3", "--concept-epochs", "2", "--max-length", "32",
+            "--probe", "logistic", "--quiet"]
     assert main(argv) == 0
     frame = pd.read_csv(out / "comparison.csv")
-    assert list(frame["protocol"]) == ["probe", "splice"]
-    assert set(frame["method"]) == {"KMeansConcepts"} and (frame["n_sentences"] <= 24).all()
+    assert list(frame["protocol"]) == ["probe", "splice"] * 4
+    assert list(frame["table"]) == ["layer-matched"] * 4 + ["high-layer"] * 4
+    assert set(frame["method"]) == {"KMeansConcepts", "CrossLayerVQ"} and (frame["n_sentences"] <= 24).all()
+    assert set(frame["n_splits"].dropna()) == {3} and set(frame["probe_accuracy"].dropna()) == {"fold-mean"}
+    kmeans = frame[frame["method"] == "KMeansConcepts"].set_index("table")
+    assert set(kmeans.loc["layer-matched", "layer"]) == {4} and set(kmeans.loc["high-layer", "layer"]) == {6}
+    clvq = frame[frame["method"] == "CrossLayerVQ"]  # one fit, one evaluation, reported in both tables
+    pd.testing.assert_frame_equal(clvq.iloc[:2].drop(columns="table").reset_index(drop=True),
+                                  clvq.iloc[2:].drop(columns="table").reset_index(drop=True))
     for col in ("accuracy_before", "accuracy_after", "control_accuracy", "flip_rate"):
         assert frame[col].between(0, 1).all()
     np.testing.assert_allclose(frame["drop"], (frame["accuracy_before"] - frame["accuracy_after"])
                                / frame["accuracy_before"])
     md = (out / "comparison.md").read_text()
-    assert "| minilm | ag_news | KMeansConcepts |" in md and "python -m clvqlearn.evaluation.comparison" in md
+    assert "| minilm | ag_news | KMeansConcepts | 4 |" in md and "| minilm | ag_news | KMeansConcepts | 6 |" in md
+    assert md.index("## Primary: layer-matched") < md.index("## Variant: baselines at the high layer")
+    assert "python -m clvqlearn.evaluation.comparison" in md and "Preset `paper`" in md
     assert (out / "comparison.png").stat().st_size > 10_000
+    assert (out / "comparison_high_layer.png").stat().st_size > 10_000
     # a second run with --resume reuses the finished unit and gives the same table
     before = (out / "parts" / "minilm_ag_news.json").stat().st_mtime_ns
     assert main(argv + ["--resume"]) == 0

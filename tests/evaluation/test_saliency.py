@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from clvqlearn.evaluation.saliency import Saliency, _top_positions, token_saliency
+from clvqlearn.evaluation.saliency import Saliency, _top_positions, rank_words, token_saliency
 from clvqlearn.evaluation.tasks import fine_tune_classifier
 
 TEXTS = ["a wonderful moving film", "great acting and a great story", "i loved every minute of it",
@@ -44,7 +44,7 @@ def _logit_difference(clf, sal, i):
 def test_integrated_gradients_completeness(which, request):
     clf = request.getfixturevalue(which)
     sal = token_saliency(clf, TEXTS, n_steps=64, batch_size=4, internal_batch_size=50, verbose=False)
-    assert sal.method == "integrated_gradients" and len(sal) == len(TEXTS)
+    assert sal.method == "ig-embeddings" and len(sal) == len(TEXTS)
     for i in range(len(TEXTS)):
         diff = _logit_difference(clf, sal, i)
         total = float(sal.attributions[i].sum())
@@ -55,6 +55,78 @@ def test_integrated_gradients_completeness(which, request):
         # special tokens keep their embedding in the baseline: zero attribution
         np.testing.assert_allclose(sal.attributions[i][sal.special_mask[i]], 0.0, atol=1e-7)
     assert np.abs(sal.convergence_delta).max() < 0.05
+
+
+@pytest.mark.parametrize("which", ["bert_clf", "llama_clf"])
+def test_layer_ig_is_complete_and_reads_the_layer_output(which, request):
+    clf = request.getfixturevalue(which)
+    sal = token_saliency(clf, TEXTS, saliency="ig-layer", layer=2, n_steps=64, verbose=False)
+    assert sal.method == "ig-layer" and sal.params["layer"] == 2
+    for i in range(len(TEXTS)):
+        diff = _logit_difference(clf, sal, i)
+        # interpolating hidden_states[2] from the reference's to the input's: same endpoints, same total
+        assert float(sal.attributions[i].sum()) == pytest.approx(diff, abs=1e-3 + 0.02 * abs(diff))
+    embeddings = token_saliency(clf, TEXTS, n_steps=64, verbose=False)
+    unit = [a / np.linalg.norm(a) for a in sal.attributions]
+    unit_embeddings = [a / np.linalg.norm(a) for a in embeddings.attributions]
+    assert not np.allclose(np.concatenate(unit), np.concatenate(unit_embeddings), atol=0.05)
+
+
+@pytest.mark.parametrize("which, read", [("bert_clf", 0), ("llama_clf", -1)])
+def test_layer_ig_at_the_top_layer_sees_only_the_position_the_head_reads(which, read, request):
+    # at the last hidden state only [CLS] (BERT's pooler) or the last token (a decoder's head)
+    # reaches the logits, so every other token must get exactly zero attribution there
+    clf = request.getfixturevalue(which)
+    sal = token_saliency(clf, TEXTS, saliency="ig-layer", layer=-1, n_steps=16, keep_first=False, verbose=False)
+    assert sal.params["layer"] == 4
+    for att in sal.attributions:
+        others = np.delete(att, read % att.size)
+        np.testing.assert_array_equal(others, 0.0)
+        assert att[read] != 0.0
+
+
+def test_word_units_take_the_max_subword_and_normalize_keeps_the_ranking(bert_clf):
+    texts = ["quietly rocketeers announced the zebras", "a wonderful moving film about rocketeers"]
+    raw = token_saliency(bert_clf, texts, saliency="ig-layer", layer=2, units="word", top_n=6, n_steps=16,
+                         rank_by="absolute", verbose=False)
+    assert any(len(set(w[w >= 0])) < (w >= 0).sum() for w in raw.word_ids)  # some word has several subwords
+    for i in range(len(texts)):
+        att, words = raw.attributions[i], raw.word_ids[i]
+        top = raw.top_positions[i][raw.top_positions[i] >= 0]
+        assert len({int(words[p]) for p in top}) == top.size  # one position per word
+        for p in top:  # the position carries its word's max
+            assert att[p] == att[words == words[p]].max()
+        word_scores = {int(w): att[words == w].max() for w in set(words[words >= 0].tolist())}
+        assert np.abs(att[top[0]]) == max(abs(v) for v in word_scores.values())
+    unit = token_saliency(bert_clf, texts, saliency="ig-layer", layer=2, units="word", top_n=6, n_steps=16,
+                          rank_by="absolute", normalize=True, verbose=False)
+    np.testing.assert_array_equal(unit.top_positions, raw.top_positions)
+    for a, b in zip(unit.attributions, raw.attributions):
+        assert np.linalg.norm(a) == pytest.approx(1.0)
+        np.testing.assert_allclose(a * np.linalg.norm(b), b, rtol=1e-5, atol=1e-9)
+    assert set(unit.to_frame()["word"]) >= {-1, 0, 1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12), rank_by=st.sampled_from(["value", "absolute"]))
+def test_rank_words_property(data, n, rank_by):
+    scores = data.draw(arrays(np.float64, n, elements=st.floats(-5, 5, allow_nan=False)))
+    candidates = data.draw(arrays(np.bool_, n))
+    words = np.sort(data.draw(arrays(np.int64, n, elements=st.integers(-1, 4))))
+    ranked = rank_words(scores, candidates, words, rank_by)
+    assert candidates[ranked].all() and np.unique(ranked).size == ranked.size
+    groups = {}
+    for p in np.flatnonzero(candidates):
+        groups.setdefault(int(words[p]) if words[p] >= 0 else -(int(p) + 1), []).append(p)
+    assert ranked.size == len(groups)
+    maxima = []
+    for members in groups.values():
+        best = max(scores[m] for m in members)
+        assert sum(scores[p] == best for p in ranked if p in members) == 1
+        maxima.append(best)
+    key = np.abs(scores[ranked]) if rank_by == "absolute" else scores[ranked]
+    assert np.all(np.diff(key) <= 0)
+    assert sorted(np.abs(maxima) if rank_by == "absolute" else maxima, reverse=True) == list(key)
 
 
 def test_targets_are_predictions_and_can_be_overridden(bert_clf):
@@ -259,7 +331,11 @@ def test_rationales_on_the_real_eraser_dev_file(data_home):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(saliency="lime"), ValueError, "saliency must be one of"),
+        (dict(saliency="lime"), ValueError, "'saliency' parameter of token_saliency must be a str among"),
+        (dict(saliency="ig-layer"), ValueError, "needs layer="),
+        (dict(saliency="ig-layer", layer=9), ValueError, r"layer must be .* in \[-4, 4\]"),
+        (dict(units="subword"), ValueError, "'units' parameter"),
+        (dict(normalize="yes"), ValueError, "'normalize' parameter"),
         (dict(saliency="rationale"), ValueError, "needs rationales"),
         (dict(saliency="rationale", rationales=["x"]), ValueError, "one entry per text"),
         (dict(saliency="rationale", rationales=["not there"] * 6), ValueError, "does not occur"),
@@ -330,3 +406,24 @@ def test_minilm_integrated_gradients_and_layer_pairs(minilm_eraser_clf):
     # (docs/evaluation.md: 40/40 sentences agree with the paper's 500 steps)
     fine = token_saliency(clf, test.texts[:4], n_steps=200, max_length=64, verbose=False)
     assert np.sum(fine.top_positions[:, 0] == sal.top_positions[:4, 0]) >= 3
+
+
+@pytest.mark.slow
+def test_minilm_paper_saliency_reads_words_of_the_analysis_layer(minilm_eraser_clf):
+    from clvqlearn.extraction import LayerPairExtractor
+
+    clf, test = minilm_eraser_clf
+    kw = dict(saliency="ig-layer", layer=4, units="word", normalize=True, rank_by="absolute", max_length=64,
+              top_n=3, verbose=False)
+    sal = token_saliency(clf, test.texts, n_steps=16, **kw)
+    fine = token_saliency(clf, test.texts, n_steps=128, **kw)
+    # benchmarks/results/ig_steps_minilm_eraser.json: 16 steps keep the 500-step top word on 40/40 sentences
+    top = [sal.word_ids[i][p] for i, p in enumerate(sal.top_positions[:, 0])]
+    assert np.sum(np.array(top) == [fine.word_ids[i][p] for i, p in enumerate(fine.top_positions[:, 0])]) >= 5
+    for i in range(len(test)):
+        assert np.linalg.norm(sal.attributions[i]) == pytest.approx(1.0)
+        words = sal.word_ids[i][sal.top_positions[i]]
+        assert np.unique(words).size == 3 and (words >= 0).all()  # three different words, no special token
+    pairs = LayerPairExtractor(model=str(clf.path), layers=(4, 6), max_length=64, verbose=False).fit_transform(
+        test.texts)
+    assert np.all(sal.rows(pairs) >= 0)
