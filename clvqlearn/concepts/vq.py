@@ -242,6 +242,26 @@ class _VQEstimator(ConceptEstimator):
             return self._encode(self._network(device), data.source, device).astype(data.dtype)
 
 
+#: Named configurations of :class:`CrossLayerVQ` (see :meth:`CrossLayerVQ.from_recipe`).
+#: ``"paper"`` is the reference implementation's encoder-model recipe (METHOD.md):
+#: the 6-layer post-LayerNorm transformer decoder that cross-attends to the
+#: continuous encoder output, the adaptive encoder started at the identity, a
+#: randomly initialised read-out, 128 sentences per batch, Adam 5e-3, up to 100
+#: epochs with patience 15.  ``"paper-decoder-lm"`` is its decoder-LM variant
+#: (Adam 1e-3, 64 sentences per batch).
+RECIPES = {
+    "paper": dict(
+        top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled", init="spherical",
+        encoder="adaptive", alpha=0.2, encoder_init="identity", decoder="transformer",
+        decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_norm_first=False,
+        decoder_init="random", dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
+        learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
+        validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
+    ),
+}
+RECIPES["paper-decoder-lm"] = {**RECIPES["paper"], "learning_rate": 1e-3, "batch_size": 64}
+
+
 def _document_sample(data: _Data, max_tokens: int, rng) -> _Data:
     """Whole documents drawn at random until about ``max_tokens`` tokens.
 
@@ -428,6 +448,39 @@ class CrossLayerVQ(_VQEstimator):
 
     def _layer_roles(self):
         return ("low", "high")
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **params):
+        """An estimator configured by a named recipe, with ``params`` overriding it.
+
+        Parameters
+        ----------
+        recipe : {"paper", "paper-decoder-lm"}
+            See :data:`RECIPES`.
+        **params
+            Any constructor parameter (e.g. ``k``, ``device``, ``random_state``).
+
+        Returns
+        -------
+        estimator
+            A plain, unfitted instance: it clones, pickles and grid-searches
+            like any other.
+
+        Examples
+        --------
+        >>> from clvqlearn import CrossLayerVQ
+        >>> vq = CrossLayerVQ.from_recipe("paper", k=50)
+        >>> vq.decoder, vq.decoder_norm_first, vq.batch_size, vq.k
+        ('transformer', False, 128, 50)
+        """
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got {recipe!r}.")
+        allowed = set(cls().get_params())
+        config = {k: v for k, v in RECIPES[recipe].items() if k in allowed}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no parameter(s) {unknown}; it takes {sorted(allowed)}.")
+        return cls(**{**config, **params})
 
 
 class SingleLayerVQ(CrossLayerVQ):
