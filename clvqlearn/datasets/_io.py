@@ -121,11 +121,13 @@ def read_jsonl(file: Path) -> list[dict]:
 
 
 def read_csv(file: Path, *, n_columns: int | None = None):
-    """Read a CSV file as strings, no header inference.
+    """Read a CSV file as strings, no header inference, strictly.
 
     Quoted fields may hold commas, doubled quotes and line breaks; blank lines
-    are skipped; a byte-order mark is dropped.  Every row must have as many
-    fields as the first.
+    are skipped; a byte-order mark is dropped.  Every record must have as many
+    fields as the first.  Any malformed record (a file cut inside a quoted
+    field, text after a closing quote, a NUL byte, a wrong field count) is a
+    ValueError naming the file and the line where the record starts.
 
     Returns
     -------
@@ -134,20 +136,14 @@ def read_csv(file: Path, *, n_columns: int | None = None):
     """
     import pandas as pd
 
-    try:
-        with open(file, newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise ValueError(f"{file}: malformed CSV ({exc})") from None
+    rows, lines = _read_csv_records(file)
     if not rows:
         raise ValueError(f"{file}: the file is empty")
     width = len(rows[0])
-    for i, row in enumerate(rows):
+    for i, (row, line) in enumerate(zip(rows, lines), start=1):
         if len(row) != width:
             raise ValueError(
-                f"{file}: row {i + 1} has {len(row)} fields, but the first row has {width}"
+                f"{file}, line {line}: row {i} has {len(row)} fields, but the first row has {width}"
             )
     if n_columns is not None and width != n_columns:
         raise ValueError(
@@ -155,6 +151,29 @@ def read_csv(file: Path, *, n_columns: int | None = None):
             f"(first row: {rows[0][:6]})"
         )
     return pd.DataFrame(rows, dtype=object)
+
+
+def _read_csv_records(file: Path) -> tuple[list, list]:
+    """Non-blank records of a CSV file and the line each starts on (``strict`` parsing)."""
+    rows, lines = [], []
+    start = 1
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, strict=True)
+            try:
+                for row in reader:
+                    if row:
+                        rows.append(row)
+                        lines.append(start)
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise ValueError(
+                    f"{file}, line {start}: malformed CSV record ({exc}); the file may be cut short "
+                    "inside a quoted field, or a quote is not closed."
+                ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
+    return rows, lines
 
 
 def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
