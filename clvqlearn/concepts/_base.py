@@ -629,6 +629,14 @@ def _read_config(config_file: Path, cls) -> dict:
         raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}.")
+    if config.get("format") != FORMAT_NAME:
+        raise ValueError(f"{config_file} does not hold a clvqlearn estimator (format={config.get('format')!r}).")
+    version = config.get("version")
+    if isinstance(version, int) and version > FORMAT_VERSION:  # a newer schema: say so first
+        raise ValueError(
+            f"{config_file} was saved with format version {version}; this clvqlearn reads "
+            f"up to version {FORMAT_VERSION}. Upgrade clvqlearn."
+        )
     missing = [key for key in _CONFIG_SCHEMA if key not in config]
     if missing:
         raise ValueError(f"{config_file}: missing key(s) {missing}; expected {sorted(_CONFIG_SCHEMA)}.")
@@ -638,13 +646,6 @@ def _read_config(config_file: Path, cls) -> dict:
             raise ValueError(
                 f"{config_file}: {key!r} must be a JSON {kind.__name__}, got {type(value).__name__} ({value!r:.60})."
             )
-    if config["format"] != FORMAT_NAME:
-        raise ValueError(f"{config_file} does not hold a clvqlearn estimator (format={config['format']!r}).")
-    if config["version"] > FORMAT_VERSION:
-        raise ValueError(
-            f"{config_file} was saved with format version {config['version']}; this clvqlearn reads "
-            f"up to version {FORMAT_VERSION}. Upgrade clvqlearn."
-        )
     if config["class"] != cls.__name__:
         raise ValueError(
             f"{config_file} holds a {config['class']}, not a {cls.__name__}; load it with "
