@@ -444,7 +444,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ndarray of shape (n_tokens, d)
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=[np.float64, np.float32], input_name="X")
+        with _naming_argument("X"):
+            codes = check_array(X, dtype=[np.float64, np.float32], input_name="X")
         if codes.shape[1] != self.k:
             raise ValueError(
                 f"inverse_transform expects X with {self.k} columns (one per concept); got {codes.shape[1]}."
