@@ -359,12 +359,10 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             )
         self._validate_params()
         layers = self.layers
-        if (
-            isinstance(layers, (str, bytes))
-            or len(layers) != 2
-            or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in layers)
-        ):
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 2:
             raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in layers):
+            raise TypeError(f"layers must be integers (layer indices); got {tuple(layers)!r}.")
         resolve_device(self.device)  # fail early on an unavailable device
 
     def _check_max_length(self) -> None:

@@ -43,10 +43,15 @@ def test_layers_changed_after_fit_are_not_ignored(tiny_bert_dir):
         ext.transform(TEXTS)
 
 
-@pytest.mark.parametrize("layers", [(1.5, 2), ("1", 2), (1, 2, 3)])
-def test_bad_layers_refused_before_loading(tiny_bert_dir, monkeypatch, layers):
+@pytest.mark.parametrize("layers, error, match", [
+    ((1.5, 2), TypeError, "layers must be integers"),
+    (("1", 2), TypeError, "layers must be integers"),
+    ((1, 2, 3), ValueError, "layers must be a"),
+    (5, ValueError, "layers"),
+])
+def test_bad_layers_refused_before_loading(tiny_bert_dir, monkeypatch, layers, error, match):
     monkeypatch.setattr(extraction, "load_model", _no_model)
-    with pytest.raises(ValueError, match="layers must be a"):
+    with pytest.raises(error, match=match):
         LayerPairExtractor(str(tiny_bert_dir), layers=layers, device="cpu").fit(TEXTS)
 
 

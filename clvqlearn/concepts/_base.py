@@ -341,6 +341,16 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Returns
         -------
         self
+
+        Notes
+        -----
+        The model name and layers of LayerPairs are recorded
+        (``pairs_model_name_``, ``pairs_layers_``), as is the low/high split
+        (``layer_widths_``); later calls refuse LayerPairs of another model,
+        layer pair or split with a ValueError.  Plain arrays carry no
+        provenance and are always accepted (split as at fit time), which is
+        the way to apply the estimator to other activations on purpose.
+        If ``fit`` fails, the estimator keeps its previous state.
         """
         before = dict(vars(self))
         try:

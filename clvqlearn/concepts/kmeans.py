@@ -169,6 +169,14 @@ class KMeansConcepts(ConceptEstimator):
         mini-batch step of :meth:`partial_fit`.
     algorithm_ : str
         The algorithm actually used by the last ``fit`` (``"auto"`` resolved).
+    input_shift_ : ndarray of shape (d,)
+        Column means of the data the clustering started from.
+    input_scale_ : float
+        The power of two nearest to their root-mean-square deviation.  All
+        clustering and assignment runs on ``(X - input_shift_) / input_scale_``
+        (k-means is invariant to this map), so any finite input, however
+        large, small or far from the origin, is clustered without overflow,
+        underflow or cancellation; ``components_`` are in the input's units.
     n_features_in_ : int
         Width of the input (``d_low + d_high`` for LayerPairs).
 
