@@ -85,7 +85,8 @@ def sample_codes(distances: torch.Tensor, top_k: int, temperature: float, genera
     # Distances relative to the nearest candidate (softmax is shift-free), so
     # extreme but finite distances or temperatures never give inf - inf or
     # 0 / 0: the nearest code keeps logit 0, ties keep equal logits.
-    d_top = torch.nan_to_num(d_top, nan=torch.inf, posinf=torch.finfo(d_top.dtype).max)
+    largest = torch.finfo(d_top.dtype).max
+    d_top = torch.nan_to_num(d_top, nan=largest, posinf=largest)
     gap = d_top - d_top[:, :1]
     logits = torch.where(gap > 0, -gap / temperature, torch.zeros_like(gap))
     probs = torch.softmax(logits, dim=1)
