@@ -418,6 +418,7 @@ def _write(tmp_path, name, text):
     (load_ag_news, "x.csv", '"1","a","b"\n"2","c","cut inside the quot', r"line 2: malformed CSV .*cut short"),
     (load_ag_news, "x.csv", '"1","a","b\nspans lines"\n"2","c","d"x\n', r"line 3: malformed CSV"),
     (load_movie_reviews, "x.csv", '"pos","fine"\n"neg","cut', r"line 2: malformed CSV"),
+    (load_ag_news, "x.csv", '"1","a","b\nc"\n"9","d","e"\n', r"line 3: row 2 has class index '9'"),
     (load_ag_news, "x.csv", "kind,title,description\n1,a,b\n", "unrecognised header"),
     (load_ag_news, "x.csv", "", "empty"),
     (load_jigsaw, "x.json", '{"sentence": "a", "label": "0"}', "expected a JSON list"),

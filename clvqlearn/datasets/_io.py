@@ -132,7 +132,8 @@ def read_csv(file: Path, *, n_columns: int | None = None):
     Returns
     -------
     pandas.DataFrame
-        Columns 0..n-1 of ``str``; the header, if any, is row 0.
+        Columns 0..n-1 of ``str``; the header, if any, is row 0.  The index
+        is the line each record starts on (1-based), for error messages.
     """
     import pandas as pd
 
@@ -150,7 +151,7 @@ def read_csv(file: Path, *, n_columns: int | None = None):
             f"{file}: expected {n_columns} columns, found {width} "
             f"(first row: {rows[0][:6]})"
         )
-    return pd.DataFrame(rows, dtype=object)
+    return pd.DataFrame(rows, dtype=object, index=pd.Index(lines, name="line"))
 
 
 def _read_csv_records(file: Path) -> tuple[list, list]:
@@ -177,7 +178,7 @@ def _read_csv_records(file: Path) -> tuple[list, list]:
 
 
 def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
-                 row_offset: int = 1) -> np.ndarray:
+                 row_offset: int = 1, lines=None) -> np.ndarray:
     """Map raw label values to class indices; ValueError names the bad value.
 
     Parameters
@@ -190,14 +191,18 @@ def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
         For the error message.
     row_offset : int
         Added to the 0-based position to report a row number.
+    lines : sequence of int, optional
+        The file line of each value (e.g. the index of :func:`read_csv`'s
+        frame), named in the error too.
     """
     keys = {str(k): v for k, v in mapping.items()}
     out = np.empty(len(raw), dtype=np.int64)
     for i, value in enumerate(raw):
         key = str(value).strip()
         if key not in keys:
+            where = f"{file}, line {lines[i]}" if lines is not None else f"{file}"
             raise ValueError(
-                f"{file}: row {i + row_offset} has {what} {value!r}; expected one of "
+                f"{where}: row {i + row_offset} has {what} {value!r}; expected one of "
                 f"{sorted(keys)}"
             )
         out[i] = keys[key]
