@@ -828,10 +828,11 @@ def fraction_of_variance_explained(target, prediction) -> float:
     """
     target = np.asarray(target, dtype=np.float64)
     prediction = np.asarray(prediction, dtype=np.float64)
-    # The ratio is scale-free: dividing both by one scale keeps huge (but
-    # finite) values from overflowing when squared.
-    scale = max(float(np.abs(target).max(initial=0.0)), float(np.abs(prediction).max(initial=0.0)))
-    if np.isfinite(scale) and scale > 0:
+    # The ratio is scale-free: dividing both by one power of two (exact) keeps
+    # huge (but finite) values from overflowing when squared.
+    largest = max(float(np.abs(target).max(initial=0.0)), float(np.abs(prediction).max(initial=0.0)))
+    if np.isfinite(largest) and largest > 0:
+        scale = float(np.ldexp(1.0, int(np.frexp(largest)[1])))
         target, prediction = target / scale, prediction / scale
     sst = float(((target - target.mean(axis=0)) ** 2).sum())
     sse = float(((target - prediction) ** 2).sum())
