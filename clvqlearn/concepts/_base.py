@@ -601,7 +601,12 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Raises
         ------
         ValueError
-            When the folder holds another kind of estimator or a newer format.
+            When the folder holds another kind of estimator or a newer
+            format, when ``config.json`` breaks its schema (JSON types,
+            required keys, parameters the class accepts, fitted-attribute
+            names), when the parameters disagree with the tensors' shapes
+            (e.g. ``k`` and ``components_``), or when ``model.safetensors``
+            is truncated or foreign.  The message names the file.
         FileNotFoundError
             When the folder or its files are missing.
         """
