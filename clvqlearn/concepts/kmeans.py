@@ -301,7 +301,10 @@ class KMeansConcepts(ConceptEstimator):
         if self.transform_output == "distance":
             with np.errstate(over="ignore"):
                 distances = pairwise_distances(self._standardize(X), self._standardized_centers(X.dtype))
-                return (distances * self.input_scale_).astype(X.dtype, copy=False)
+                distances = (distances * self._scaling()[1]).astype(X.dtype, copy=False)
+            if not np.isfinite(distances).all():
+                raise ValueError(f"X: the distances to the centres overflow {X.dtype}; pass X as float64.")
+            return distances
         out = np.zeros((X.shape[0], self.k), dtype=X.dtype)
         out[np.arange(X.shape[0]), self._nearest(X)] = 1
         return out

@@ -33,6 +33,9 @@ FACTORIES = {
     "SingleLayerVQ": lambda: SingleLayerVQ(**_VQ),
     "KMeansConcepts": lambda: KMeansConcepts(k=K, random_state=0),
     "SparseAutoencoder": lambda: SparseAutoencoder(k=K, max_epochs=1, random_state=0),
+    "KMeansConcepts-distance": lambda: KMeansConcepts(k=K, transform_output="distance", random_state=0),
+    "SparseAutoencoder-topk": lambda: SparseAutoencoder(k=K, activation="topk", top_k=2, max_epochs=1,
+                                                        random_state=0),
 }
 METHODS = ["fit", "partial_fit", "transform", "predict", "reconstruct", "score", "inverse_transform"]
 DOCUMENTED_ERRORS = (ValueError, TypeError)
