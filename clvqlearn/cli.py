@@ -21,10 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="minilm", help="packaged name (minilm, smollm2), HF id or local folder")
     demo.add_argument("--dataset", default="bbc_news", help="bbc_news (packaged), ag_news, jigsaw, eraser_movie, movie_reviews")
     demo.add_argument("--layers", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"))
-    demo.add_argument("--n-texts", type=int, default=400)
-    demo.add_argument("--k", type=int, default=50)
-    demo.add_argument("--max-length", type=int, default=128)
-    demo.add_argument("--max-epochs", type=int, default=30)
+    demo.add_argument("--n-texts", type=_at_least(2), default=400)
+    demo.add_argument("--k", type=_at_least(1), default=50, help="number of concepts")
+    demo.add_argument("--top-k", type=_at_least(1), default=None,
+                      help="CrossLayerVQ samples among the top-k nearest codes while training "
+                           "(default: min(5, k)); at most --k")
+    demo.add_argument("--max-length", type=_at_least(2), default=128)
+    demo.add_argument("--max-epochs", type=_at_least(1), default=30)
     demo.add_argument("--decoder", default="mlp", choices=["mlp", "transformer", "transformer-codes"],
                       help="CrossLayerVQ decoder: 'mlp' (per token, learns in minutes on a CPU) or the "
                            "reference 'transformer' (needs many more epochs)")
@@ -42,21 +45,55 @@ def main(argv=None) -> int:
     """Entry point of the ``clvq`` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["table"]:
-        from .evaluation.comparison import main as table_main
-
-        return table_main(argv[1:])
-    args = build_parser().parse_args(argv)
+        return _table(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
+        if args.top_k is not None and args.top_k > args.k:
+            parser.error(f"--top-k {args.top_k} cannot exceed --k {args.k}")
         try:
             run_demo(model=args.model, dataset=args.dataset, layers=tuple(args.layers), n_texts=args.n_texts,
-                     k=args.k, max_length=args.max_length, max_epochs=args.max_epochs, decoder=args.decoder,
-                     output=args.output, random_state=args.seed, verbose=not args.quiet, device=args.device)
-        except (FileNotFoundError, ValueError, ImportError) as exc:
+                     k=args.k, top_k=args.top_k, max_length=args.max_length, max_epochs=args.max_epochs,
+                     decoder=args.decoder, output=args.output, random_state=args.seed,
+                     verbose=not args.quiet, device=args.device)
+        except (OSError, ValueError, ImportError) as exc:
             print(f"clvq: error: {exc}", file=sys.stderr)
             return 2
     return 0
+
+
+def _table(argv: list) -> int:
+    """``clvq table``: check the output folder and ``--k`` first, then run the comparison."""
+    from .demo import writable_folder
+    from .evaluation.comparison import build_parser as build_table_parser
+    from .evaluation.comparison import main as table_main
+
+    args = build_table_parser().parse_args(argv)
+    try:
+        if args.k < 5:  # the comparison's CrossLayerVQ samples among 5 nearest codes
+            raise ValueError(f"--k {args.k}: the comparison table needs --k >= 5 (its VQ estimators sample "
+                             "among the 5 nearest codes).")
+        writable_folder(args.out)
+    except (OSError, ValueError) as exc:
+        print(f"clvq table: error: {exc}", file=sys.stderr)
+        return 2
+    return table_main(argv)
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":  # pragma: no cover

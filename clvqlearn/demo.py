@@ -27,10 +27,41 @@ from .extraction import LayerPairExtractor
 from .report.descriptions import describe_concepts
 
 
+def writable_folder(path) -> Path:
+    """Create ``path`` (a folder) if needed and check that files can be written in it.
+
+    Run before any work, so that results are never computed only to be lost.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OSError
+        When the folder cannot be created or written to; the message names it.
+    """
+    import tempfile
+
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".clvq-write-test-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"output folder {folder} is not writable ({exc.strerror or exc}); choose another "
+                      "folder.") from None
+    return folder
+
+
 def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6), n_texts: int = 400,
-             k: int = 50, max_length: int = 128, max_epochs: int = 30, decoder: str = "mlp",
-             output: str | Path = "clvq_output", random_state: int = 0, verbose: bool = True,
-             device: str = "auto") -> dict:
+             k: int = 50, top_k: int | None = None, max_length: int = 128, max_epochs: int = 30,
+             decoder: str = "mlp", output: str | Path = "clvq_output", random_state: int = 0,
+             verbose: bool = True, device: str = "auto") -> dict:
     """Run the embedded default end to end and return its summary.
 
     Parameters
@@ -44,6 +75,8 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
         Documents used (a stratified sample when labels exist); 80 % train,
         20 % held out.
     k : int, default=50
+    top_k : int, optional
+        CrossLayerVQ's sampling candidates; default ``min(5, k)``.
     max_length : int, default=128
     max_epochs : int, default=30
     decoder : str, default="mlp"
@@ -62,11 +95,26 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
     -------
     dict
         The summary also written to ``summary.json``.
+
+    Raises
+    ------
+    ValueError
+        On an invalid setting, before any data or model is loaded.
+    OSError
+        When ``output`` cannot be written, before any work.
     """
     from .concepts.kmeans import KMeansConcepts
 
     say = print if verbose else (lambda *a, **kw: None)
     started = time.perf_counter()
+    out = writable_folder(output)
+    extractor = LayerPairExtractor(model, layers=tuple(layers), max_length=max_length, device=device,
+                                   verbose=verbose)
+    vq = CrossLayerVQ(k=k, top_k=min(5, k) if top_k is None else top_k, decoder=decoder, decoder_layers=2,
+                      decoder_ff=512, learning_rate=1e-3, max_epochs=max_epochs, batch_size=32,
+                      early_stopping_patience=4, device=device, random_state=random_state, verbose=int(verbose))
+    kmeans = KMeansConcepts(k=k, layer="high", random_state=random_state)
+    _check_settings(extractor, vq, kmeans, n_texts)
     data = load_dataset(dataset)
     if n_texts < len(data):
         data = data.sample(n_texts, random_state=random_state)
@@ -78,16 +126,13 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
     test_texts = [texts[i] for i in order[n_train:]]
     say(f"[clvq] {len(texts)} texts of {data.name}: {len(train_texts)} train, {len(test_texts)} held out")
 
-    extractor = LayerPairExtractor(model, layers=tuple(layers), max_length=max_length, device=device,
-                                   verbose=verbose).fit(train_texts)
+    extractor.fit(train_texts)
     train, test = extractor.transform(train_texts), extractor.transform(test_texts)
     say(f"[clvq] {model} layers {train.layers}: {train.n_tokens} train tokens, {test.n_tokens} held-out tokens")
 
-    vq = CrossLayerVQ(k=k, decoder=decoder, decoder_layers=2, decoder_ff=512, learning_rate=1e-3,
-                      max_epochs=max_epochs, batch_size=32, early_stopping_patience=4,
-                      device=device, random_state=random_state, verbose=int(verbose)).fit(train)
+    vq.fit(train)
     # reference row of METHOD.md: k-means on the high layer, each token replaced by its centroid
-    kmeans = KMeansConcepts(k=k, layer="high", random_state=random_state).fit(train)
+    kmeans.fit(train)
     summary = {
         "model": model, "dataset": data.name, "layers": list(train.layers), "k": k,
         "train_tokens": train.n_tokens, "test_tokens": test.n_tokens,
@@ -101,8 +146,6 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
 
     table = describe_concepts(vq.predict(test), test, k=k, random_state=random_state)
     table["usage_train"] = vq.usage_
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "concepts.csv")
     vq.save(out / "crosslayervq")
     summary["seconds"] = time.perf_counter() - started
@@ -112,3 +155,15 @@ def run_demo(*, model: str = "minilm", dataset: str = "bbc_news", layers=(4, 6),
         say(f"  #{concept:<3d} {row.n_tokens:5d} tokens  {row.top_tokens[:90]}")
     say(f"[clvq] wrote {out}/concepts.csv, summary.json, crosslayervq/ in {summary['seconds']:.0f} s")
     return summary
+
+
+def _check_settings(extractor, vq, kmeans, n_texts) -> None:
+    """Every setting the demo can check without data or a model (ValueError names it)."""
+    if isinstance(n_texts, bool) or not isinstance(n_texts, int) or n_texts < 2:
+        raise ValueError(f"n_texts must be an integer >= 2 (train and held-out texts); got {n_texts!r}.")
+    extractor._check_settings()
+    for estimator in (vq, kmeans):
+        estimator._validate_params()
+    if vq.top_k > vq.k:
+        raise ValueError(f"top_k={vq.top_k} cannot exceed k={vq.k} (CrossLayerVQ samples among the top_k "
+                         "nearest of k codes); lower top_k.")

@@ -321,20 +321,11 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        if not isinstance(self.model, (str, os.PathLike)):
-            raise TypeError(
-                "LayerPairExtractor(model=...) must be a string (a packaged short name such as "
-                "'minilm' or 'smollm2', a local directory or a Hugging Face id), not "
-                f"{type(self.model).__name__}: the extractor loads the model itself so that clone() "
-                "and pickling stay cheap."
-            )
-        self._validate_params()
+        self._check_settings()
         _check_texts(texts)
-        resolve_device(self.device)  # fail early on an unavailable device
         layers = self.layers
-        if isinstance(layers, (str, bytes)) or len(layers) != 2:
-            raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
         spec = resolve_model(os.fspath(self.model), trust_remote_code=self.trust_remote_code)
+        self._check_max_length()  # needs the tokenizer only, not the model
         model = self.model_
         n = num_layers(model)
         low, high = resolve_layers(layers, n)
@@ -353,7 +344,50 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         self.n_layers_ = n
         self.hidden_size_ = int(model.config.get_text_config().hidden_size)
         self.is_decoder_ = bool(spec.is_decoder)
+        self._fitted_key = self._settings_key()
         return self
+
+    # ------------------------------------------------------------------ early checks
+    def _check_settings(self) -> None:
+        """Checks that need neither the model nor the texts (run first by fit and transform)."""
+        if not isinstance(self.model, (str, os.PathLike)):
+            raise TypeError(
+                "LayerPairExtractor(model=...) must be a string (a packaged short name such as "
+                "'minilm' or 'smollm2', a local directory or a Hugging Face id), not "
+                f"{type(self.model).__name__}: the extractor loads the model itself so that clone() "
+                "and pickling stay cheap."
+            )
+        self._validate_params()
+        layers = self.layers
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 2:
+            raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in layers):
+            raise TypeError(f"layers must be integers (layer indices); got {tuple(layers)!r}.")
+        resolve_device(self.device)  # fail early on an unavailable device
+
+    def _check_max_length(self) -> None:
+        """``max_length`` must leave room for at least one text token after the special tokens."""
+        n_special = int(self.tokenizer_.num_special_tokens_to_add(pair=False))
+        minimum = n_special + 1
+        if self.max_length < minimum:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for text: the tokenizer of "
+                f"{os.fspath(self.model)!r} adds {n_special} special token(s) to every document, so "
+                f"max_length must be at least {minimum}."
+            )
+
+    def _settings_key(self) -> tuple:
+        return (os.fspath(self.model), tuple(int(v) for v in self.layers), bool(self.trust_remote_code))
+
+    def _check_unchanged_since_fit(self) -> None:
+        """Refuse a transform after set_params changed what fit resolved (model, layers)."""
+        fitted = getattr(self, "_fitted_key", None)
+        if fitted is not None and fitted != self._settings_key():
+            raise ValueError(
+                f"model, layers or trust_remote_code changed since fit (fitted with model={fitted[0]!r}, "
+                f"layers={fitted[1]}; now model={os.fspath(self.model)!r}, layers={tuple(self.layers)}). "
+                "Call fit again."
+            )
 
     def transform(self, texts) -> LayerPairs:
         """Hidden states of ``layers`` for every kept token of ``texts``.
@@ -370,10 +404,19 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             appears, special tokens and outliers as the parameters say.
         """
         check_is_fitted(self, "layers_")
+        self._check_settings()
+        self._check_unchanged_since_fit()
         texts = _check_texts(texts)
+        self._check_max_length()
         low, high = self.layers_
         enc = self._encode(texts, self.special_tokens)
         upper = np.array([int(k.sum()) for k in enc.keep], dtype=np.int64)
+        if not upper.sum():
+            raise ValueError(
+                f"no token rows to return: none of the {len(texts)} document(s) has a token left after "
+                f"truncation to max_length={self.max_length} and special_tokens={self.special_tokens!r}. "
+                "Raise max_length, or use special_tokens='keep'."
+            )
         upper_off = np.concatenate([[0], np.cumsum(upper)])
         n_upper = int(upper_off[-1])
         dtype = np.dtype(self.storage_dtype)
@@ -534,6 +577,12 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         )
         ids = enc["input_ids"]
         masks = enc["special_tokens_mask"]
+        longest = max((len(i) for i in ids), default=0)
+        if longest > int(self.max_length):
+            raise ValueError(
+                f"the tokenizer ignored max_length={self.max_length} (a document has {longest} tokens); "
+                "raise max_length above the number of special tokens it adds."
+            )
         if special_tokens == "drop":
             keep = [np.asarray(m, dtype=bool) == False for m in masks]  # noqa: E712
         else:

@@ -101,7 +101,18 @@ class LayerPairs:
                 if value.shape != (n,):
                     raise ValueError(f"{name} must have shape ({n},); got {value.shape}.")
                 setattr(self, name, value)
-        self.layers = tuple(int(v) for v in self.layers)
+        self._check_provenance()
+
+    def _check_provenance(self) -> None:
+        """``layers`` must be two integers and ``model_name`` a string (estimators compare them)."""
+        layers = self.layers
+        if isinstance(layers, (str, bytes)) or len(layers) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in layers
+        ):
+            raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
+        if not isinstance(self.model_name, str):
+            raise TypeError(f"model_name must be a string; got {type(self.model_name).__name__}.")
+        self.layers = tuple(int(v) for v in layers)
 
     # ------------------------------------------------------------------ sizes
     @property

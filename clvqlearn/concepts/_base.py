@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -44,6 +46,8 @@ from ..pairs import LayerPairs
 FORMAT_NAME = "clvqlearn.estimator"
 FORMAT_VERSION = 1
 _LAYER_NAMES = ("low", "high")
+#: float32 max ** 0.25: squares of squares of such values still fit float32.
+_FLOAT32_SAFE_ABS = float(np.finfo(np.float32).max) ** 0.25
 
 
 @dataclass
@@ -72,6 +76,10 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+
+    #: Largest input magnitude the estimator computes with safely (None = any
+    #: finite value); see ``_check_magnitude``.
+    _max_abs_input: float | None = _FLOAT32_SAFE_ABS
 
     # ------------------------------------------------------------ hooks
     def _layer_roles(self) -> tuple[str, str]:  # pragma: no cover - abstract
@@ -146,72 +154,174 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             )
         return int(n_low)
 
+    def _fitted_split(self, n_columns: int) -> int:
+        """Low-layer columns of a plain array given to a fitted estimator.
+
+        The split recorded at fit time (``layer_widths_``) wins; a
+        different ``n_low_features`` set since is an error naming both.
+        """
+        recorded = getattr(self, "layer_widths_", None)
+        if recorded is None:
+            return self._low_width(n_columns)
+        n_low = getattr(self, "n_low_features", None)
+        if n_low is not None and int(n_low) != recorded[0]:
+            raise ValueError(
+                f"n_low_features={n_low} splits X as low {n_low} + high {n_columns - n_low}, but "
+                f"{type(self).__name__} was fitted on low {recorded[0]} + high {recorded[1]}. "
+                "Refit, or set n_low_features back."
+            )
+        return int(recorded[0])
+
+    def _fitted_layer_width(self) -> int | None:
+        """Width of the one layer a single-layer estimator fitted on LayerPairs reads."""
+        recorded = getattr(self, "layer_widths_", None)
+        if recorded is None or self._is_cross_layer():
+            return None
+        return int(recorded[_LAYER_NAMES.index(self._source_layer())])
+
+    def _check_widths(self, widths: tuple) -> None:
+        """LayerPairs given to a fitted estimator: same total width and same split."""
+        total = sum(widths)
+        name = type(self).__name__
+        if total != self.n_features_in_:
+            raise ValueError(
+                f"X has {total} features (low {widths[0]} + high {widths[1]}), "
+                f"but {name} was fitted with {self.n_features_in_} features."
+            )
+        recorded = getattr(self, "layer_widths_", None)
+        if recorded is not None and tuple(recorded) != tuple(widths):
+            raise ValueError(
+                f"X splits its {total} features as low {widths[0]} + high {widths[1]}, but {name} "
+                f"was fitted on low {recorded[0]} + high {recorded[1]}: these pairs come from other "
+                "layers or another model."
+            )
+
+    def _check_provenance(self, X: LayerPairs) -> None:
+        """Refuse LayerPairs of another model or layer pair than the fitted ones."""
+        fitted_model = getattr(self, "pairs_model_name_", None)
+        if fitted_model is None or not X.model_name:
+            return  # no provenance on one side (plain arrays, hand-built pairs)
+        fitted_layers = tuple(getattr(self, "pairs_layers_", None) or ())
+        if X.model_name == fitted_model and tuple(X.layers) == fitted_layers:
+            return
+        plain = "np.asarray(X)" if self._is_cross_layer() else f"X.{self._source_layer()}"
+        raise ValueError(
+            f"X holds layers {tuple(X.layers)} of model {X.model_name!r}, but {type(self).__name__} "
+            f"was fitted on layers {fitted_layers} of model {fitted_model!r}; concepts learned on "
+            f"one model and layer pair do not apply to another. To use them anyway, pass a plain "
+            f"array ({plain}: plain arrays carry no provenance)."
+        )
+
+    def _check_magnitude(self, array: np.ndarray) -> None:
+        """Refuse finite values too large for the estimator's arithmetic.
+
+        The torch estimators compute in float32 and square their errors (and
+        the optimiser squares gradients again), so values beyond
+        ``float32_max ** 0.25`` (about 4.3e9) overflow to inf or NaN.
+        """
+        bound = self._max_abs_input
+        if bound is None or array.size == 0:
+            return
+        largest = max(abs(float(array.max())), abs(float(array.min())))
+        if largest > bound:
+            raise ValueError(
+                f"X holds values up to {largest:.3g} in magnitude; {type(self).__name__} computes in "
+                f"float32 and squares its errors, which overflows beyond {bound:.3g}. Rescale X "
+                "(e.g. divide by its standard deviation)."
+            )
+
     def _validate_input(self, X, *, reset: bool, fitting: bool = False) -> _Data:
         """Turn LayerPairs or a 2-D array into a :class:`_Data`.
 
-        ``reset=True`` records ``n_features_in_`` (and the layer widths);
-        otherwise widths are checked against the fitted ones.
+        ``reset=True`` records ``n_features_in_``, the layer widths and the
+        provenance of LayerPairs (model name, layers); otherwise the input is
+        checked against them.  Every error names the argument ``X``.
         """
         source_role, target_role = self._layer_roles()
         for role in (source_role, target_role):
             if role not in _LAYER_NAMES:
                 raise ValueError(f"layer must be 'low' or 'high'; got {role!r}")
-        if isinstance(X, LayerPairs):
-            arrays = {}
-            for role in {source_role, target_role}:
-                arrays[role] = check_array(
-                    getattr(X, role),
-                    dtype=[np.float64, np.float32],
-                    ensure_all_finite=True,
-                    input_name=f"LayerPairs.{role}",
-                    ensure_min_samples=1,
-                )
-            if arrays[source_role].dtype != arrays[target_role].dtype:
-                arrays[target_role] = arrays[target_role].astype(arrays[source_role].dtype)
-            n_features = X.low.shape[1] + X.high.shape[1]
-            if reset:
-                self.n_features_in_ = n_features
-                if hasattr(self, "feature_names_in_"):
-                    del self.feature_names_in_
-            elif n_features != self.n_features_in_:
-                raise ValueError(
-                    f"X has {n_features} features (low {X.low.shape[1]} + high {X.high.shape[1]}), "
-                    f"but {type(self).__name__} was fitted with {self.n_features_in_} features."
-                )
-            data = _Data(
-                source=arrays[source_role],
-                target=arrays[target_role],
-                offsets=np.asarray(X.offsets, dtype=np.int64),
-                dtype=arrays[source_role].dtype,
-            )
-        else:
-            if isinstance(X, (list, tuple)) and X and isinstance(X[0], str):
-                raise TypeError(
-                    f"{type(self).__name__} received raw texts. Put a LayerPairExtractor in front "
-                    "of it (Pipeline([('extract', LayerPairExtractor(...)), ('concepts', ...)]))."
-                )
-            Xa = validate_data(
-                self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=True
-            )
-            if self._is_cross_layer():
-                split = self._low_width(Xa.shape[1])
-                low, high = Xa[:, :split], Xa[:, split:]
-                parts = {"low": low, "high": high}
-                source, target = parts[source_role], parts[target_role]
+        with _naming_argument("X"):
+            if isinstance(X, LayerPairs):
+                data = self._validate_pairs(X, reset=reset)
             else:
-                source = target = Xa
-            data = _Data(
-                source=source,
-                target=target,
-                offsets=np.arange(Xa.shape[0] + 1, dtype=np.int64),
-                dtype=Xa.dtype,
-            )
+                data = self._validate_array(X, reset=reset)
+            for array in {id(data.source): data.source, id(data.target): data.target}.values():
+                self._check_magnitude(array)
         if fitting and data.n_tokens < self.k:
             raise ValueError(
-                f"k={self.k} concepts need at least k token rows to fit; got n_tokens="
-                f"{data.n_tokens} (n_samples={data.n_tokens}). Use a smaller k or more texts."
+                f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
+                f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
             )
         return data
+
+    def _validate_pairs(self, X: LayerPairs, *, reset: bool) -> _Data:
+        """Validate LayerPairs: dtypes, finiteness, widths and provenance."""
+        source_role, target_role = self._layer_roles()
+        arrays = {}
+        for role in {source_role, target_role}:
+            arrays[role] = check_array(
+                getattr(X, role),
+                dtype=[np.float64, np.float32],
+                ensure_all_finite=True,
+                input_name=f"X (LayerPairs.{role})",
+                ensure_min_samples=1,
+            )
+        if arrays[source_role].dtype != arrays[target_role].dtype:
+            arrays[target_role] = arrays[target_role].astype(arrays[source_role].dtype)
+        widths = (int(X.low.shape[1]), int(X.high.shape[1]))
+        if reset:
+            self.n_features_in_ = sum(widths)
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self.layer_widths_ = widths
+            self.pairs_model_name_ = X.model_name or None
+            self.pairs_layers_ = tuple(int(v) for v in X.layers) if X.model_name else None
+        else:
+            self._check_widths(widths)
+            self._check_provenance(X)
+        return _Data(
+            source=arrays[source_role],
+            target=arrays[target_role],
+            offsets=np.asarray(X.offsets, dtype=np.int64),
+            dtype=arrays[source_role].dtype,
+        )
+
+    def _validate_array(self, X, *, reset: bool) -> _Data:
+        """Validate a plain 2-D array (no provenance: any model is accepted)."""
+        source_role, target_role = self._layer_roles()
+        if isinstance(X, (list, tuple)) and X and isinstance(X[0], str):
+            raise TypeError(
+                f"{type(self).__name__} received raw texts as X. Put a LayerPairExtractor in front "
+                "of it (Pipeline([('extract', LayerPairExtractor(...)), ('concepts', ...)]))."
+            )
+        layer_width = None if reset else self._fitted_layer_width()
+        if layer_width is None:
+            Xa = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=True)
+        else:  # a single-layer estimator fitted on LayerPairs reads one layer
+            Xa = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite=True, input_name="X")
+            if Xa.shape[1] != layer_width:
+                raise ValueError(
+                    f"X has {Xa.shape[1]} features, but {type(self).__name__} was fitted on the "
+                    f"{source_role!r} layer of LayerPairs, {layer_width} features wide."
+                )
+        if reset:
+            for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_"):
+                setattr(self, name, None)
+        if self._is_cross_layer():
+            split = self._low_width(Xa.shape[1]) if reset else self._fitted_split(Xa.shape[1])
+            if reset:
+                self.layer_widths_ = (split, Xa.shape[1] - split)
+            parts = {"low": Xa[:, :split], "high": Xa[:, split:]}
+            source, target = parts[source_role], parts[target_role]
+        else:
+            source = target = Xa
+        return _Data(
+            source=source,
+            target=target,
+            offsets=np.arange(Xa.shape[0] + 1, dtype=np.int64),
+            dtype=Xa.dtype,
+        )
 
     # --------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -231,13 +341,28 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Returns
         -------
         self
+
+        Notes
+        -----
+        The model name and layers of LayerPairs are recorded
+        (``pairs_model_name_``, ``pairs_layers_``), as is the low/high split
+        (``layer_widths_``); later calls refuse LayerPairs of another model,
+        layer pair or split with a ValueError.  Plain arrays carry no
+        provenance and are always accepted (split as at fit time), which is
+        the way to apply the estimator to other activations on purpose.
+        If ``fit`` fails, the estimator keeps its previous state.
         """
-        for name in list(vars(self)):
-            if name.endswith("_") and not name.startswith("__"):
-                delattr(self, name)
-        self._drop_caches()
-        data = self._validate_input(X, reset=True, fitting=True)
-        self._fit_data(data, partial=False)
+        before = dict(vars(self))
+        try:
+            for name in list(vars(self)):
+                if name.endswith("_") and not name.startswith("__"):
+                    delattr(self, name)
+            data = self._validate_input(X, reset=True, fitting=True)
+            self._drop_caches()
+            self._fit_data(data, partial=False)
+        except BaseException:
+            _restore_state(self, before)
+            raise
         return self
 
     def partial_fit(self, X, y=None):
@@ -330,15 +455,22 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ndarray of shape (n_tokens, d)
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=[np.float64, np.float32], input_name="codes")
+        with _naming_argument("X"):
+            codes = check_array(X, dtype=[np.float64, np.float32], input_name="X")
         if codes.shape[1] != self.k:
             raise ValueError(
-                f"inverse_transform expects {self.k} columns (one per concept); got {codes.shape[1]}."
+                f"inverse_transform expects X with {self.k} columns (one per concept); got {codes.shape[1]}."
             )
-        out = codes @ self.components_.astype(codes.dtype, copy=False)
-        bias = self._inverse_bias()
-        if bias is not None:
-            out = out + np.asarray(bias, dtype=codes.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = codes @ self.components_.astype(codes.dtype, copy=False)
+            bias = self._inverse_bias()
+            if bias is not None:
+                out = out + np.asarray(bias, dtype=codes.dtype)
+        if not np.isfinite(out).all():
+            raise ValueError(
+                f"X holds concept weights up to {float(np.abs(codes).max()):.3g}: the concept vectors "
+                f"they weight overflow {codes.dtype} (the result is not finite). Pass smaller weights."
+            )
         return out
 
     def reconstruct(self, X):
@@ -471,12 +603,15 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Raises
         ------
         ValueError
-            When the folder holds another kind of estimator or a newer format.
+            When the folder holds another kind of estimator or a newer
+            format, when ``config.json`` breaks its schema (JSON types,
+            required keys, parameters the class accepts, fitted-attribute
+            names), when the parameters disagree with the tensors' shapes
+            (e.g. ``k`` and ``components_``), or when ``model.safetensors``
+            is truncated or foreign.  The message names the file.
         FileNotFoundError
             When the folder or its files are missing.
         """
-        from safetensors.numpy import load_file
-
         path = Path(path)
         config_file, tensor_file = path / "config.json", path / "model.safetensors"
         for file in (config_file, tensor_file):
@@ -484,35 +619,183 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 raise FileNotFoundError(
                     f"{file} not found: {path} is not a folder written by {cls.__name__}.save()."
                 )
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{config_file} is not valid JSON: {exc}") from exc
-        if config.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path} does not hold a clvqlearn estimator (format={config.get('format')!r}).")
-        if config.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was saved with format version {config['version']}; this clvqlearn reads "
-                f"up to version {FORMAT_VERSION}. Upgrade clvqlearn."
-            )
-        if config.get("class") != cls.__name__:
-            raise ValueError(
-                f"{path} holds a {config.get('class')}, not a {cls.__name__}; load it with "
-                f"{config.get('class')}.load()."
-            )
-        params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["params"].items()}
-        estimator = cls(**params)
-        tensors = load_file(str(tensor_file))
-        for key, array in tensors.items():
-            kind, _, rest = key.partition(".")
-            if kind == "attr":
-                setattr(estimator, rest, array)
-        for name, value in config["attributes"].items():
-            if isinstance(value, dict) and "__dict_of_arrays__" in value:
-                setattr(estimator, name, {k: tensors[f"dict.{name}.{k}"] for k in value["__dict_of_arrays__"]})
-            else:
-                setattr(estimator, name, value)
+        config = _read_config(config_file, cls)
+        tensors = _read_tensors(tensor_file)
+        estimator = _build_estimator(cls, config, config_file)
+        _set_saved_state(estimator, config, tensors, config_file, tensor_file)
+        _check_loaded_state(estimator, path)
         return estimator
+
+
+#: Keys of ``config.json`` and their JSON types.
+_CONFIG_SCHEMA = {"format": str, "version": int, "class": str, "params": dict, "attributes": dict}
+#: Fitted attributes every saved estimator holds.
+_REQUIRED_ATTRIBUTES = ("components_", "usage_", "n_features_in_", "n_iter_", "loss_curve_")
+#: Fitted arrays with one entry (row) per concept.
+_PER_CONCEPT = ("components_", "cluster_centers_", "usage_", "counts_", "firing_rate_",
+                "tokens_since_fired_", "encoder_weights_", "encoder_bias_")
+#: Saved as JSON lists, restored as tuples.
+_TUPLE_ATTRIBUTES = ("layer_widths_", "pairs_layers_")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*_\Z")
+
+
+def _read_config(config_file: Path, cls) -> dict:
+    """Parse ``config.json`` and check its top-level schema (ValueError names the file)."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}.")
+    if config.get("format") != FORMAT_NAME:
+        raise ValueError(f"{config_file} does not hold a clvqlearn estimator (format={config.get('format')!r}).")
+    version = config.get("version")
+    if isinstance(version, int) and version > FORMAT_VERSION:  # a newer schema: say so first
+        raise ValueError(
+            f"{config_file} was saved with format version {version}; this clvqlearn reads "
+            f"up to version {FORMAT_VERSION}. Upgrade clvqlearn."
+        )
+    missing = [key for key in _CONFIG_SCHEMA if key not in config]
+    if missing:
+        raise ValueError(f"{config_file}: missing key(s) {missing}; expected {sorted(_CONFIG_SCHEMA)}.")
+    for key, kind in _CONFIG_SCHEMA.items():
+        value = config[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(
+                f"{config_file}: {key!r} must be a JSON {kind.__name__}, got {type(value).__name__} ({value!r:.60})."
+            )
+    if config["class"] != cls.__name__:
+        raise ValueError(
+            f"{config_file} holds a {config['class']}, not a {cls.__name__}; load it with "
+            f"{config['class']}.load()."
+        )
+    return config
+
+
+def _read_tensors(tensor_file: Path) -> dict:
+    """Read ``model.safetensors``; a truncated or foreign file is a ValueError naming it."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(tensor_file))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(
+            f"{tensor_file} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be "
+            "truncated or written by another program. Save the estimator again."
+        ) from None
+
+
+def _build_estimator(cls, config: dict, config_file: Path):
+    """The estimator of ``config['params']``; unknown or invalid params name the file."""
+    params = config["params"]
+    allowed = set(cls().get_params(deep=False))
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"{config_file}: params {unknown} are not parameters of {cls.__name__} "
+                         f"(expected some of {sorted(allowed)}).")
+    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()}
+    estimator = cls(**params)
+    try:
+        estimator._validate_params()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{config_file}: invalid params: {exc}") from None
+    return estimator
+
+
+def _check_attribute_name(cls, name: str, file: Path) -> None:
+    if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
+        raise ValueError(
+            f"{file}: {name!r} is not a fitted-attribute name of {cls.__name__} (expected an "
+            "identifier ending in '_' that is not a method or property)."
+        )
+
+
+def _set_saved_state(estimator, config: dict, tensors: dict, config_file: Path, tensor_file: Path) -> None:
+    """Set the fitted attributes from the tensors and ``config['attributes']``."""
+    cls = type(estimator)
+    for key, array in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "attr":
+            _check_attribute_name(cls, rest, tensor_file)
+            setattr(estimator, rest, array)
+        elif kind != "dict":
+            raise ValueError(f"{tensor_file}: unexpected tensor {key!r} (expected 'attr.*' or 'dict.*').")
+    for name, value in config["attributes"].items():
+        _check_attribute_name(cls, name, config_file)
+        if isinstance(value, dict) and "__dict_of_arrays__" in value:
+            keys = value["__dict_of_arrays__"]
+            missing = [k for k in keys if f"dict.{name}.{k}" not in tensors] if isinstance(keys, list) else keys
+            if missing:
+                raise ValueError(f"{tensor_file}: {name}: missing tensors {missing!r:.200}.")
+            value = {k: tensors[f"dict.{name}.{k}"] for k in keys}
+        elif name in _TUPLE_ATTRIBUTES and isinstance(value, list):
+            value = tuple(value)
+        setattr(estimator, name, value)
+    missing = [name for name in _REQUIRED_ATTRIBUTES if not hasattr(estimator, name)]
+    if missing:
+        raise ValueError(f"{config_file} with {tensor_file.name}: missing fitted attribute(s) {missing}.")
+    for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_"):  # older saves
+        if not hasattr(estimator, name):
+            setattr(estimator, name, None)
+
+
+def _check_loaded_state(estimator, path: Path) -> None:
+    """Check params against tensor shapes, then run the estimator on one zero row."""
+    k = estimator.k
+    n_features = estimator.n_features_in_
+    if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
+        raise ValueError(f"{path / 'config.json'}: n_features_in_ must be a positive integer; got {n_features!r}.")
+    for name in _PER_CONCEPT:
+        array = getattr(estimator, name, None)
+        if isinstance(array, np.ndarray) and (array.ndim == 0 or array.shape[0] != k):
+            raise ValueError(
+                f"{path}: config.json says k={k}, but {name} in model.safetensors has shape "
+                f"{array.shape} (expected {k} rows, one per concept)."
+            )
+    state = getattr(estimator, "network_state_", None)
+    codes = state.get("codebook.codes") if isinstance(state, dict) else None
+    if codes is not None and codes.shape[0] != k:
+        raise ValueError(
+            f"{path}: config.json says k={k}, but the saved codebook has {codes.shape[0]} codes."
+        )
+    widths = estimator.layer_widths_
+    if widths is None and estimator._is_cross_layer():
+        return  # saved before layer widths were recorded: the split is unknown
+    width = n_features
+    if widths is not None and not estimator._is_cross_layer():
+        width = int(widths[_LAYER_NAMES.index(estimator._source_layer())])
+    try:
+        probe = np.zeros((1, width), dtype=np.float32)
+        codes_out = estimator.transform(probe)
+        estimator.reconstruct(probe)
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: the saved parameters and tensors do not fit together ({type(exc).__name__}: {exc})."
+        ) from None
+    finally:
+        estimator._drop_caches()
+    if codes_out.shape != (1, k):
+        raise ValueError(f"{path}: the saved model gives {codes_out.shape[1]} concepts, but config.json says k={k}.")
+
+
+@contextmanager
+def _naming_argument(name: str):
+    """Re-raise a ValueError / TypeError whose message does not name ``name``, prefixed by it."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if re.search(rf"\b{re.escape(name)}\b", message):
+            raise
+        kind = TypeError if isinstance(exc, TypeError) and not isinstance(exc, ValueError) else ValueError
+        raise kind(f"{name}: {message}") from exc
+
+
+def _restore_state(estimator, state: dict) -> None:
+    """Put back exactly the attributes ``state`` holds (after a failed fit)."""
+    for name in list(vars(estimator)):
+        delattr(estimator, name)
+    vars(estimator).update(state)
 
 
 def _jsonable(value, name):
@@ -552,6 +835,12 @@ def fraction_of_variance_explained(target, prediction) -> float:
     """
     target = np.asarray(target, dtype=np.float64)
     prediction = np.asarray(prediction, dtype=np.float64)
+    # The ratio is scale-free: dividing both by one power of two (exact) keeps
+    # huge (but finite) values from overflowing when squared.
+    largest = max(float(np.abs(target).max(initial=0.0)), float(np.abs(prediction).max(initial=0.0)))
+    if np.isfinite(largest) and largest > 0:
+        scale = float(np.ldexp(1.0, int(np.frexp(largest)[1])))
+        target, prediction = target / scale, prediction / scale
     sst = float(((target - target.mean(axis=0)) ** 2).sum())
     sse = float(((target - prediction) ** 2).sum())
     if sst == 0:

@@ -29,6 +29,9 @@ AUTO_MINIBATCH_MIN_TOKENS = 200_000
 #: Token rows per chunk when assigning tokens to centres.
 _ASSIGN_CHUNK = 4096
 
+#: Rows per chunk when computing the standardisation statistics.
+_STATS_CHUNK = 65536
+
 #: Ward clustering is refused when its condensed distance matrix would need
 #: more than this fraction of the memory available on the machine.
 AGGLOMERATIVE_MEMORY_FRACTION = 0.5
@@ -166,6 +169,14 @@ class KMeansConcepts(ConceptEstimator):
         mini-batch step of :meth:`partial_fit`.
     algorithm_ : str
         The algorithm actually used by the last ``fit`` (``"auto"`` resolved).
+    input_shift_ : ndarray of shape (d,)
+        Column means of the data the clustering started from.
+    input_scale_ : float
+        The power of two nearest to their root-mean-square deviation.  All
+        clustering and assignment runs on ``(X - input_shift_) / input_scale_``
+        (k-means is invariant to this map), so any finite input, however
+        large, small or far from the origin, is clustered without overflow,
+        underflow or cancellation; ``components_`` are in the input's units.
     n_features_in_ : int
         Width of the input (``d_low + d_high`` for LayerPairs).
 
@@ -239,6 +250,9 @@ class KMeansConcepts(ConceptEstimator):
         self.device = device
         self.verbose = verbose
 
+    #: Any finite input is clustered: the data are standardised first.
+    _max_abs_input = None
+
     # ------------------------------------------------------------ hooks
     def _layer_roles(self):
         return (self.layer, self.layer)
@@ -250,6 +264,8 @@ class KMeansConcepts(ConceptEstimator):
             self._stream(X)
             return
         algorithm = self._resolve_algorithm(X.shape[0])
+        self.input_shift_, self.input_scale_ = _location_scale(X)
+        X = self._standardize(X)
         if algorithm == "kmeans":
             model = KMeans(
                 n_clusters=self.k,
@@ -273,17 +289,22 @@ class KMeansConcepts(ConceptEstimator):
             centers, labels, inertia = self._ward(X)
             n_iter = 1
         self.algorithm_ = algorithm
-        self._set_state(np.asarray(centers, dtype=X.dtype), np.asarray(labels, dtype=np.int64))
+        self._set_state(self._unstandardize(centers, X.dtype), np.asarray(labels, dtype=np.int64))
         self.counts_ = np.bincount(self.labels_, minlength=self.k).astype(np.float64)
         self.usage_ = self.counts_ / self.counts_.sum()
-        self.inertia_ = float(inertia)
+        self.inertia_ = self._unscale_inertia(inertia)
         self.n_iter_ = int(n_iter)
         self.loss_curve_ = [self.inertia_ / X.shape[0]]
 
     def _activations(self, data: _Data) -> np.ndarray:
         X = data.source
         if self.transform_output == "distance":
-            return pairwise_distances(X, self._centers(X.dtype))
+            with np.errstate(over="ignore"):
+                distances = pairwise_distances(self._standardize(X), self._standardized_centers(X.dtype))
+                distances = (distances * self._scaling()[1]).astype(X.dtype, copy=False)
+            if not np.isfinite(distances).all():
+                raise ValueError(f"X: the distances to the centres overflow {X.dtype}; pass X as float64.")
+            return distances
         out = np.zeros((X.shape[0], self.k), dtype=X.dtype)
         out[np.arange(X.shape[0]), self._nearest(X)] = 1
         return out
@@ -329,6 +350,9 @@ class KMeansConcepts(ConceptEstimator):
         first = not hasattr(self, "components_")
         n = X.shape[0]
         if first:
+            self.input_shift_, self.input_scale_ = _location_scale(X)
+        X = self._standardize(X)
+        if first:
             random_state = self.random_state
             model = self._minibatch_model(random_state, reassignment_ratio=0.01)
             first_size = max(self.batch_size, min(n, 3 * self.k))
@@ -342,7 +366,7 @@ class KMeansConcepts(ConceptEstimator):
             if isinstance(random_state, Integral):
                 # A new stream per call, so reassignments do not repeat.
                 random_state = np.random.RandomState([int(random_state) % 2**32, self.n_iter_ % 2**32])
-            centers = self._centers(X.dtype)
+            centers = self._standardized_centers(X.dtype)
             # Resume: a step on the centres themselves, weighted by their
             # counts, sets MiniBatchKMeans' per-centre weights to counts_
             # and leaves the centres unchanged (no reassignment in it).
@@ -359,14 +383,14 @@ class KMeansConcepts(ConceptEstimator):
             labels[chunk] = model.labels_
             counts += np.bincount(model.labels_, minlength=self.k)
             inertia += float(model.inertia_)
-            curve.append(float(model.inertia_) / (chunk.stop - chunk.start))
+            curve.append(self._unscale_inertia(model.inertia_) / (chunk.stop - chunk.start))
             n_iter += 1
         if first:
             self.algorithm_ = "minibatch"
-        self._set_state(np.asarray(model.cluster_centers_, dtype=X.dtype), labels)
+        self._set_state(self._unstandardize(model.cluster_centers_, X.dtype), labels)
         self.counts_ = counts
         self.usage_ = counts / counts.sum()
-        self.inertia_ = inertia
+        self.inertia_ = self._unscale_inertia(inertia)
         self.n_iter_ = n_iter
         self.loss_curve_ = curve
 
@@ -427,17 +451,95 @@ class KMeansConcepts(ConceptEstimator):
         check_is_fitted(self)
         return self.components_.astype(dtype, copy=False)
 
+    # ------------------------------------------------------ standardisation
+    def _scaling(self):
+        """``(shift, scale)`` of the fitted standardisation (identity for old saves)."""
+        shift = getattr(self, "input_shift_", None)
+        if shift is None:
+            return np.zeros(self.components_.shape[1]), 1.0
+        return np.asarray(shift, dtype=np.float64), float(self.input_scale_)
+
+    def _standardize(self, X: np.ndarray) -> np.ndarray:
+        """``(X - input_shift_) / input_scale_`` in X's dtype, computed in float64 by chunks.
+
+        k-means is invariant to this map; working on standardised values
+        keeps squared distances from overflowing or underflowing and the
+        ``||c||^2 - 2 x.c`` expansion from cancelling when the data sit far
+        from the origin.
+        """
+        shift, scale = self._scaling()
+        out = np.empty(X.shape, dtype=X.dtype)
+        for start in range(0, X.shape[0], _STATS_CHUNK):
+            chunk = np.asarray(X[start:start + _STATS_CHUNK], dtype=np.float64)
+            out[start:start + _STATS_CHUNK] = (chunk - shift) / scale
+        return out
+
+    def _unstandardize(self, centers, dtype) -> np.ndarray:
+        shift, scale = self._scaling()
+        return (np.asarray(centers, dtype=np.float64) * scale + shift).astype(dtype)
+
+    def _standardized_centers(self, dtype) -> np.ndarray:
+        shift, scale = self._scaling()
+        return ((np.asarray(self.components_, dtype=np.float64) - shift) / scale).astype(dtype)
+
+    def _unscale_inertia(self, inertia: float) -> float:
+        with np.errstate(over="ignore"):
+            return float(np.float64(inertia) * np.float64(self._scaling()[1]) ** 2)
+
     def _nearest(self, X: np.ndarray) -> np.ndarray:
         """Nearest centre: argmin of ``||c||^2 - 2 x.c`` by chunked BLAS products.
 
         The same computation as scikit-learn's k-means assignment step, in
-        the input's dtype (``pairwise_distances_argmin`` is about 2x slower).
+        the input's dtype (``pairwise_distances_argmin`` is about 2x slower),
+        on standardised values (see :meth:`_standardize`).
         """
-        centers = self._centers(X.dtype)
+        centers = self._standardized_centers(X.dtype)
         half_norms = 0.5 * np.einsum("ij,ij->i", centers, centers)
         out = np.empty(X.shape[0], dtype=np.int64)
         for start in range(0, X.shape[0], _ASSIGN_CHUNK):
-            scores = X[start:start + _ASSIGN_CHUNK] @ centers.T
+            scores = self._standardize(X[start:start + _ASSIGN_CHUNK]) @ centers.T
             scores -= half_norms
             out[start:start + _ASSIGN_CHUNK] = scores.argmax(axis=1)
         return out
+
+
+def _location_scale(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """Column means and one overall scale (a power of two) of ``X``, overflow-free.
+
+    The values are divided by their largest magnitude before summing, so
+    any finite input gives finite statistics.  The scale is the power of
+    two nearest to the root-mean-square deviation from the means (a power
+    of two divides exactly), 1.0 for constant data.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+
+    Returns
+    -------
+    shift : ndarray of shape (d,), float64
+    scale : float
+
+    Examples
+    --------
+    >>> shift, scale = _location_scale(np.array([[1e6, 0.0], [1e6 + 4, 8.0]]))
+    >>> np.round(shift, 6).tolist(), scale
+    ([1000002.0, 4.0], 4.0)
+    """
+    n, d = X.shape
+    largest = max(abs(float(X.max(initial=0.0))), abs(float(X.min(initial=0.0))))
+    if n == 0 or largest == 0:
+        return np.zeros(d), 1.0
+    total = np.zeros(d)
+    for start in range(0, n, _STATS_CHUNK):
+        total += (np.asarray(X[start:start + _STATS_CHUNK], dtype=np.float64) / largest).sum(axis=0)
+    mean = total / n
+    squares = 0.0
+    for start in range(0, n, _STATS_CHUNK):
+        chunk = np.asarray(X[start:start + _STATS_CHUNK], dtype=np.float64) / largest - mean
+        squares += float((chunk * chunk).sum())
+    rms = np.sqrt(squares / (n * d))
+    if rms == 0:
+        return mean * largest, 1.0
+    scale = float(np.ldexp(1.0, int(np.round(np.log2(rms) + np.log2(largest)))))
+    return mean * largest, scale

@@ -121,44 +121,64 @@ def read_jsonl(file: Path) -> list[dict]:
 
 
 def read_csv(file: Path, *, n_columns: int | None = None):
-    """Read a CSV file as strings, no header inference.
+    """Read a CSV file as strings, no header inference, strictly.
 
     Quoted fields may hold commas, doubled quotes and line breaks; blank lines
-    are skipped; a byte-order mark is dropped.  Every row must have as many
-    fields as the first.
+    are skipped; a byte-order mark is dropped.  Every record must have as many
+    fields as the first.  Any malformed record (a file cut inside a quoted
+    field, text after a closing quote, a NUL byte, a wrong field count) is a
+    ValueError naming the file and the line where the record starts.
 
     Returns
     -------
     pandas.DataFrame
-        Columns 0..n-1 of ``str``; the header, if any, is row 0.
+        Columns 0..n-1 of ``str``; the header, if any, is row 0.  The index
+        is the line each record starts on (1-based), for error messages.
     """
     import pandas as pd
 
-    try:
-        with open(file, newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise ValueError(f"{file}: malformed CSV ({exc})") from None
+    rows, lines = _read_csv_records(file)
     if not rows:
         raise ValueError(f"{file}: the file is empty")
     width = len(rows[0])
-    for i, row in enumerate(rows):
+    for i, (row, line) in enumerate(zip(rows, lines), start=1):
         if len(row) != width:
             raise ValueError(
-                f"{file}: row {i + 1} has {len(row)} fields, but the first row has {width}"
+                f"{file}, line {line}: row {i} has {len(row)} fields, but the first row has {width}"
             )
     if n_columns is not None and width != n_columns:
         raise ValueError(
             f"{file}: expected {n_columns} columns, found {width} "
             f"(first row: {rows[0][:6]})"
         )
-    return pd.DataFrame(rows, dtype=object)
+    return pd.DataFrame(rows, dtype=object, index=pd.Index(lines, name="line"))
+
+
+def _read_csv_records(file: Path) -> tuple[list, list]:
+    """Non-blank records of a CSV file and the line each starts on (``strict`` parsing)."""
+    rows, lines = [], []
+    start = 1
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, strict=True)
+            try:
+                for row in reader:
+                    if row:
+                        rows.append(row)
+                        lines.append(start)
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise ValueError(
+                    f"{file}, line {start}: malformed CSV record ({exc}); the file may be cut short "
+                    "inside a quoted field, or a quote is not closed."
+                ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
+    return rows, lines
 
 
 def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
-                 row_offset: int = 1) -> np.ndarray:
+                 row_offset: int = 1, lines=None) -> np.ndarray:
     """Map raw label values to class indices; ValueError names the bad value.
 
     Parameters
@@ -171,14 +191,18 @@ def parse_labels(raw, mapping: dict, file: Path, *, what: str = "label",
         For the error message.
     row_offset : int
         Added to the 0-based position to report a row number.
+    lines : sequence of int, optional
+        The file line of each value (e.g. the index of :func:`read_csv`'s
+        frame), named in the error too.
     """
     keys = {str(k): v for k, v in mapping.items()}
     out = np.empty(len(raw), dtype=np.int64)
     for i, value in enumerate(raw):
         key = str(value).strip()
         if key not in keys:
+            where = f"{file}, line {lines[i]}" if lines is not None else f"{file}"
             raise ValueError(
-                f"{file}: row {i + row_offset} has {what} {value!r}; expected one of "
+                f"{where}: row {i + row_offset} has {what} {value!r}; expected one of "
                 f"{sorted(keys)}"
             )
         out[i] = keys[key]

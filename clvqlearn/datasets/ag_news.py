@@ -145,7 +145,7 @@ def load_ag_news(split: str = "test", *, data_home=None, path=None, clean: bool 
         labels_raw, titles, descriptions = frame[0], frame[1], frame[2]
         row_offset = 1
     labels = parse_labels(labels_raw.tolist(), {i + 1: i for i in range(4)}, file,
-                          what="class index", row_offset=row_offset)
+                          what="class index", row_offset=row_offset, lines=labels_raw.index.tolist())
     fix = clean_ag_news_text if clean else (lambda s: s)
     texts = [fix(_join(t, d)) for t, d in zip(titles, descriptions)]
     ids = [str(i) for i in range(len(texts))]

@@ -131,7 +131,8 @@ def _read_kaggle_csv(file: Path, *, label: str, split: str) -> TextDataset:
     frame = frame.iloc[1:]
     columns = list(KAGGLE_LABELS) if label == "any" else [label]
     parsed = np.stack([
-        parse_labels(frame[c].tolist(), {0: 0, 1: 1}, file, what=f"{c!r} value", row_offset=2)
+        parse_labels(frame[c].tolist(), {0: 0, 1: 1}, file, what=f"{c!r} value", row_offset=2,
+                     lines=frame.index.tolist())
         for c in columns
     ])
     labels = parsed.max(axis=0)

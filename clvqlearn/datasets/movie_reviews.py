@@ -69,7 +69,8 @@ def load_movie_reviews(kind: str = "reviews", *, data_home=None, path=None) -> T
     if first == ["label", "text"]:
         frame = frame.iloc[1:]
         row_offset = 2
-    labels = parse_labels(frame[0].tolist(), {-1: 0, 1: 1}, file, row_offset=row_offset)
+    labels = parse_labels(frame[0].tolist(), {-1: 0, 1: 1}, file, row_offset=row_offset,
+                          lines=frame.index.tolist())
     texts = [t.strip() for t in frame[1]]
     ids = [str(i) for i in range(len(texts))]
     texts, (labels, ids) = drop_empty(texts, labels, ids, source=file)

@@ -82,7 +82,14 @@ def sample_codes(distances: torch.Tensor, top_k: int, temperature: float, genera
     if top_k <= 1:
         return distances.argmin(dim=1)
     d_top, idx_top = distances.topk(top_k, dim=1, largest=False)
-    probs = torch.softmax(-d_top / temperature, dim=1)
+    # Distances relative to the nearest candidate (softmax is shift-free), so
+    # extreme but finite distances or temperatures never give inf - inf or
+    # 0 / 0: the nearest code keeps logit 0, ties keep equal logits.
+    largest = torch.finfo(d_top.dtype).max
+    d_top = torch.nan_to_num(d_top, nan=largest, posinf=largest)
+    gap = d_top - d_top[:, :1]
+    logits = torch.where(gap > 0, -gap / temperature, torch.zeros_like(gap))
+    probs = torch.softmax(logits, dim=1)
     choice = torch.multinomial(probs, 1, generator=generator)
     return idx_top.gather(1, choice).squeeze(1)
 
