@@ -525,11 +525,15 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         check_is_fitted(self)
         concept = self._check_concept(concept)
-        vector = np.asarray(self.components_[concept], dtype=np.float64)
+        vector = np.asarray(self._concept_vector(concept), dtype=np.float64)
         norm = np.linalg.norm(vector)
         if norm == 0:
             return np.zeros((0, vector.size))
         return (vector / norm)[None, :]
+
+    def _concept_vector(self, concept: int) -> np.ndarray:
+        """The vector whose direction :meth:`concept_directions` returns (a hook)."""
+        return self.components_[concept]
 
     def _check_concept(self, concept) -> int:
         if not isinstance(concept, Integral) or isinstance(concept, bool) or not 0 <= concept < self.k:

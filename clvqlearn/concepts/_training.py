@@ -110,6 +110,7 @@ class TrainConfig:
     compute_dtype: str = "float32"
     warmup_steps: int = 0
     divergence_factor: float = 10.0
+    lr_scales: dict = field(default_factory=dict)
     verbose: int = 0
     description: str = "fit"
 
@@ -141,23 +142,33 @@ class TrainState:
     n_steps: int = 0
 
 
-def parameter_groups(module: nn.Module, weight_decay: float):
-    """Adam groups: decay on weight matrices only.
+def parameter_groups(module: nn.Module, weight_decay: float, lr_scales: dict | None = None,
+                     learning_rate: float | None = None):
+    """Adam groups: decay on weight matrices only, and per-module learning rates.
 
     No decay on biases, LayerNorm weights, 1-D parameters, or names listed
-    by ``module.no_weight_decay()``.
+    by ``module.no_weight_decay()``.  ``lr_scales`` maps a parameter-name
+    prefix (e.g. ``"encoder."``) to a multiplier of ``learning_rate``; a
+    multiplier of 0 freezes those parameters (they join no group).
     """
     skip = set(getattr(module, "no_weight_decay", lambda: ())())
-    decay, no_decay = [], []
+    lr_scales = lr_scales or {}
+    groups: dict = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or name in skip or name.endswith(".bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        scale = next((v for prefix, v in lr_scales.items() if name.startswith(prefix)), 1.0)
+        if scale == 0:
+            continue
+        decay = not (param.ndim < 2 or name in skip or name.endswith(".bias"))
+        groups.setdefault((decay, scale), []).append(param)
+    out = []
+    for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if learning_rate is not None:
+            group["lr"] = learning_rate * scale
+        out.append(group)
+    return out
 
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -290,7 +301,8 @@ def train_module(
 
 def _optimizer(module, config: TrainConfig, state: TrainState | None):
     """Adam and ReduceLROnPlateau, resumed from ``state`` when given."""
-    optimizer = torch.optim.Adam(parameter_groups(module, config.weight_decay), lr=config.learning_rate)
+    groups = parameter_groups(module, config.weight_decay, config.lr_scales, config.learning_rate)
+    optimizer = torch.optim.Adam(groups, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )

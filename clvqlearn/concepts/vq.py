@@ -35,6 +35,7 @@ class _VQEstimator(ConceptEstimator):
         "encoder_init": [StrOptions({"regression", "identity", "random"})],
         "decoder_init": [StrOptions({"least-squares", "random"})],
         "warmup_steps": [Interval(Integral, 0, None, closed="left")],
+        "encoder_learning_rate": [Interval(Real, 0, None, closed="left"), None],
         "decoder": [StrOptions(set(DECODERS))],
         "decoder_layers": [Interval(Integral, 1, None, closed="left")],
         "decoder_heads": [Interval(Integral, 1, None, closed="left")],
@@ -78,9 +79,15 @@ class _VQEstimator(ConceptEstimator):
             validation_fraction=0.0 if partial else self.validation_fraction,
             compute_dtype=self.compute_dtype,
             warmup_steps=self.warmup_steps,
+            lr_scales=self._lr_scales(),
             verbose=self.verbose,
             description=type(self).__name__,
         )
+
+    def _lr_scales(self) -> dict:
+        if self.encoder_learning_rate is None:
+            return {}
+        return {"encoder.": self.encoder_learning_rate / self.learning_rate}
 
     def _check_hyperparameters(self) -> None:
         if self.top_k > self.k:
@@ -154,7 +161,30 @@ class _VQEstimator(ConceptEstimator):
         self.best_epoch_ = result.best_epoch
         self.diverged_ = result.diverged is not None
         self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
-        self._record_usage(self._assign(data))
+        ids = self._assign(data)
+        self._record_usage(ids)
+        self._record_source_means(ids, data.source)
+
+    def _record_source_means(self, ids: np.ndarray, source: np.ndarray) -> None:
+        """Per-code mean of the source layer, accumulated over fit / partial_fit calls."""
+        counts = np.bincount(ids, minlength=self.k).astype(np.float64)
+        sums = np.zeros((self.k, source.shape[1]))
+        np.add.at(sums, ids, np.asarray(source, dtype=np.float64))
+        previous = getattr(self, "source_counts_", None)
+        if previous is not None:  # partial_fit: add this batch to the earlier ones
+            sums += self.source_means_.astype(np.float64) * previous[:, None]
+            counts = counts + previous
+        self.source_counts_ = counts
+        self.source_means_ = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+    def _concept_vector(self, concept: int) -> np.ndarray:
+        # The adaptive and identity encoders keep codes in the source layer's
+        # space (the paper: the codebook vector is the concept).  A linear
+        # encoder's codes live in the space of the predicted target layer, so
+        # the concept's direction in the source layer is its tokens' mean.
+        if self.encoder == "linear":
+            return self.source_means_[concept]
+        return self.components_[concept]
 
     def _record_usage(self, ids: np.ndarray) -> None:
         counts = np.bincount(ids, minlength=self.k).astype(np.float64)
@@ -252,7 +282,7 @@ class _VQEstimator(ConceptEstimator):
 RECIPES = {
     "paper": dict(
         top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled", init="spherical",
-        encoder="adaptive", alpha=0.2, encoder_init="identity", decoder="transformer",
+        encoder="adaptive", alpha=0.2, encoder_init="identity", encoder_learning_rate=None, decoder="transformer",
         decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_norm_first=False,
         decoder_init="random", dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
         learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
@@ -289,15 +319,23 @@ def _last_weight_key(state: dict) -> str:
 class CrossLayerVQ(_VQEstimator):
     """Cross-layer vector quantisation (CLVQ-VAE): low layer -> codes -> high layer.
 
-    Each token's lower-layer vector is encoded (adaptive residual encoder),
-    assigned to one of ``k`` codebook vectors (the concepts), and a decoder
-    reconstructs the token's higher-layer vector from the codes.  Training
-    samples among the ``top_k`` nearest codes with temperature
-    ``temperature``; the codebook follows exponential moving averages of
-    the sampled assignments; inference takes the nearest code.
+    Each token's lower-layer vector is encoded, assigned to one of ``k``
+    codebook vectors (the concepts), and a decoder reconstructs the token's
+    higher-layer vector from the codes.  Training samples among the
+    ``top_k`` nearest codes with temperature ``temperature``; the codebook
+    follows exponential moving averages of the sampled assignments;
+    inference takes the nearest code.
 
     Objective: ``MSE(decoder(q), x_high) + commitment * ||z - sg(q)||^2``
     over real (non-padding) tokens.
+
+    By default the encoder starts at the ridge regression of the higher
+    layer on the lower one (the minimiser of the objective for a linear
+    decoder without a bottleneck), so the codes group tokens by what they
+    become in the higher layer rather than by where they are in the lower
+    one, and the decoder's read-out starts at its least-squares solution.
+    ``CrossLayerVQ.from_recipe("paper")`` gives the reference configuration;
+    docs/crosslayervq.md lists every difference and its measurement.
 
     Parameters
     ----------
@@ -311,39 +349,60 @@ class CrossLayerVQ(_VQEstimator):
         EMA decay of the codebook.
     ema_update : {"sampled", "nearest"}, default="sampled"
         Which assignment updates the codebook.
-    init : {"spherical", "k-means++", "random"}, default="spherical"
-        Codebook initialisation (see ``clvqlearn.concepts._init``).
-    encoder : {"adaptive", "adaptive-fixed", "identity"}, default="adaptive"
-        Adaptive residual encoder (learnable or fixed alpha) or pass-through.
+    init : {"k-means++", "spherical", "random"}, default="k-means++"
+        Codebook initialisation on the encoded training vectors (the paper:
+        "spherical").
+    encoder : {"linear", "adaptive", "adaptive-fixed", "identity"}, default="linear"
+        ``"linear"``: ``z = W x + b``; ``"adaptive"``: the paper's
+        ``z = (1 - m) x + m LayerNorm(W x + b)`` with ``m = 0.5 sigmoid(alpha)``
+        (``"adaptive-fixed"``: alpha not learned); ``"identity"``: ``z = x``.
     alpha : float, default=0.2
-        Initial alpha of the encoder (mixing ``m = 0.5 sigmoid(alpha)``).
-    decoder : {"transformer", "transformer-codes", "mlp"}, default="transformer"
-        ``"transformer"`` is the reference (cross-attention to the continuous
-        encoder output, which can bypass the bottleneck);
-        ``"transformer-codes"`` attends to the codes only; ``"mlp"`` decodes
-        each token from its code alone.
-    decoder_layers, decoder_heads, decoder_ff : int, default=6, 8, 2048
-        Transformer decoder shape.
+        Initial alpha of the adaptive encoder (``m = 0.5 sigmoid(0.2) = 0.275``;
+        ``alpha=inf`` gives the fixed ``m = 0.5`` of one reference version).
+    encoder_init : {"regression", "identity", "random"}, default="regression"
+        Start of ``W``: the ridge regression of the higher layer on the
+        lower one (a linear encoder is then rescaled to the lower layer's
+        mean norm, so ``temperature`` keeps its meaning), the identity
+        (METHOD.md), or PyTorch's random initialisation (the latest reference).
+    encoder_learning_rate : float or None, default=0.0
+        Adam learning rate of the encoder; None = ``learning_rate`` (the
+        paper), 0 = the encoder keeps its start.  The straight-through
+        gradient raised the training loss when it moved a regression-started
+        encoder (docs/crosslayervq.md), so by default it does not.
+    decoder : {"transformer-codes", "transformer", "mlp"}, default="transformer-codes"
+        ``"transformer-codes"`` reads the codes of the whole sentence (self-
+        and cross-attention to the codes only); ``"transformer"`` is the
+        reference (cross-attention to the continuous encoder output, which
+        bypasses the bottleneck); ``"mlp"`` decodes each token from its code
+        alone.
+    decoder_layers, decoder_heads, decoder_ff : int, default=2, 8, 1024
+        Transformer decoder shape (the paper: 6, 8, 2048).
     decoder_hidden : int, default=1024
         Hidden width of the MLP decoder.
     decoder_norm_first : bool, default=True
-        Pre-LayerNorm transformer blocks.  The reference uses post-LayerNorm
-        (False); pre-LayerNorm reached a held-out FVE of 0.075 where
-        post-LayerNorm reached 0.003 after the same 4 epochs on MiniLM
-        activations (docs/results.md).
+        Pre-LayerNorm transformer blocks (the reference: post-LayerNorm).
+    decoder_init : {"least-squares", "random"}, default="least-squares"
+        ``"least-squares"`` starts the decoder's output layer at the ridge
+        read-out of its initial features on a sample of training tokens, so
+        a codes-only decoder starts at the per-code mean of the target;
+        ``"random"`` is PyTorch's initialisation (the paper).
     dropout : float, default=0.1
     commitment : float, default=0.1
         Weight ``beta`` of the commitment loss.
-    max_epochs : int, default=100
-    batch_size : int, default=128
+    max_epochs : int, default=30
+    batch_size : int, default=32
         Documents (sentences) per batch; rows of a plain array each count as
-        a document.
-    learning_rate : float, default=5e-3
-        Adam learning rate (the reference uses 1e-3 for decoder LMs).
+        a document.  (The paper: 128 for encoder models.)
+    learning_rate : float, default=1e-3
+        Adam learning rate (the paper: 5e-3 for encoder models, 1e-3 for
+        decoder LMs).
     weight_decay : float, default=1e-4
         Not applied to the codebook, biases or LayerNorm.
-    early_stopping_patience : int, default=15
-        Epochs without validation improvement before stopping.
+    warmup_steps : int, default=200
+        Linear learning-rate warm-up over the first optimiser steps (the
+        paper: none).
+    early_stopping_patience : int, default=5
+        Epochs without validation improvement before stopping (the paper: 15).
     validation_fraction : float, default=0.1
         Share of DOCUMENTS held out for early stopping.
     gradient_clip : float or None, default=2.0
@@ -351,7 +410,8 @@ class CrossLayerVQ(_VQEstimator):
         Replace codes whose EMA count drops below this (None = off, as in
         the paper).
     compute_dtype : {"float32", "bfloat16"}, default="float32"
-        bfloat16 autocast is opt-in (faster on recent CPUs and GPUs).
+        bfloat16 autocast of the decoder (opt-in).  The encoder, distances,
+        sampling and EMA update always run in float32.
     n_low_features : int or None, default=None
         For a plain 2-D array ``[low | high]``: how many leading columns are
         the low layer (None = half; the width must then be even).  Ignored
@@ -377,6 +437,13 @@ class CrossLayerVQ(_VQEstimator):
         Epochs run (summed over ``partial_fit`` calls).
     network_state_ : dict of str to ndarray
         The network's weights (CPU numpy, device independent).
+    source_means_ : ndarray of shape (k, d_low)
+        Mean lower-layer vector of each concept's training tokens; with the
+        linear encoder, the concept's direction in the lower layer (what
+        ``concept_directions`` returns).
+    diverged_ : bool
+        True when training stopped on a diverging loss (a
+        ``ConvergenceWarning`` was issued and the best state restored).
     n_features_in_ : int
 
     See Also
@@ -406,11 +473,12 @@ class CrossLayerVQ(_VQEstimator):
     """
 
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
-                 init="spherical", encoder="adaptive", alpha=0.2, encoder_init="regression",
-                 decoder="transformer", decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024,
-                 decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
-                 max_epochs=100, batch_size=128, learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0,
-                 early_stopping_patience=15, validation_fraction=0.1, gradient_clip=2.0,
+                 init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
+                 encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
+                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
+                 dropout=0.1, commitment=0.1, max_epochs=30, batch_size=32, learning_rate=1e-3,
+                 weight_decay=1e-4, warmup_steps=200, early_stopping_patience=5, validation_fraction=0.1,
+                 gradient_clip=2.0,
                  dead_code_threshold=None, compute_dtype="float32", n_low_features=None, device="auto",
                  random_state=None, verbose=0):
         self.k = k
@@ -422,6 +490,7 @@ class CrossLayerVQ(_VQEstimator):
         self.encoder = encoder
         self.alpha = alpha
         self.encoder_init = encoder_init
+        self.encoder_learning_rate = encoder_learning_rate
         self.decoder = decoder
         self.decoder_layers = decoder_layers
         self.decoder_heads = decoder_heads
@@ -514,17 +583,18 @@ class SingleLayerVQ(CrossLayerVQ):
     }
 
     def __init__(self, k=400, *, layer="high", top_k=5, temperature=1.0, ema_decay=0.99,
-                 ema_update="sampled", init="spherical", encoder="adaptive", alpha=0.2,
-                 encoder_init="regression", decoder="transformer", decoder_layers=6, decoder_heads=8,
-                 decoder_ff=2048, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
-                 dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128, learning_rate=5e-3,
-                 weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
-                 validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
+                 ema_update="sampled", init="k-means++", encoder="linear", alpha=0.2,
+                 encoder_init="regression", encoder_learning_rate=0.0, decoder="transformer-codes",
+                 decoder_layers=2, decoder_heads=8, decoder_ff=1024, decoder_hidden=1024,
+                 decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
+                 max_epochs=30, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
+                 early_stopping_patience=5, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
                  compute_dtype="float32", n_low_features=None, device="auto", random_state=None,
                  verbose=0):
         super().__init__(
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update,
-            init=init, encoder=encoder, alpha=alpha, encoder_init=encoder_init, decoder=decoder,
+            init=init, encoder=encoder, alpha=alpha, encoder_init=encoder_init,
+            encoder_learning_rate=encoder_learning_rate, decoder=decoder,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
             decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,

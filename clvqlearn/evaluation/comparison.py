@@ -61,8 +61,8 @@ __all__ = ["ComparisonConfig", "build_parser", "main", "run_comparison"]
 DATASETS = ("eraser_movie", "jigsaw", "ag_news")
 MODELS = {
     # layers follow the paper's rule "two thirds of the depth -> last layer"
-    "minilm": {"layers": (4, 6), "learning_rate": 1e-4, "vq_learning_rate": 5e-3},
-    "smollm2": {"layers": (20, 30), "learning_rate": 5e-5, "vq_learning_rate": 1e-3},
+    "minilm": {"layers": (4, 6), "learning_rate": 1e-4},
+    "smollm2": {"layers": (20, 30), "learning_rate": 5e-5},
 }
 METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
@@ -440,7 +440,7 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
     method : {"CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"}
     config : ComparisonConfig
     model : str
-        Key of ``MODELS`` (sets the VQ learning rate).
+        Key of ``MODELS`` (kept for the signature; the estimators use their own defaults).
     table : {"layer-matched", "high-layer"}, default="layer-matched"
         ``"layer-matched"``: the single-layer baselines and the SAE (single
         layer) at the analysis layer l; ``"high-layer"``: the single-layer
@@ -464,10 +464,10 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
 
     k, seed, device = config.k, config.seed, config.device
     single = "low" if table == "layer-matched" else "high"
-    vq = dict(top_k=5, temperature=1.0, decoder=config.clvq_decoder, decoder_hidden=512, decoder_layers=2,
-              decoder_ff=512, max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=32,
-              learning_rate=MODELS.get(model, MODELS["minilm"])["vq_learning_rate"], random_state=seed,
-              device=device)
+    # CrossLayerVQ's own defaults (regression-started, frozen linear encoder; see
+    # docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
+    vq = dict(top_k=min(5, k), decoder=config.clvq_decoder, decoder_hidden=512,
+              max_epochs=config.concept_epochs, random_state=seed, device=device)
     if method == "CrossLayerVQ":
         return CrossLayerVQ(k, **vq)
     if method == "SingleLayerVQ":

@@ -5,7 +5,7 @@ Examples
 >>> import torch
 >>> from clvqlearn.nn.encoders import AdaptiveResidualEncoder
 >>> enc = AdaptiveResidualEncoder(4)
->>> round(float(enc.mix), 3)  # m = 0.5 * sigmoid(0.2)
+>>> round(enc.mix.item(), 3)  # m = 0.5 * sigmoid(0.2)
 0.275
 >>> enc(torch.zeros(2, 4)).shape
 torch.Size([2, 4])
@@ -122,7 +122,23 @@ class LinearEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
-    init_regression = AdaptiveResidualEncoder.init_regression
+    @torch.no_grad()
+    def init_regression(self, source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> None:
+        """Start at the ridge prediction of the target layer, rescaled to the source's norm.
+
+        The map is :meth:`AdaptiveResidualEncoder.init_regression`'s, times
+        one scalar so that ``z`` has the source vectors' mean norm: squared
+        distances, and with them ``temperature``, keep the scale they have
+        for the paper's near-identity encoder.  (Unscaled, MiniLM's layer-6
+        predictions are 3x shorter than layer 4 and a temperature of 1
+        sampled a code other than the nearest for 24 % of tokens, against
+        0.6 % for the paper's encoder.)
+        """
+        AdaptiveResidualEncoder.init_regression(self, source, target, ridge)
+        x = source.to(self.linear.weight)
+        scale = x.norm(dim=1).mean() / self.linear(x).norm(dim=1).mean().clamp_min(1e-12)
+        self.linear.weight.mul_(scale)
+        self.linear.bias.mul_(scale)
 
 
 def ridge_coefficients(source: torch.Tensor, target: torch.Tensor, ridge: float):

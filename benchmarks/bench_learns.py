@@ -1,0 +1,168 @@
+"""Does CrossLayerVQ learn more than k-means on its lower layer?  (issue 10)
+
+For one data set, MiniLM layers 4 -> 6, documents up to 128 tokens:
+
+1. extract the training and held-out documents once (cached as LayerPairs);
+2. the reference ladder of :mod:`clvqlearn.evaluation.diagnostics` at the
+   same k (k-means(low) -> mean(high), k-means(high), ridge low -> high) and
+   the seed-to-seed AMI of k-means on the low layer (the agreement yardstick);
+3. every CrossLayerVQ configuration fitted in its OWN process (so that its
+   wall time and peak resident memory are its own), reporting held-out FVE,
+   AMI against k-means on the low layer, codebook use, epochs, seconds and
+   peak RSS.
+
+torch runs with ONE thread per process (``OMP_NUM_THREADS=1``), the setting
+that is stable on a busy 2-core machine; the figures are wall-clock seconds.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_learns.py --dataset ag_news
+    OMP_NUM_THREADS=1 python benchmarks/bench_learns.py --dataset jigsaw
+
+Writes ``benchmarks/results/learns/<dataset>_k<k>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "learns"
+
+#: The configurations compared (constructor parameters of CrossLayerVQ on top of k and random_state).
+CONFIGS = {
+    "default (transformer-codes)": {},
+    "mlp": {"decoder": "mlp"},
+    "transformer (bypass)": {"decoder": "transformer"},
+    "paper encoder + mlp, old start": {"decoder": "mlp", "encoder": "adaptive", "encoder_init": "identity",
+                                       "init": "spherical", "decoder_init": "random", "batch_size": 128,
+                                       "learning_rate": 5e-3, "warmup_steps": 0, "max_epochs": 30},
+}
+
+
+def extract(dataset: str, n_train: int, n_test: int, cache: Path):
+    """Training and held-out LayerPairs of MiniLM 4 -> 6 (cached)."""
+    from clvqlearn.pairs import LayerPairs
+
+    train_dir, test_dir = cache / f"{dataset}_train_{n_train}", cache / f"{dataset}_test_{n_test}"
+    if train_dir.exists() and test_dir.exists():
+        return LayerPairs.load(train_dir), LayerPairs.load(test_dir)
+    from clvqlearn.datasets import load_dataset
+    from clvqlearn.extraction import LayerPairExtractor
+
+    texts = list(load_dataset(dataset).texts)
+    order = np.random.default_rng(123).permutation(len(texts))
+    extractor = LayerPairExtractor("minilm", layers=(4, 6), max_length=128)
+    train = extractor.fit_transform([texts[i] for i in order[:n_train]])
+    test = extractor.transform([texts[i] for i in order[n_train:n_train + n_test]])
+    train.save(train_dir), test.save(test_dir)
+    return train, test
+
+
+def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> dict:
+    """Fit one configuration (run in a child process); return its figures."""
+    from clvqlearn import CrossLayerVQ
+    from clvqlearn.evaluation.diagnostics import concept_agreement
+    from clvqlearn.pairs import LayerPairs
+
+    train, test = LayerPairs.load(cache / train_key), LayerPairs.load(cache / test_key)
+    kmeans_ids = np.load(cache / f"{test_key}_kmeans_low_k{k}.npy")
+    start = time.perf_counter()
+    vq = CrossLayerVQ(k=k, random_state=0, **CONFIGS[name]).fit(train)
+    seconds = time.perf_counter() - start
+    return dict(
+        method=f"CrossLayerVQ {name}", fve=float(vq.score(test)), fve_train=float(vq.score(train)),
+        ami_vs_kmeans_low=concept_agreement(vq, kmeans_ids, test), seconds=seconds,
+        epochs=int(vq.n_iter_), steps=int(vq.n_steps_), best_epoch=int(vq.best_epoch_),
+        active_codes=int(vq.n_active_codes_), perplexity=float(vq.perplexity_), diverged=bool(vq.diverged_),
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
+                ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps")},
+    )
+
+
+def references(train, test, k: int, cache: Path, test_key: str) -> list[dict]:
+    from clvqlearn import KMeansConcepts
+    from clvqlearn.evaluation.diagnostics import kmeans_seed_agreement, reference_ladder
+
+    ladder = reference_ladder(train, test, k, random_state=0)
+    rows = [dict(method=r.method, fve=float(r.fve), seconds=float(r.seconds)) for r in ladder.itertuples()]
+    np.save(cache / f"{test_key}_kmeans_low_k{k}.npy", KMeansConcepts(k, layer="low", random_state=0).fit(train).predict(test))
+    rows.append(dict(method="k-means(low) seed 0 vs seed 1", ami_vs_kmeans_low=kmeans_seed_agreement(train, test, k)))
+    return rows
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    refs = {r["method"]: r for r in rows}
+    fits = [r for r in rows if r["method"].startswith("CrossLayerVQ")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in fits:
+        axes[0].scatter(r["seconds"], r["fve"], label=r["method"].replace("CrossLayerVQ ", ""))
+        axes[1].scatter(r["seconds"], r["ami_vs_kmeans_low"])
+    for name, style in (("k-means(low) -> mean(high)", "--"), ("k-means(high)", ":"), ("ridge low -> high", "-.")):
+        axes[0].axhline(refs[name]["fve"], color="grey", linestyle=style, label=name)
+    axes[1].axhline(refs["k-means(low) seed 0 vs seed 1"]["ami_vs_kmeans_low"], color="grey", linestyle="--",
+                    label="k-means(low): seed vs seed")
+    axes[0].set(xlabel="wall time of the fit (s)", ylabel="held-out FVE of the high layer")
+    axes[1].set(xlabel="wall time of the fit (s)", ylabel="AMI with k-means on the low layer", ylim=(0, 1))
+    axes[0].legend(fontsize=7), axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ag_news")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--fit-one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cache = Path(os.environ.get("CLVQLEARN_CACHE", Path.home() / ".cache" / "clvqlearn")) / "bench_learns"
+    cache.mkdir(parents=True, exist_ok=True)
+    train_key, test_key = f"{args.dataset}_train_{args.n_train}", f"{args.dataset}_test_{args.n_test}"
+    if args.fit_one:
+        print(json.dumps(fit_one(args.fit_one, args.k, cache, train_key, test_key)))
+        return
+    train, test = extract(args.dataset, args.n_train, args.n_test, cache)
+    rows = references(train, test, args.k, cache, test_key)
+    for name in args.configs:
+        child = subprocess.run([sys.executable, __file__, "--dataset", args.dataset, "--k", str(args.k),
+                                "--n-train", str(args.n_train), "--n-test", str(args.n_test), "--fit-one", name],
+                               check=True, capture_output=True, text=True)
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    setting = (f"MiniLM layers 4 -> 6, {args.dataset}: {len(train)} training documents ({train.n_tokens} tokens), "
+               f"{len(test)} held-out documents ({test.n_tokens} tokens), max_length 128, k = {args.k}, "
+               "one torch thread per process")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{args.dataset}_k{args.k}"
+    command = "OMP_NUM_THREADS=1 python benchmarks/bench_learns.py " + " ".join(sys.argv[1:])
+    stem.with_suffix(".json").write_text(json.dumps(dict(setting=setting, command=command, rows=rows), indent=1))
+    import pandas as pd
+
+    table = pd.DataFrame(rows).drop(columns=["params"], errors="ignore")
+    stem.with_suffix(".md").write_text(f"{setting}\n\nCommand: `{command}`\n\n"
+                                       + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    plot(rows, setting, stem.with_suffix(".png"))
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
