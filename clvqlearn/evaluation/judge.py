@@ -170,18 +170,20 @@ def judge_prompt(item: JudgeItem, *, guidance: str = "", random_state=0) -> tupl
             body = "Words: " + ", ".join(rep["data"])
         blocks.append(f"Concept {letter}\n{body}")
     example = ", ".join(f'"{letter}": {{"rating": 2, "reason": "..."}}' for letter in _LETTERS[:len(order)])
+    # the fixed instructions come first, so a local model can reuse their cache across items
     prompt = (
         "You evaluate explanations of a text classifier. A concept is a group of words (or sentences) that "
-        "the model treats alike. Rate how well each concept below gives a plausible reason for the model's "
-        "prediction.\n\n"
-        f'Sentence: "{item.sentence}"\nModel prediction: {item.prediction}\n\n'
-        f"{guidance}\n\n"
+        "the model treats alike. Rate how well each concept gives a plausible reason for the model's "
+        "prediction on the sentence.\n"
         "Rubric:\n3 = clearly connected to the prediction; the theme is recognisable and supports it.\n"
         "2 = partly connected: broad, mixed or only somewhat relevant.\n"
         "1 = unrelated to the prediction, or contradicts it.\n"
-        "Concepts that overlap a lot should get the same rating.\n\n"
+        "Concepts that overlap a lot should get the same rating.\n"
+        + (f"{guidance}\n" if guidance else "")
+        + "Answer with one JSON object and nothing else.\n\n"
+        f'Sentence: "{item.sentence}"\nModel prediction: {item.prediction}\n\n'
         + "\n\n".join(blocks)
-        + f"\n\nAnswer with one JSON object and nothing else, for example:\n{{{example}}}"
+        + f"\n\nFormat:\n{{{example}}}"
     )
     return prompt, order
 
@@ -280,12 +282,18 @@ def _append(path: Path, record: dict) -> None:
         fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def ask(backend, prompt: str, parse, *, n_attempts: int, seed: int):
-    """Ask until ``parse(answer)`` is not None; returns (parsed or None, raw answers, errors)."""
+def ask(backend, prompt: str, parse, *, n_attempts: int, seed: int, schema=None):
+    """Ask until ``parse(answer)`` is not None; returns (parsed or None, raw answers, errors).
+
+    With ``schema=(keys, options)`` and a backend whose ``constrained`` is
+    true, the backend's ``choose`` writes the JSON (guided decoding).
+    """
     raw, errors = [], []
+    guided = schema is not None and getattr(backend, "constrained", False)
     for attempt in range(max(1, n_attempts)):
         try:
-            answer = backend.complete(prompt + (_RETRY_NOTE if attempt else ""), seed=seed + attempt)
+            text = prompt + (_RETRY_NOTE if attempt else "")
+            answer = backend.choose(text, *schema) if guided else backend.complete(text, seed=seed + attempt)
         except BackendError as exc:
             errors.append(str(exc))
             continue
@@ -339,7 +347,7 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
         letters = list(_LETTERS[:len(order)])
         ratings, raw, errors = (None, [], []) if not order else ask(
             backend, prompt, lambda text: parse_ratings(text, letters), n_attempts=n_attempts,
-            seed=random_state * 1000 + index)
+            seed=random_state * 1000 + index, schema=(letters, [1, 2, 3]))
         record = {"item_id": item.item_id, "judge": judge, "seed": random_state, "order": order,
                   "ratings": {m: (ratings or {}).get(letter) for letter, m in zip(letters, order)},
                   "status": "ok" if ratings else "missing", "raw": raw, "errors": errors}

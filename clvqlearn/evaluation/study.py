@@ -231,10 +231,12 @@ def annotator_prompt(item: dict, label_names, *, task: str = "") -> str:
     else:
         shown = "The concept's most frequent words: " + ", ".join(item["data"])
     sentence = f'\nThe sentence: "{item["sentence"]}"' if item.get("sentence") else ""
+    # the fixed question comes first, so a local model can reuse its cache across items
     return (f"A text classifier{(' for ' + task) if task else ''} read a sentence and made a prediction. For the most "
-            "important word of that sentence it used the concept below (a group of words it treats alike)."
-            f"{sentence}\n\n{shown}\n\nWhich label did the classifier predict? Possible answers: "
-            + ", ".join(label_names) + '\nReply with JSON only: {"answer": "<one of the possible answers>"}')
+            "important word of that sentence it used a concept: a group of words it treats alike. Guess which "
+            "label the classifier predicted. Possible answers: " + ", ".join(label_names)
+            + '\nReply with JSON only: {"answer": "<one of the possible answers>"}\n\n'
+            f"{shown}{sentence}")
 
 
 def parse_answer(text: str, label_names) -> str | None:
@@ -296,7 +298,7 @@ def llm_annotate(study: Study, backend, path, *, annotator: str | None = None, t
             continue
         answer, raw, errors = ask(backend, annotator_prompt(item, study.label_names, task=task),
                                   lambda text: parse_answer(text, study.label_names), n_attempts=n_attempts,
-                                  seed=random_state * 1000 + index)
+                                  seed=random_state * 1000 + index, schema=(["answer"], list(study.label_names)))
         _append(path, {"item_id": item["id"], "judge": annotator, "study_id": study.study_id, "answer": answer,
                        "status": "ok" if answer else "missing", "raw": raw, "errors": errors})
     answers = {}

