@@ -96,21 +96,36 @@ def _judge_runs(items, out, guidance, flipped_items, log, backend):
     return read_judgments(path)
 
 
+def _trust_checks(frame, backend_name, value):
+    """Self-agreement under shuffled order, position bias, reaction to a flipped prediction."""
+    from .evaluation.judge import judge_agreement
+
+    main = frame[frame["judge"].str.endswith(("order-0", "order-1"))]
+    first = frame[frame["judge"] == f"{backend_name}/order-0"]
+    flipped = frame[frame["judge"] == f"{backend_name}/flipped"]
+    both = first.merge(flipped, on=["item_id", "method"], suffixes=("", "_flipped")).dropna(subset=[value])
+    return {
+        "self_agreement_shuffled_order": judge_agreement(main, value=value),
+        "mean_by_position": main.groupby("position")[value].mean().round(3).to_dict(),
+        "mean_true_prediction": float(first[value].mean()),
+        "mean_flipped_prediction": float(flipped[value].mean()),
+        "share_lower_when_flipped": float((both[f"{value}_flipped"] < both[value]).mean()),
+        "share_higher_when_flipped": float((both[f"{value}_flipped"] > both[value]).mean()),
+    }
+
+
 def _judge_stats(frame, backend_name):
-    from .evaluation.judge import judge_agreement, rating_summary
+    from .evaluation.judge import rating_summary
 
     main = frame[frame["judge"].str.endswith(("order-0", "order-1"))]
     summary = rating_summary(main, random_state=0)
-    stats = {"self_agreement": judge_agreement(main),
-             "position_mean_rating": main.groupby("position")["rating"].mean().round(3).to_dict(),
-             "rating_counts": main["rating"].value_counts(dropna=False).sort_index().to_dict()}
-    flipped = frame[frame["judge"] == f"{backend_name}/flipped"]
-    first = frame[frame["judge"] == f"{backend_name}/order-0"]
-    stats["mean_rating_true_prediction"] = float(first["rating"].mean())
-    stats["mean_rating_flipped_prediction"] = float(flipped["rating"].mean())
-    both = first.merge(flipped, on=["item_id", "method"], suffixes=("", "_flipped")).dropna()
-    stats["share_rated_lower_when_flipped"] = float((both["rating_flipped"] < both["rating"]).mean())
-    stats["share_rated_higher_when_flipped"] = float((both["rating_flipped"] > both["rating"]).mean())
+    stats = {"rating_counts": {str(k): int(v) for k, v in main["rating"].value_counts(dropna=False).items()},
+             "ratings": _trust_checks(frame, backend_name, "rating")}
+    if main["expected"].notna().any():
+        stats["expected_ratings"] = _trust_checks(frame, backend_name, "expected")
+        expected = rating_summary(main.assign(rating=main["expected"]), random_state=0)
+        summary = summary.join(expected[["mean_rating", "mean_low", "mean_high", "first_share"]]
+                               .add_prefix("expected_"))
     return summary, stats
 
 

@@ -351,6 +351,9 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
         record = {"item_id": item.item_id, "judge": judge, "seed": random_state, "order": order,
                   "ratings": {m: (ratings or {}).get(letter) for letter, m in zip(letters, order)},
                   "status": "ok" if ratings else "missing", "raw": raw, "errors": errors}
+        probs = getattr(backend, "last_probs", None) if ratings else None
+        if probs and set(probs) >= set(letters):  # a guided local judge: its probability-weighted rating
+            record["expected"] = {m: float(np.dot(probs[letter], [1, 2, 3])) for letter, m in zip(letters, order)}
         _append(path, record)
         if on_record is not None:
             on_record(record)
@@ -365,8 +368,9 @@ def read_judgments(paths) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``judge``, ``item_id``, ``method``, ``rating`` (float, NaN when
-        missing), ``position`` (0 = shown first).  A judge that rated an item
-        twice keeps its last record.
+        missing), ``position`` (0 = shown first) and ``expected`` (a guided
+        local judge's probability-weighted rating, else NaN).  A judge that
+        rated an item twice keeps its last record.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     rows = []
@@ -376,10 +380,12 @@ def read_judgments(paths) -> pd.DataFrame:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            expected = rec.get("expected") or {}
             for pos, method in enumerate(rec.get("order", [])):
                 value = rec.get("ratings", {}).get(method)
-                rows.append((rec["judge"], str(rec["item_id"]), method, np.nan if value is None else float(value), pos))
-    frame = pd.DataFrame(rows, columns=["judge", "item_id", "method", "rating", "position"])
+                rows.append((rec["judge"], str(rec["item_id"]), method, np.nan if value is None else float(value), pos,
+                             float(expected.get(method, np.nan))))
+    frame = pd.DataFrame(rows, columns=["judge", "item_id", "method", "rating", "position", "expected"])
     return frame.drop_duplicates(["judge", "item_id", "method"], keep="last").reset_index(drop=True)
 
 
@@ -475,7 +481,7 @@ def kendall_w(ratings: np.ndarray) -> float:
     return float(12 * s / denom) if denom > 0 else float("nan")
 
 
-def judge_agreement(frame: pd.DataFrame, *, by: str = "judge") -> dict:
+def judge_agreement(frame: pd.DataFrame, *, by: str = "judge", value: str = "rating") -> dict:
     """Agreement between judges (or repeated runs) over (item, method) ratings.
 
     Parameters
@@ -484,6 +490,9 @@ def judge_agreement(frame: pd.DataFrame, *, by: str = "judge") -> dict:
         :func:`read_judgments` output with at least two values of ``by``.
     by : str, default="judge"
         The rater column.
+    value : str, default="rating"
+        The score column (``"expected"`` for a guided judge's
+        probability-weighted ratings).
 
     Returns
     -------
@@ -499,7 +508,7 @@ def judge_agreement(frame: pd.DataFrame, *, by: str = "judge") -> dict:
     import krippendorff
     from scipy.stats import pearsonr, spearmanr
 
-    wide = frame.pivot_table(index=by, columns=["item_id", "method"], values="rating", dropna=False)
+    wide = frame.pivot_table(index=by, columns=["item_id", "method"], values=value, dropna=False)
     if wide.shape[0] < 2:
         raise ValueError(f"Agreement needs at least two raters ({by!r}); got {wide.shape[0]}.")
     data = wide.to_numpy(dtype=float)
@@ -512,7 +521,7 @@ def judge_agreement(frame: pd.DataFrame, *, by: str = "judge") -> dict:
             if np.std(data[a, both]) > 0 and np.std(data[b, both]) > 0:
                 pear.append(pearsonr(data[a, both], data[b, both])[0])
                 spear.append(spearmanr(data[a, both], data[b, both])[0])
-    by_method = frame.pivot_table(index=by, columns="method", values="rating", aggfunc="mean").dropna(axis=1)
+    by_method = frame.pivot_table(index=by, columns="method", values=value, aggfunc="mean").dropna(axis=1)
     alpha = float("nan")
     if np.isfinite(data).sum() > 1 and np.nanstd(data) > 0:
         alpha = float(krippendorff.alpha(reliability_data=data, level_of_measurement="interval"))

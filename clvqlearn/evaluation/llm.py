@@ -59,6 +59,7 @@ class HFChatBackend:
         self.device = device
         self.system_prompt = system_prompt
         self.constrained = constrained
+        self.last_probs = None
         self._cache = None
         self._kv = None
 
@@ -105,6 +106,8 @@ class HFChatBackend:
         The reply is built as ``{"key": option, ...}``: after the chat prompt
         and the JSON written so far, every option (as JSON text) is scored by
         the sum of its tokens' log-probabilities, and the best is written.
+        ``last_probs`` then holds, per key, the probabilities of the options
+        (normalised over them).
         Small models that cannot follow a JSON instruction can still rate
         this way (guided decoding, as vLLM's ``guided_json`` or outlines do).
 
@@ -126,9 +129,10 @@ class HFChatBackend:
         rest = [t[len(lead):] for t in tails]
         if all(len(r) == 1 for r in rest) and len({r[0] for r in rest}) == len(rest):
             return self._choose_incremental(prompt, list(keys), texts, lead, [r[0] for r in rest])
-        parts = []
+        parts, self.last_probs = [], {}
         for key in keys:
             scores = self.score_options(prompt, key, options, written=parts)
+            self.last_probs[key] = (np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()).tolist()
             parts.append(f"{json.dumps(key)}:{texts[int(np.argmax(scores))]}")
         return "{" + ", ".join(parts) + "}"
 
@@ -163,7 +167,8 @@ class HFChatBackend:
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         ids = encode(self._chat(prompt) + "{" + f"{json.dumps(keys[0])}:") + list(lead)
         past, fed = self._reuse(ids)
-        parts = []
+        parts, probs = [], {}
+        self.last_probs = probs
         with torch.inference_mode():
             for i, key in enumerate(keys):
                 try:
@@ -173,7 +178,9 @@ class HFChatBackend:
                     self._kv = None
                     raise BackendError(f"{self.name} failed to score options: {exc}") from exc
                 past, fed = getattr(out, "cache", None) or out.past_key_values, len(ids)
-                best = int(np.argmax(out.logits[0, -1, token_ids].float().cpu().numpy()))
+                scores = out.logits[0, -1, token_ids].float().cpu().numpy()
+                best = int(np.argmax(scores))
+                probs[key] = (np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()).tolist()
                 parts.append(f"{json.dumps(key)}:{texts[best]}")
                 if i + 1 < len(keys):
                     ids = ids + [token_ids[best]] + encode(f", {json.dumps(keys[i + 1])}:") + list(lead)

@@ -200,3 +200,7 @@ def test_local_judge_constrained_json_and_prompt_cache(smollm2_judge, tmp_path):
     record = json.loads((tmp_path / "local.jsonl").read_text().splitlines()[0])
     assert record["ratings"][order[0]] == 1 + int(np.argmax(scores))
     assert json.loads(record["raw"][0])["A"] == 1 + int(np.argmax(scores))
+    # the probability-weighted rating lies in [1, 3] and next to the chosen one's side
+    assert frame["expected"].between(1, 3).all()
+    probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    assert record["expected"][order[0]] == pytest.approx(float(probs @ [1, 2, 3]), abs=1e-4)
