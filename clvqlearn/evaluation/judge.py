@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -189,7 +190,7 @@ def judge_prompt(item: JudgeItem, *, guidance: str = "", random_state=0) -> tupl
 
 
 def _letter(key) -> str | None:
-    m = re.fullmatch(r"\s*(?:concept|config(?:uration)?)?[\s_\-:]*([A-Za-z])\s*", str(key), flags=re.I)
+    m = re.fullmatch(r"\s*(?:concept|config(?:uration)?)?[\s_\-:]*([A-Za-z])\s*", str(key), flags=re.IGNORECASE)
     return m.group(1).upper() if m else None
 
 
@@ -251,11 +252,15 @@ def parse_ratings(text: str, letters) -> dict | None:
                 return {k: found[k] for k in letters}
     found = {}
     pattern = r"(?:concept|config(?:uration)?)[\s_\-\"']*([A-Z])\b[^0-9\n]{0,30}?([1-3])\b"
-    for letter, value in re.findall(pattern, text, flags=re.I):
+    for letter, value in re.findall(pattern, text, flags=re.IGNORECASE):
         found.setdefault(letter.upper(), int(value))
     if all(k in found for k in letters):
         return {k: found[k] for k in letters}
     return None
+
+
+def _parse_for(text: str, *, letters) -> dict | None:
+    return parse_ratings(text, letters)
 
 
 def _done(path: Path, judge: str) -> set:
@@ -346,7 +351,7 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
         prompt, order = judge_prompt(item, guidance=guidance, random_state=(random_state, index))
         letters = list(_LETTERS[:len(order)])
         ratings, raw, errors = (None, [], []) if not order else ask(
-            backend, prompt, lambda text: parse_ratings(text, letters), n_attempts=n_attempts,
+            backend, prompt, functools.partial(_parse_for, letters=letters), n_attempts=n_attempts,
             seed=random_state * 1000 + index, schema=(letters, [1, 2, 3]))
         record = {"item_id": item.item_id, "judge": judge, "seed": random_state, "order": order,
                   "ratings": {m: (ratings or {}).get(letter) for letter, m in zip(letters, order)},

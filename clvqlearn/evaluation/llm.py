@@ -164,7 +164,7 @@ class HFChatBackend:
         import torch
 
         net, tokenizer = self._load()
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
         ids = encode(self._chat(prompt) + "{" + f"{json.dumps(keys[0])}:") + list(lead)
         past, fed = self._reuse(ids)
         parts, probs = [], {}

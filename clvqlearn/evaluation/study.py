@@ -255,11 +255,11 @@ def parse_answer(text: str, label_names) -> str | None:
     """
     text = str(text or "")
     lower = {n.lower(): n for n in label_names}
-    m = re.search(r'"answer"\s*:\s*"([^"]*)"', text, flags=re.I)
+    m = re.search(r'"answer"\s*:\s*"([^"]*)"', text, flags=re.IGNORECASE)
     if m and m.group(1).strip().lower() in lower:
         return lower[m.group(1).strip().lower()]
     hits = [(m.start(), name) for key, name in lower.items()
-            for m in [re.search(r"(?<![\w-])" + re.escape(key) + r"(?![\w-])", text, flags=re.I)] if m]
+            for m in [re.search(r"(?<![\w-])" + re.escape(key) + r"(?![\w-])", text, flags=re.IGNORECASE)] if m]
     return min(hits)[1] if hits else None
 
 

@@ -30,7 +30,12 @@ import numpy as np
 
 from ..pairs import LayerPairs
 from ._browser_assets import PAGE
-from .descriptions import _scheme, _starts_word, _tokens_of, _word_spans, describe_concepts
+from .descriptions import (
+    _scheme,
+    _starts_word,
+    _tokens_of,
+    describe_concepts,
+)
 
 __all__ = ["concept_browser_html", "write_concept_browser"]
 
@@ -39,7 +44,7 @@ def _display_tokens(pairs: LayerPairs):
     """Vocabulary, per-row vocabulary index and 'space before' flag."""
     tokens = _tokens_of(pairs)
     scheme = _scheme(tokens)
-    starts = set(int(o) for o in pairs.offsets[:-1])
+    starts = {int(o) for o in pairs.offsets[:-1]}
     shown = []
     space = np.zeros(len(tokens), dtype=np.int8)
     for row, tok in enumerate(tokens):

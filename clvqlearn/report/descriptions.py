@@ -81,7 +81,7 @@ def _word_spans(tokens, offsets) -> np.ndarray:
     """Word number of every token row (words never cross documents)."""
     scheme = _scheme(tokens)
     word = np.empty(len(tokens), dtype=np.int64)
-    current, start_of = -1, set(int(o) for o in offsets[:-1])
+    current, start_of = -1, {int(o) for o in offsets[:-1]}
     for row, tok in enumerate(tokens):
         tok = str(tok)
         prev_special = row > 0 and is_special(str(tokens[row - 1]))
@@ -299,8 +299,8 @@ def describe_concepts(concept_ids, pairs: LayerPairs, *, k: int | None = None, t
     doc_of = pairs.doc_index
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(k + 1))
-    context = dict(tokens=tokens, words=words, special=special, stop=stop, doc_of=doc_of, pairs=pairs,
-                   word_of=_word_spans(tokens, pairs.offsets) if merge_subwords else np.arange(len(tokens)))
+    context = {"tokens": tokens, "words": words, "special": special, "stop": stop, "doc_of": doc_of, "pairs": pairs,
+               "word_of": _word_spans(tokens, pairs.offsets) if merge_subwords else np.arange(len(tokens))}
     rows = []
     for concept in range(k):
         members = order[bounds[concept]:bounds[concept + 1]]

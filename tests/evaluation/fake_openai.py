@@ -26,7 +26,7 @@ def good_answer(prompt: str) -> str:
         words = prompt.lower()
         hit = "positive" if any(w in words for w in ("good", "great")) else "negative"
         return json.dumps({"answer": hit if hit in answers else answers[0]})
-    blocks = re.findall(r"Concept ([A-Z])\n(.*?)(?:\n\n|$)", prompt, flags=re.S)
+    blocks = re.findall(r"Concept ([A-Z])\n(.*?)(?:\n\n|$)", prompt, flags=re.DOTALL)
     ratings = {letter: {"rating": 3 if re.search(r"\b(good|bad)\b", body) else 1, "reason": "canned"}
                for letter, body in blocks}
     return "Here you go:\n```json\n" + json.dumps(ratings) + "\n```"
@@ -36,7 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
-    def do_POST(self):  # noqa: N802 (http.server API)
+    def do_POST(self):
         server = self.server
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         with server.lock:

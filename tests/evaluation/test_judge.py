@@ -3,12 +3,22 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from fake_openai import (
+    start_server,  # tests/evaluation is on sys.path (pytest rootdir-relative import)
+)
 
-from clvqlearn.evaluation.judge import (JudgeItem, judge_agreement, judge_prompt, kendall_w, make_judge_items,
-                                        parse_ratings, rating_summary, read_judgments, run_judge)
+from clvqlearn.evaluation.judge import (
+    JudgeItem,
+    judge_agreement,
+    judge_prompt,
+    kendall_w,
+    make_judge_items,
+    parse_ratings,
+    rating_summary,
+    read_judgments,
+    run_judge,
+)
 from clvqlearn.evaluation.llm import BackendError, OpenAIBackend
-
-from fake_openai import start_server  # tests/evaluation is on sys.path (pytest rootdir-relative import)
 
 
 def _items(n=6):

@@ -3,10 +3,13 @@ import os
 import re
 import shutil
 
-import numpy as np
 import pytest
 
-from clvqlearn.report.browser import browser_data, concept_browser_html, write_concept_browser
+from clvqlearn.report.browser import (
+    browser_data,
+    concept_browser_html,
+    write_concept_browser,
+)
 
 
 def _methods(ids):
@@ -14,7 +17,7 @@ def _methods(ids):
 
 
 def _embedded(page):
-    text = re.search(r'<script type="application/json" id="clvq-data">(.*?)</script>', page, re.S).group(1)
+    text = re.search(r'<script type="application/json" id="clvq-data">(.*?)</script>', page, re.DOTALL).group(1)
     return json.loads(text.replace("<\\/", "</"))
 
 

@@ -2,11 +2,16 @@ import numpy as np
 import pytest
 
 from clvqlearn import KMeansConcepts, LayerPairs
-from clvqlearn.report.descriptions import describe_concepts, describe_estimator, doc_sentences, token_words
+from clvqlearn.report.descriptions import (
+    describe_concepts,
+    describe_estimator,
+    doc_sentences,
+    token_words,
+)
 
 
 def test_words_are_merged_and_counted(toy_pairs):
-    pairs, ids, salient, labels = toy_pairs
+    pairs, ids, _, _ = toy_pairs
     table = describe_concepts(ids, pairs, k=5, random_state=0)
     assert table.loc[1, "words"][0] == "good" and table.loc[1, "word_counts"][0] == 3
     assert "unfunny" in table.loc[3, "words"] and "acting" in table.loc[3, "words"]
@@ -53,7 +58,7 @@ def test_label_distribution_where_salient(toy_pairs):
 
 
 def test_classifier_gives_the_labels(toy_pairs):
-    pairs, ids, salient, labels = toy_pairs
+    pairs, ids, salient, _ = toy_pairs
 
     class Fixed:
         def predict(self, texts):
@@ -66,7 +71,7 @@ def test_classifier_gives_the_labels(toy_pairs):
 
 
 def test_bad_inputs_raise(toy_pairs):
-    pairs, ids, salient, labels = toy_pairs
+    pairs, ids, _, labels = toy_pairs
     with pytest.raises(ValueError, match="shape"):
         describe_concepts(ids[:-1], pairs)
     with pytest.raises(ValueError, match="k=2"):

@@ -2,12 +2,18 @@ import json
 
 import numpy as np
 import pytest
+from fake_openai import (
+    start_server,  # tests/evaluation is on sys.path (pytest rootdir-relative import)
+)
 
 from clvqlearn.evaluation.llm import OpenAIBackend
-from clvqlearn.evaluation.study import llm_annotate, parse_answer, read_answers, score_study
+from clvqlearn.evaluation.study import (
+    llm_annotate,
+    parse_answer,
+    read_answers,
+    score_study,
+)
 from clvqlearn.report.study import Study, make_study
-
-from fake_openai import start_server  # tests/evaluation is on sys.path (pytest rootdir-relative import)
 
 LABELS = ["negative", "positive"]
 

@@ -3,8 +3,6 @@ import os
 import shutil
 import time
 
-import pytest
-
 from clvqlearn.evaluation.study import score_study
 from clvqlearn.report.study import make_study
 
