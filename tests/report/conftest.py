@@ -1,6 +1,7 @@
 """A headless Debian chromium driven by selenium (skips when none is installed).
 
-``chrome``          a selenium WebDriver (headless chromium, 1280x900), browser
+``chrome``          a selenium WebDriver (headless chromium, 1280x900; skips without
+                    chromium + chromedriver, fails then when ``CI`` is set), browser
                     console logs enabled, downloads going to ``download_dir``
 ``download_dir``    the folder the browser downloads into
 ``console_errors``  ``console_errors(driver)`` -> SEVERE console messages so far
@@ -38,8 +39,11 @@ def chrome(download_dir):
     binary = os.environ.get("CLVQLEARN_CHROMIUM") or _find("chromium", "chromium-browser")
     driver_path = _find("chromedriver")
     if binary is None or driver_path is None:
-        pytest.skip("no chromium + chromedriver found (Debian: apt-get install chromium chromium-driver); "
-                    "the browser tests need a real headless browser and never download one")
+        message = ("no chromium + chromedriver found (Debian: apt-get install chromium chromium-driver); "
+                   "the browser tests need a real headless browser and never download one")
+        if os.environ.get("CI"):  # .ci/run installs them: missing there is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
