@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the model name at an OpenAI-compatible endpoint")
     judge.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     judge.add_argument("--timeout", type=float, default=60.0)
+    judge.add_argument("--no-llm", action="store_true", help="write only browser.html and the study kit")
     judge.add_argument("--device", default="auto")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--quiet", action="store_true")
@@ -89,13 +90,15 @@ def _judge(args, argv) -> int:
                else HFChatBackend(args.judge_model, device="cpu" if args.device == "auto" else args.device))
     try:
         result = run_judging(args.out, dataset=args.dataset, n_sentences=args.n_sentences, k=args.k,
-                             concept_epochs=args.concept_epochs, n_fit=args.n_fit, backend=backend, seed=args.seed,
+                             concept_epochs=args.concept_epochs, n_fit=args.n_fit, backend=backend,
+                             llm=not args.no_llm, seed=args.seed,
                              device=args.device, command="clvq " + shlex.join(argv),
                              log=None if args.quiet else (lambda m: print(f"[judge] {m}", flush=True)))
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"clvq: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}/ (report.md, summary.json, browser.html, study.html) in {result['meta']['seconds']:.0f} s")
+    print(f"wrote {args.out}/ (browser.html, study.html, study_key.json, summary.json"
+          f"{'' if args.no_llm else ', report.md'}) in {result['meta']['seconds']:.0f} s")
     return 0
 
 

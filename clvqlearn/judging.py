@@ -163,8 +163,8 @@ def _report(summary, stats, annot, annot_stats, meta) -> str:
 
 
 def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k: int = 400,
-                concept_epochs: int = 10, n_fit: int = 1000, backend=None, seed: int = 0, device: str = "auto",
-                command: str = "", log=None) -> dict:
+                concept_epochs: int = 10, n_fit: int = 1000, backend=None, llm: bool = True, seed: int = 0,
+                device: str = "auto", command: str = "", log=None) -> dict:
     """Browser, study kit, LLM judge and LLM annotator on one data set; see the module doc.
 
     Parameters
@@ -180,6 +180,9 @@ def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k
         Unlabelled sentences the concepts are fitted on.
     backend : HFChatBackend or OpenAIBackend, optional
         Judge and annotator (default: the local SmolLM2-135M-Instruct).
+    llm : bool, default=True
+        False writes only the browser and the study kit (no judge, no
+        annotator).
     seed : int
     device : str
     command : str
@@ -193,53 +196,73 @@ def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k
         The summary written to ``summary.json``.
     """
     from .evaluation.comparison import ComparisonConfig
-    from .evaluation.judge import GUIDANCE, make_judge_items
     from .evaluation.llm import HFChatBackend
-    from .evaluation.study import llm_annotate, score_study
-    from .report.browser import write_concept_browser
-    from .report.study import make_study
 
     log = log or (lambda message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    backend = backend or HFChatBackend("smollm2")
     t0 = time.perf_counter()
     config = ComparisonConfig(k=k, concept_epochs=concept_epochs, n_fit=n_fit, seed=seed, device=device)
+    run = _prepare(out, config, dataset, n_sentences, log)
+    meta = {"dataset": dataset, "n_sentences": len(run["ev"]), "k": k, "command": command,
+            "n_salient_found": int((run["rows"] >= 0).sum()), "judge": None}
+    result = {"meta": meta}
+    if llm:
+        backend = backend or HFChatBackend("smollm2")
+        meta["judge"] = backend.name
+        result.update(_llm_part(out, run, dataset, backend, seed, log))
+        (out / "report.md").write_text(_report(result["_summary"], result["judge_checks"], result["_annot"],
+                                               result["annotator_checks"], meta))
+        _plot(result.pop("_summary"), result.pop("_annot"), out / "judges.png")
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def _prepare(out, config, dataset, n_sentences, log) -> dict:
+    """Fit, find salient tokens, write the browser and the study kit."""
+    from .evaluation.judge import make_judge_items
+    from .report.browser import write_concept_browser
+    from .report.study import make_study
+
     clf, ev, fit_pairs, ev_pairs, estimators = _fit_concepts(config, dataset, n_sentences, log)
     rows = _salient(clf, ev, ev_pairs, config)
     preds = np.asarray(clf.predict(ev.texts))
     names = list(ev.label_names)
-    concepts = _concepts(estimators, fit_pairs, ev_pairs, rows, seed)
+    concepts = _concepts(estimators, fit_pairs, ev_pairs, rows, config.seed)
     write_concept_browser(out / "browser.html", {m: c["ids"] for m, c in concepts.items()}, ev_pairs,
                           salient_rows=rows, labels=ev.labels, predictions=preds, label_names=names,
-                          title=f"Concepts: {dataset}, MiniLM layers 4->6, k={k}")
+                          title=f"Concepts: {dataset}, MiniLM layers 4->6, k={config.k}")
     words = LABEL_WORDS.get(dataset, {n: n for n in names})
     reps = {m: c["reps"] for m, c in concepts.items()}
-    items = make_judge_items(ev.texts, [words[names[p]] for p in preds], reps)
-    flipped = make_judge_items(ev.texts, [words[names[len(names) - 1 - p]] for p in preds], reps)
-    frame = _judge_runs(items, out, GUIDANCE.get(dataset, ""), flipped, log, backend)
-    summary, stats = _judge_stats(frame, backend.name)
-    study = make_study(ev.texts, preds, reps, label_names=names, labels=ev.labels, seed=seed)
+    study = make_study(ev.texts, preds, reps, label_names=names, labels=ev.labels, seed=config.seed)
     study.write_html(out / "study.html")
     study.write_key(out / "study_key.json")
+    return {"ev": ev, "rows": rows, "preds": preds, "names": names, "study": study,
+            "items": make_judge_items(ev.texts, [words[names[p]] for p in preds], reps),
+            "flipped": make_judge_items(ev.texts, [words[names[len(names) - 1 - p]] for p in preds], reps)}
+
+
+def _llm_part(out, run, dataset, backend, seed, log) -> dict:
+    """The LLM judge (with its trust checks) and the LLM annotator."""
+    from .evaluation.judge import GUIDANCE
+    from .evaluation.study import llm_annotate, score_study
+
+    frame = _judge_runs(run["items"], out, GUIDANCE.get(dataset, ""), run["flipped"], log, backend)
+    summary, stats = _judge_stats(frame, backend.name)
     t = time.perf_counter()
-    answers = llm_annotate(study, backend, out / "annotator.jsonl", task="movie-review sentiment"
-                           if dataset == "eraser_movie" else "")
+    answers = llm_annotate(run["study"], backend, out / "annotator.jsonl",
+                           task="movie-review sentiment" if dataset == "eraser_movie" else "")
     (out / "annotator_answers.json").write_text(json.dumps(answers, indent=1))
     log(f"annotator: {time.perf_counter() - t:.0f} s")
-    score = score_study(study, [answers], random_state=seed)
-    answered = score.answers
-    annot_stats = {"answer_share": answered["answer"].value_counts(normalize=True).round(3).to_dict(),
+    score = score_study(run["study"], [answers], random_state=seed)
+    preds, names, ev = run["preds"], run["names"], run["ev"]
+    annot_stats = {"answer_share": score.answers["answer"].value_counts(normalize=True).round(3).to_dict(),
                    "prediction_share": pd.Series([names[p] for p in preds]).value_counts(normalize=True).to_dict(),
                    "classifier_accuracy_on_these": float((preds == ev.labels).mean()),
-                   "n_items": len(study.items), "n_answered": len(answered)}
+                   "n_items": len(run["study"].items), "n_answered": len(score.answers)}
     summary.to_csv(out / "ratings.csv")
     score.per_method.to_csv(out / "annotator.csv")
-    _plot(summary, score.per_method, out / "judges.png")
-    meta = {"dataset": dataset, "n_sentences": len(ev), "k": k, "judge": backend.name, "command": command,
-            "seconds": round(time.perf_counter() - t0, 1), "n_salient_found": int((rows >= 0).sum())}
-    (out / "report.md").write_text(_report(summary, stats, score.per_method, annot_stats, meta))
-    result = {"meta": meta, "ratings": summary.reset_index().to_dict("records"), "judge_checks": stats,
-              "annotator": score.per_method.reset_index().to_dict("records"), "annotator_checks": annot_stats}
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
-    return result
+    return {"ratings": summary.reset_index().to_dict("records"), "judge_checks": stats,
+            "annotator": score.per_method.reset_index().to_dict("records"), "annotator_checks": annot_stats,
+            "_summary": summary, "_annot": score.per_method}

@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import re
@@ -263,8 +264,15 @@ def _parse_for(text: str, *, letters) -> dict | None:
     return parse_ratings(text, letters)
 
 
-def _done(path: Path, judge: str) -> set:
-    done = set()
+def fingerprint(*parts) -> str:
+    """Short hash of what an item asks, so a resumed run redoes items whose content changed."""
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _done(path: Path, judge: str) -> dict:
+    """item_id -> fingerprint of the records this judge already has in ``path``."""
+    done = {}
     if not path.exists():
         return done
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -273,7 +281,7 @@ def _done(path: Path, judge: str) -> set:
         except json.JSONDecodeError:
             continue  # a line cut by an interruption: that item is judged again
         if isinstance(rec, dict) and rec.get("judge") == judge:
-            done.add(str(rec.get("item_id")))
+            done[str(rec.get("item_id"))] = rec.get("fingerprint")
     return done
 
 
@@ -321,7 +329,8 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
         :class:`~clvqlearn.evaluation.llm.OpenAIBackend`.
     path : str or Path
         The JSONL file (created, or appended to).  Items this judge already
-        has in it are skipped.
+        has in it, with the same prompt and order, are skipped; an item whose
+        content changed is judged again (the newer record wins).
     guidance : str
         Data-set guidance (:data:`GUIDANCE`).
     random_state : int
@@ -346,14 +355,15 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
     judge = judge or backend.name
     done = _done(path, judge)
     for index, item in enumerate(items):
-        if item.item_id in done:
-            continue
         prompt, order = judge_prompt(item, guidance=guidance, random_state=(random_state, index))
+        key = fingerprint(prompt, order)
+        if done.get(item.item_id) == key:
+            continue
         letters = list(_LETTERS[:len(order)])
         ratings, raw, errors = (None, [], []) if not order else ask(
             backend, prompt, functools.partial(_parse_for, letters=letters), n_attempts=n_attempts,
             seed=random_state * 1000 + index, schema=(letters, [1, 2, 3]))
-        record = {"item_id": item.item_id, "judge": judge, "seed": random_state, "order": order,
+        record = {"item_id": item.item_id, "judge": judge, "fingerprint": key, "seed": random_state, "order": order,
                   "ratings": {m: (ratings or {}).get(letter) for letter, m in zip(letters, order)},
                   "status": "ok" if ratings else "missing", "raw": raw, "errors": errors}
         probs = getattr(backend, "last_probs", None) if ratings else None

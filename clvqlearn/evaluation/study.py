@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..report.study import Study
-from .judge import _append, _done, ask
+from .judge import _append, _done, ask, fingerprint
 
 __all__ = ["StudyScore", "annotator_prompt", "llm_annotate", "parse_answer", "read_answers", "score_study"]
 
@@ -294,12 +294,15 @@ def llm_annotate(study: Study, backend, path, *, annotator: str | None = None, t
     annotator = annotator or f"llm:{backend.name}"
     done = _done(path, annotator)
     for index, item in enumerate(study.items):
-        if item["id"] in done:
+        prompt = annotator_prompt(item, study.label_names, task=task)
+        key = fingerprint(study.study_id, prompt)
+        if done.get(item["id"]) == key:
             continue
-        answer, raw, errors = ask(backend, annotator_prompt(item, study.label_names, task=task),
+        answer, raw, errors = ask(backend, prompt,
                                   lambda text: parse_answer(text, study.label_names), n_attempts=n_attempts,
                                   seed=random_state * 1000 + index, schema=(["answer"], list(study.label_names)))
-        _append(path, {"item_id": item["id"], "judge": annotator, "study_id": study.study_id, "answer": answer,
+        _append(path, {"item_id": item["id"], "judge": annotator, "fingerprint": key, "study_id": study.study_id,
+                       "answer": answer,
                        "status": "ok" if answer else "missing", "raw": raw, "errors": errors})
     answers = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -307,7 +310,7 @@ def llm_annotate(study: Study, backend, path, *, annotator: str | None = None, t
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("judge") == annotator and rec.get("study_id") == study.study_id and rec.get("answer"):
-            answers[rec["item_id"]] = rec["answer"]
+        if rec.get("judge") == annotator and rec.get("study_id") == study.study_id:
+            answers[rec["item_id"]] = rec.get("answer")  # the latest record of an item wins
     return {"format": _ANSWERS, "study_id": study.study_id, "annotator": annotator, "n_items": len(study.items),
-            "answers": [{"item_id": i, "answer": a} for i, a in answers.items()]}
+            "answers": [{"item_id": i, "answer": a} for i, a in answers.items() if a]}

@@ -126,6 +126,18 @@ def test_interrupted_run_resumes(server, tmp_path):
     assert all(json.loads(l) for l in out.read_text().splitlines()[-2:])
 
 
+def test_resume_redoes_items_whose_content_changed(server, tmp_path):
+    out = tmp_path / "judge.jsonl"
+    items = _items(3)
+    run_judge(items, _backend(server), out)
+    items[1].concepts["kmeans"] = {"kind": "words", "data": ["bad", "worse"]}
+    n_before = len(server.requests)
+    frame = run_judge(items, _backend(server), out)
+    assert len(server.requests) - n_before == 1
+    assert frame.set_index(["item_id", "method"]).loc[("1", "kmeans"), "rating"] == 3  # the new record wins
+    assert len(out.read_text().splitlines()) == 4
+
+
 def test_no_items_is_an_error(server, tmp_path):
     with pytest.raises(ValueError, match="no items"):
         run_judge([], _backend(server), tmp_path / "j.jsonl")

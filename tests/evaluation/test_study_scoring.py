@@ -109,7 +109,8 @@ def test_llm_annotator_through_fake_server(tmp_path):
         answers = llm_annotate(study, backend, tmp_path / "llm.jsonl", task="movie-review sentiment")
         assert len(answers["answers"]) == 11 and answers["annotator"] == "llm:openai:fake-annotator"
         n = len(server.requests)
-        again = llm_annotate(study, backend, tmp_path / "llm.jsonl")  # resumes: asks nothing
+        again = llm_annotate(study, backend, tmp_path / "llm.jsonl", task="movie-review sentiment")  # resumes
+        # (asks nothing); another prompt (no task) is another question: asked again
         assert len(server.requests) == n and again == answers
         score = score_study(study, [answers])
         assert score.per_method.loc["clvq", "accuracy"] == 1.0
