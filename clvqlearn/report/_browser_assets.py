@@ -145,7 +145,7 @@ function renderList() {
   rows = rows.slice().sort(cmp);
   $("concept-count").textContent = rows.length + " of " + m.concepts.length + " concepts";
   $("concept-list").innerHTML = rows.map((k) => '<tr class="concept-row" data-c="' + k.id + '"><td><span class="tok" style="background:' + colour(k.id) + '">' + k.id +
-    "</span></td><td>" + k.n + "</td><td>" + (k.ns || 0) + "</td><td>" + esc(k.words.slice(0, 6).map((w) => w[0]).join(", ")) + "</td></tr>").join("");
+    "</span></td><td>" + k.n + "</td><td>" + (k.ns || 0) + "</td><td>" + (k.kind === "sentences" ? "<i>special tokens</i> " : "") + esc(k.words.slice(0, 6).map((w) => w[0]).join(", ")) + "</td></tr>").join("");
 }
 function init() {
   D.methods.forEach((m) => { m.index = {}; m.concepts.forEach((k, i) => { m.index[k.id] = i; }); });

@@ -52,7 +52,9 @@ def chrome(download_dir):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
-                                              "download.prompt_for_download": False})
+                                              "download.prompt_for_download": False,
+                                              # the study page downloads JSON, then CSV: allow both
+                                              "profile.default_content_setting_values.automatic_downloads": 1})
     service = webdriver.ChromeService(executable_path=driver_path)
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(60)

@@ -73,6 +73,8 @@ def test_browser_in_headless_chromium(chrome, console_errors, toy_pairs, tmp_pat
     assert len(chrome.find_elements(By.CSS_SELECTOR, ".tok.sel")) == 3
     # concept list: 4 non-empty concepts; search by word narrows it to the 'good' concept
     assert len(chrome.find_elements(By.CSS_SELECTOR, ".concept-row")) == 4
+    special_row = chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="0"]')
+    assert "special tokens" in special_row.text
     chrome.find_element(By.ID, "concept-search").send_keys("grea")
     rows = chrome.find_elements(By.CSS_SELECTOR, ".concept-row")
     assert [r.get_attribute("data-c") for r in rows] == ["1"]

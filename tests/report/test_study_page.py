@@ -16,10 +16,10 @@ def _study(n=4):
     return make_study([f"s{i}" for i in range(n)], preds, {"clvq": words, "sae": sents}, label_names=LABELS, seed=7)
 
 
-def _wait_file(folder, suffix, timeout=10):
+def _wait_file(folder, suffix, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
-        done = [p for p in folder.iterdir() if p.name.endswith(suffix)]
+        done = [p for p in folder.iterdir() if p.name.endswith(suffix) and p.stat().st_size > 0]
         if done:
             return done[0]
         time.sleep(0.1)
