@@ -152,12 +152,20 @@ def _plot(summary, annot, path):
     plt.close(fig)
 
 
+def _markdown(frame) -> str:
+    """A pipe table (no tabulate dependency)."""
+    head = [frame.index.name or ""] + [str(c) for c in frame.columns]
+    rows = [[str(i)] + [str(v) for v in row] for i, row in zip(frame.index, frame.to_numpy().tolist())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def _report(summary, stats, annot, annot_stats, meta) -> str:
     lines = [f"# LLM judge and LLM annotator: {meta['dataset']}, MiniLM, {meta['n_sentences']} sentences", "",
              f"Command: `{meta['command']}`", "", "## Judge ratings (two method orders pooled)", "",
-             summary.round(3).to_markdown(), "", "## Judge trust checks", "",
+             _markdown(summary.round(3)), "", "## Judge trust checks", "",
              "```json", json.dumps(stats, indent=1, default=str), "```", "",
-             "## LLM annotator (prediction recovery)", "", annot.round(3).to_markdown(), "",
+             "## LLM annotator (prediction recovery)", "", _markdown(annot.round(3)), "",
              "```json", json.dumps(annot_stats, indent=1, default=str), "```", ""]
     return "\n".join(lines)
 
