@@ -5,6 +5,9 @@
 ``clvq table``
     The paper's concept-ablation comparison table
     (see :mod:`clvqlearn.evaluation.comparison`).
+``clvq judge``
+    Concept browser, human study kit, LLM judge and LLM annotator
+    (see :mod:`clvqlearn.judging`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="clvq_output")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
+    judge = sub.add_parser("judge", help="concept browser, study kit, LLM judge and LLM annotator (axes 2 and 3)")
+    judge.add_argument("--out", default="clvq_judges", help="output folder (an interrupted run resumes in it)")
+    judge.add_argument("--dataset", default="eraser_movie", choices=["eraser_movie", "jigsaw"])
+    judge.add_argument("--n-sentences", type=int, default=100)
+    judge.add_argument("--k", type=int, default=400)
+    judge.add_argument("--concept-epochs", type=int, default=10)
+    judge.add_argument("--n-fit", type=int, default=1000, help="unlabelled sentences the concepts are fitted on")
+    judge.add_argument("--judge-model", default="smollm2",
+                       help="local HF chat model (default: packaged SmolLM2-135M-Instruct) or, with --base-url, "
+                            "the model name at an OpenAI-compatible endpoint")
+    judge.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    judge.add_argument("--timeout", type=float, default=60.0)
+    judge.add_argument("--no-llm", action="store_true", help="write only browser.html and the study kit")
+    judge.add_argument("--device", default="auto")
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--quiet", action="store_true")
     from .evaluation.comparison import build_parser as build_table_parser
 
     build_table_parser(sub.add_parser("table", help="concept-ablation comparison table (evaluation axis 1)"))
@@ -48,6 +67,8 @@ def main(argv=None) -> int:
         return _table(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "judge":
+        return _judge(args, argv)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -94,6 +115,28 @@ def _at_least(minimum: int):
         return value
 
     return parse
+
+
+def _judge(args, argv) -> int:
+    import shlex
+
+    from .evaluation.llm import HFChatBackend, OpenAIBackend
+    from .judging import run_judging
+
+    backend = (OpenAIBackend(args.judge_model, base_url=args.base_url, timeout=args.timeout) if args.base_url
+               else HFChatBackend(args.judge_model, device="cpu" if args.device == "auto" else args.device))
+    try:
+        result = run_judging(args.out, dataset=args.dataset, n_sentences=args.n_sentences, k=args.k,
+                             concept_epochs=args.concept_epochs, n_fit=args.n_fit, backend=backend,
+                             llm=not args.no_llm, seed=args.seed,
+                             device=args.device, command="clvq " + shlex.join(argv),
+                             log=None if args.quiet else (lambda m: print(f"[judge] {m}", flush=True)))
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"clvq: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/ (browser.html, study.html, study_key.json, summary.json"
+          f"{'' if args.no_llm else ', report.md'}) in {result['meta']['seconds']:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,170 @@
+"""A self-contained, offline HTML concept browser.
+
+:func:`concept_browser_html` returns one HTML page (inline CSS and
+JavaScript, the data as embedded JSON, no network, no server) that shows the
+documents of a :class:`~clvqlearn.LayerPairs` with every token coloured by
+its concept, for several concept methods side by side; the salient token of
+each document is outlined.  Clicking a token opens its concept card (size,
+top words, example sentences, label distribution where the concept is
+salient); the concept list is searchable and sortable.
+
+Examples
+--------
+>>> import numpy as np
+>>> from clvqlearn import LayerPairs
+>>> from clvqlearn.report.browser import concept_browser_html
+>>> pairs = LayerPairs(low=np.zeros((3, 1)), high=np.zeros((3, 1)), offsets=[0, 2, 3],
+...                    tokens=np.array(["good", "film", "bad"], dtype=object))
+>>> page = concept_browser_html({"kmeans": np.array([0, 1, 0])}, pairs)
+>>> page.startswith("<!DOCTYPE html>") and "http" not in page.split("<body>")[0]
+True
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..pairs import LayerPairs
+from ._browser_assets import PAGE
+from .descriptions import (
+    _scheme,
+    _starts_word,
+    _tokens_of,
+    describe_concepts,
+)
+
+__all__ = ["concept_browser_html", "write_concept_browser"]
+
+
+def _display_tokens(pairs: LayerPairs):
+    """Vocabulary, per-row vocabulary index and 'space before' flag."""
+    tokens = _tokens_of(pairs)
+    scheme = _scheme(tokens)
+    starts = {int(o) for o in pairs.offsets[:-1]}
+    shown = []
+    space = np.zeros(len(tokens), dtype=np.int8)
+    for row, tok in enumerate(tokens):
+        tok = str(tok)
+        space[row] = 1 if _starts_word(tok, scheme, row in starts) else 0
+        shown.append(tok[2:] if tok.startswith("##") else tok.lstrip("Ġ▁"))
+    vocab, index = np.unique(np.array(shown, dtype=object).astype(str), return_inverse=True)
+    return vocab.tolist(), index.astype(np.int64), space
+
+
+def _method_json(name, ids, table, label_cols):
+    concepts = []
+    for concept, row in table.iterrows():
+        if row["n_tokens"] == 0:
+            continue
+        item = {"id": int(concept), "n": int(row["n_tokens"]), "kind": row["kind"],
+                "words": [[w, int(c)] for w, c in zip(row["words"], row["word_counts"])],
+                "sentences": list(row["sentences"])}
+        if label_cols:
+            item["labels"] = [int(row[c]) for c in label_cols]
+            item["ns"] = int(row["n_salient"])
+        concepts.append(item)
+    return {"name": str(name), "ids": ids.tolist(), "concepts": concepts}
+
+
+def _label_list(values, n_docs, what):
+    if values is None:
+        return None
+    values = np.asarray(values)
+    if values.shape != (n_docs,):
+        raise ValueError(f"{what} must have one entry per document ({n_docs}); got shape {values.shape}.")
+    return [v.item() if hasattr(v, "item") else v for v in values]
+
+
+def browser_data(methods: dict, pairs: LayerPairs, *, salient_rows=None, labels=None, predictions=None,
+                 label_names=None, descriptions: dict | None = None, title: str = "Concept browser",
+                 random_state=0, **describe_kwargs) -> dict:
+    """The JSON-able data behind :func:`concept_browser_html` (same parameters)."""
+    if not isinstance(methods, dict) or not methods:
+        raise ValueError("methods must be a non-empty dict {method name: concept ids of every token row}.")
+    vocab, tok, space = _display_tokens(pairs)
+    n_docs = pairs.n_docs
+    salient = None if salient_rows is None else np.asarray(salient_rows, dtype=np.int64)
+    if salient is not None and salient.shape != (n_docs,):
+        raise ValueError(f"salient_rows must have one entry per document ({n_docs}); got shape {salient.shape}.")
+    described_by = predictions if predictions is not None else labels
+    out_methods = []
+    for name, ids in methods.items():
+        ids = np.asarray(ids)
+        table = (descriptions or {}).get(name)
+        if table is None:
+            kwargs = dict(describe_kwargs)
+            if salient is not None and described_by is not None:
+                kwargs.update(salient_rows=salient, labels=described_by, label_names=label_names)
+            table = describe_concepts(ids, pairs, random_state=random_state, **kwargs)
+        label_cols = [c for c in table.columns if str(c).startswith("label:")]
+        out_methods.append(_method_json(name, ids.astype(np.int64), table, label_cols))
+    names = list(label_names) if label_names is not None else None
+    return {
+        "title": title, "label_names": names, "methods": out_methods,
+        "docs": {"offsets": pairs.offsets.tolist(), "vocab": vocab, "tok": tok.tolist(), "space": space.tolist(),
+                 "salient": None if salient is None else salient.tolist(),
+                 "labels": _label_list(labels, n_docs, "labels"),
+                 "preds": _label_list(predictions, n_docs, "predictions")},
+    }
+
+
+def _embed(data: dict) -> str:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def concept_browser_html(methods: dict, pairs: LayerPairs, *, salient_rows=None, labels=None, predictions=None,
+                         label_names=None, descriptions: dict | None = None, title: str = "Concept browser",
+                         random_state=0, **describe_kwargs) -> str:
+    """One self-contained HTML page that browses concepts of several methods.
+
+    Parameters
+    ----------
+    methods : dict of str -> array-like of shape (n_tokens,)
+        Concept id of every token row of ``pairs``, per method (e.g.
+        ``{"CLVQ-VAE": clvq.predict(pairs), "k-means": km.predict(pairs)}``).
+    pairs : LayerPairs
+        The documents, with token strings.
+    salient_rows : array-like of shape (n_docs,), optional
+        Row of each document's salient token (-1 = none); outlined in red.
+    labels, predictions : array-like of shape (n_docs,), optional
+        Gold labels and model predictions, shown per document; the concept
+        cards' label distributions use the predictions (else the labels).
+    label_names : sequence of str, optional
+        Names of integer labels.
+    descriptions : dict of str -> DataFrame, optional
+        Precomputed :func:`~clvqlearn.report.descriptions.describe_concepts`
+        tables per method (computed when missing).
+    title : str
+    random_state : int or None
+        Which example sentences the cards show.
+    **describe_kwargs
+        Passed to :func:`~clvqlearn.report.descriptions.describe_concepts`
+        (``stop_words``, ``top_tokens``, ...).
+
+    Returns
+    -------
+    str
+        The HTML page; it loads from disk in any browser without network.
+    """
+    data = browser_data(methods, pairs, salient_rows=salient_rows, labels=labels, predictions=predictions,
+                        label_names=label_names, descriptions=descriptions, title=title,
+                        random_state=random_state, **describe_kwargs)
+    return PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", _embed(data))
+
+
+def write_concept_browser(path, methods: dict, pairs: LayerPairs, **kwargs) -> Path:
+    """Write :func:`concept_browser_html` to ``path`` (UTF-8) and return the path.
+
+    Examples
+    --------
+    >>> write_concept_browser("browser.html", {"CLVQ-VAE": ids}, pairs)  # doctest: +SKIP
+    PosixPath('browser.html')
+    """
+    path = Path(path)
+    path.write_text(concept_browser_html(methods, pairs, **kwargs), encoding="utf-8")
+    return path

@@ -1,0 +1,110 @@
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from clvqlearn.report.browser import (
+    browser_data,
+    concept_browser_html,
+    write_concept_browser,
+)
+
+
+def _methods(ids):
+    return {"CLVQ-VAE": ids, "k-means": (ids + 1) % 5}
+
+
+def _embedded(page):
+    text = re.search(r'<script type="application/json" id="clvq-data">(.*?)</script>', page, re.DOTALL).group(1)
+    return json.loads(text.replace("<\\/", "</"))
+
+
+def test_page_is_self_contained(toy_pairs):
+    pairs, ids, salient, labels = toy_pairs
+    page = concept_browser_html(_methods(ids), pairs, salient_rows=salient, labels=labels, label_names=["neg", "pos"])
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<script src" not in page and "@import" not in page
+    data = _embedded(page)
+    assert [m["name"] for m in data["methods"]] == ["CLVQ-VAE", "k-means"]
+    assert data["methods"][0]["ids"] == ids.tolist() and data["docs"]["salient"] == salient.tolist()
+    good = next(c for c in data["methods"][0]["concepts"] if c["id"] == 1)
+    assert good["words"][0] == ["good", 3] and good["labels"] == [0, 3]
+
+
+def test_script_breaking_tokens_are_escaped(toy_pairs):
+    pairs, ids, *_ = toy_pairs
+    pairs.tokens[1] = "</script><b>"
+    page = concept_browser_html({"m": ids}, pairs)
+    assert page.count("</script>") == 2  # the JSON block and the code block only
+    assert _embedded(page)["docs"]["vocab"].count("</script><b>") == 1
+
+
+def test_bad_inputs(toy_pairs):
+    pairs, ids, salient, _ = toy_pairs
+    with pytest.raises(ValueError, match="non-empty dict"):
+        browser_data({}, pairs)
+    with pytest.raises(ValueError, match="salient_rows"):
+        browser_data({"m": ids}, pairs, salient_rows=salient[:2])
+    with pytest.raises(ValueError, match="shape"):
+        browser_data({"m": ids[:3]}, pairs)
+
+
+def test_browser_in_headless_chromium(chrome, console_errors, toy_pairs, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    pairs, ids, salient, labels = toy_pairs
+    path = write_concept_browser(tmp_path / "browser.html", _methods(ids), pairs, salient_rows=salient,
+                                 labels=labels, predictions=labels, label_names=["neg", "pos"])
+    chrome.get(path.as_uri())
+    assert chrome.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+    assert console_errors(chrome) == []
+    # every document shows both methods; the salient token is outlined
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".doc")) == 6
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".mrow")) == 12
+    sal = chrome.find_elements(By.CSS_SELECTOR, '.tok.sal[data-m="0"]')
+    assert [s.text for s in sal] == ["good", "great", "bad", "awful", "good", "bad"]
+    # click the salient 'bad' of CLVQ-VAE -> card of concept 2
+    sal[2].click()
+    card = chrome.find_element(By.ID, "card").text
+    assert "CLVQ-VAE · concept 2" in card and "3 tokens" in card
+    assert "bad 2" in card and "awful 1" in card and "neg" in card
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".tok.sel")) == 3
+    # concept list: 4 non-empty concepts; search by word narrows it to the 'good' concept
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".concept-row")) == 4
+    special_row = chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="0"]')
+    assert "special tokens" in special_row.text
+    chrome.find_element(By.ID, "concept-search").send_keys("grea")
+    rows = chrome.find_elements(By.CSS_SELECTOR, ".concept-row")
+    assert [r.get_attribute("data-c") for r in rows] == ["1"]
+    rows[0].click()
+    assert "concept 1" in chrome.find_element(By.ID, "card").text
+    # sort by id on the other method
+    chrome.find_element(By.ID, "concept-search").clear()
+    chrome.find_element(By.CSS_SELECTOR, '#concept-sort option[value="id"]').click()
+    assert [r.get_attribute("data-c") for r in chrome.find_elements(By.CSS_SELECTOR, ".concept-row")] == ["0", "1", "2", "3"]
+    # sentence search, then the concept filter from the card
+    chrome.find_element(By.ID, "sentence-search").send_keys("awful")
+    chrome.implicitly_wait(0)
+    _wait(chrome, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".doc")) == 1)
+    chrome.find_element(By.ID, "sentence-search").clear()
+    chrome.find_element(By.ID, "sentence-search").send_keys(" ")
+    _wait(chrome, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".doc")) == 6)
+    chrome.find_element(By.CSS_SELECTOR, '.tok[data-m="0"][data-c="1"]').click()
+    chrome.find_element(By.ID, "filter-concept").click()
+    assert [d.get_attribute("data-doc") for d in chrome.find_elements(By.CSS_SELECTOR, ".doc")] == ["0", "1", "4"]
+    # hide a method
+    chrome.find_element(By.CSS_SELECTOR, '.method-box[data-m="1"]').click()
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".mrow")) == 3
+    assert console_errors(chrome) == []
+    shot = tmp_path / "browser.png"
+    assert chrome.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("CLVQLEARN_KEEP_SCREENSHOTS"):  # to look at it while developing
+        shutil.copy(shot, os.environ["CLVQLEARN_KEEP_SCREENSHOTS"])
+
+
+def _wait(driver, condition, timeout=5):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(condition)
