@@ -338,9 +338,9 @@ def task_classifier(train, evaluation, *, model, max_length, epochs, seed=0, dev
     from ..evaluation.tasks import fine_tune_classifier
 
     return fine_tune_classifier(train.texts, train.labels, model=model, label_names=train.label_names,
-                                num_labels=len(train.label_names), validation_data=(evaluation.texts, evaluation.labels),
-                                epochs=epochs, max_length=max_length, random_state=seed, device=device,
-                                verbose=not quiet)
+                                num_labels=len(train.label_names),
+                                validation_data=(evaluation.texts, evaluation.labels), epochs=epochs,
+                                max_length=max_length, random_state=seed, device=device, verbose=not quiet)
 
 
 def removal_report(estimator, record, evaluation, classifier, *, protocol="probe", probe="logistic", n_steps=16,

@@ -70,22 +70,34 @@ def run_demo(options: DemoOptions | None = None) -> dict:
     estimators = _estimators(options)
     out = writable_folder(options.output)
     write_config(options, out, "demo")
+    stages = {}
     data, train_idx, test_idx, extractor = _data(options)
     train, test = extractor.transform(data.take(train_idx).texts), extractor.transform(data.take(test_idx).texts)
+    stages["extract"] = time.perf_counter() - started
     say(f"[clvq] {options.model} layers {train.layers}: {len(train_idx)} texts ({train.n_tokens} tokens) to fit, "
         f"{len(test_idx)} held out ({test.n_tokens} tokens)")
     seconds = _fit_all(estimators, train, say)
-    frame = _comparison(estimators, train, test, options, seconds)
-    yardstick = _agreement(estimators, train, test, options, frame)
+    stages["fit"] = sum(seconds.values())
+    frame = _timed(stages, "references", _comparison, estimators, train, test, options, seconds)
+    yardstick = _timed(stages, "agreement", _agreement, estimators, train, test, options, frame)
     if options.removal:
-        _removal(estimators, data, train_idx, test_idx, test, extractor, options, frame, say)
+        _timed(stages, "removal", _removal, estimators, data, train_idx, test_idx, test, extractor, options, frame,
+               say)
     summary = _write(out, options, estimators, frame, test, yardstick, started,
                      {"train_texts": len(train_idx), "test_texts": len(test_idx), "train_tokens": train.n_tokens,
-                      "test_tokens": test.n_tokens, "dataset": data.name})
+                      "test_tokens": test.n_tokens, "dataset": data.name, "stage_seconds": stages,
+                      "epochs": {n: int(e.n_iter_) for n, e in estimators.items()}})
     say(_format(frame, yardstick))
     say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, 3 plots, models/ "
         f"in {summary['seconds']:.0f} s")
     return summary
+
+
+def _timed(stages: dict, name: str, function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    stages[name] = time.perf_counter() - start
+    return result
 
 
 def _estimators(options: DemoOptions) -> dict:
@@ -113,7 +125,8 @@ def _data(options: DemoOptions):
         data = data.sample(options.n_texts, shuffle=True, random_state=options.seed)
     from sklearn.model_selection import train_test_split
 
-    labels = data.labels if data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1 else None
+    stratify = data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1
+    labels = data.labels if stratify else None
     train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=0.2, stratify=labels,
                                            random_state=options.seed)
     return data, train_idx, test_idx, extractor.fit(data.texts)
@@ -170,7 +183,7 @@ def _removal(estimators, data, train_idx, test_idx, test, extractor, options, fr
         return
     record = {"model": options.model, "layers": list(extractor.layers_), "max_length": options.max_length}
     clf_train, evaluation = data.take(train_idx), data.take(test_idx)
-    clf = task_classifier(clf_train, evaluation, model=options.model, max_length=options.max_length, epochs=2,
+    clf = task_classifier(clf_train, evaluation, model=options.model, max_length=options.max_length, epochs=1,
                           seed=options.seed, device=options.device, quiet=options.quiet)
     say(f"[clvq] topic classifier: held-out accuracy {clf.accuracy:.3f}")
     n_splits = int(min(5, np.unique(evaluation.labels, return_counts=True)[1].min()))

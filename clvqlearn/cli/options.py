@@ -21,7 +21,7 @@ ValueError: --layers '4': expected two layer indices LOW,HIGH such as 4,6.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from ..evaluation.comparison import CHOICES, DATASETS, METHODS, MODELS, PROTOCOLS, TABLES, ComparisonConfig
 
@@ -103,9 +103,9 @@ class SourceOptions:
         No progress bars or messages.
     """
 
-    texts: Optional[str] = None
-    dataset: Optional[str] = "bbc_news"
-    n_texts: Optional[int] = None
+    texts: str | None = None
+    dataset: str | None = "bbc_news"
+    n_texts: int | None = None
     model: str = "minilm"
     layers: str = "4,6"
     max_length: int = 128
@@ -159,8 +159,8 @@ class FitOptions(SourceOptions):
 
     method: Method = "crosslayer"
     k: int = 50
-    pairs: Optional[str] = None
-    max_epochs: Optional[int] = None
+    pairs: str | None = None
+    max_epochs: int | None = None
     params: dict = field(default_factory=dict)
     output: str = "clvq_model"
 
@@ -242,7 +242,7 @@ class EvaluateOptions:
     dataset: str = "bbc_news"
     n_texts: int = 100
     n_train: int = 300
-    classifier: Optional[str] = None
+    classifier: str | None = None
     protocol: Literal["probe", "splice"] = "probe"
     probe: Literal["logistic", "mlp"] = "logistic"
     n_steps: int = 16
@@ -300,7 +300,7 @@ class DemoOptions:
     n_texts: int = 400
     k: int = 50
     max_length: int = 64
-    max_epochs: int = 20
+    max_epochs: int = 15
     decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
     removal: bool = True
     device: str = "auto"
@@ -341,7 +341,7 @@ class TableOptions:
     protocols: list[Literal[PROTOCOLS]] = field(default_factory=lambda: list(_C.protocols))
     tables: list[Literal[TABLES]] = field(default_factory=lambda: list(_C.tables))
     preset: Literal[CHOICES["preset"]] = _C.preset
-    n_splits: Optional[int] = _C.n_splits
+    n_splits: int | None = _C.n_splits
     n_classifier_train: int = _C.n_classifier_train
     n_classifier_train_decoder: int = _C.n_classifier_train_decoder
     n_fit: int = _C.n_fit
