@@ -98,13 +98,17 @@ def run_extract(options: ExtractOptions) -> dict:
 
 
 def load_pairs(path):
-    """A LayerPairs folder, or a ``clvq extract`` folder holding ``pairs/``."""
+    """A LayerPairs folder, or a ``clvq extract`` folder holding ``pairs/``.
+
+    The arrays are memory-mapped copy-on-write: read lazily from disk, and
+    writable (torch warns about read-only arrays) without touching the files.
+    """
     from ..pairs import LayerPairs
 
     path = Path(path).expanduser()
     if (path / PAIRS_FOLDER / "meta.json").is_file():
         path = path / PAIRS_FOLDER
-    return LayerPairs.load(path)
+    return LayerPairs.load(path, mmap_mode="c")
 
 
 # ---------------------------------------------------------------------------- fit
