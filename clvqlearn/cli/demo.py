@@ -108,6 +108,8 @@ def _estimators(options: DemoOptions) -> dict:
         params = {"decoder": options.decoder} if method in ("crosslayer", "singlelayer") else {}
         est = make_estimator(method, k=options.k, max_epochs=options.max_epochs, params=params,
                              seed=options.seed, device=options.device)
+        if method != "kmeans" and not options.quiet:
+            est.set_params(verbose=1)  # a progress bar over the epochs
         est._validate_params()
         estimators[name] = est
     return estimators
@@ -179,26 +181,22 @@ def _agreement(estimators, train, test, options, frame) -> float:
 
 def _removal(estimators, data, train_idx, test_idx, test, extractor, options, frame, say) -> None:
     """Fine-tune a classifier on the fitting texts, then the concept-removal score of every method."""
-    if data.labels is None:
-        say(f"[clvq] concept removal skipped: {data.name} has no labels.")
+    evaluation = data.take(test_idx)
+    n_splits = 0 if data.labels is None else int(min(5, np.unique(evaluation.labels, return_counts=True)[1].min()))
+    if n_splits < 2:
+        say("[clvq] concept removal skipped: it needs labels and at least 2 held-out texts per class.")
         return
     record = {"model": options.model, "layers": list(extractor.layers_), "max_length": options.max_length}
-    clf_train, evaluation = data.take(train_idx), data.take(test_idx)
-    clf = task_classifier(clf_train, evaluation, model=options.model, max_length=options.max_length, epochs=1,
-                          seed=options.seed, device=options.device, quiet=options.quiet)
+    clf = task_classifier(data.take(train_idx), evaluation, model=options.model, max_length=options.max_length,
+                          epochs=1, seed=options.seed, device=options.device, quiet=options.quiet)
     say(f"[clvq] topic classifier: held-out accuracy {clf.accuracy:.3f}")
-    n_splits = int(min(5, np.unique(evaluation.labels, return_counts=True)[1].min()))
-    if n_splits < 2:
-        say("[clvq] concept removal skipped: a class has fewer than 2 held-out texts (raise --n_texts).")
-        return
-    for column in ("removal_drop", "control_drop", "accuracy_before", "accuracy_after"):
-        frame[column] = np.nan
+    columns = ["removal_drop", "control_drop", "accuracy_before", "accuracy_after"]
+    frame[columns] = np.nan
     for name, est in estimators.items():
         report = removal_report(est, record, evaluation, clf, n_splits=n_splits, pooling="mean", seed=options.seed,
                                 device=options.device, pairs=test)
-        row = frame["method"] == name
-        frame.loc[row, ["removal_drop", "control_drop", "accuracy_before", "accuracy_after"]] = [
-            report.drop, report.control_drop, report.accuracy_before, report.accuracy_after]
+        frame.loc[frame["method"] == name, columns] = [report.drop, report.control_drop, report.accuracy_before,
+                                                       report.accuracy_after]
 
 
 def _write(out: Path, options, estimators, frame, test, yardstick, started, sizes) -> dict:
