@@ -224,3 +224,19 @@ def test_evaluate_scores_saved_models(small_demo, tmp_path):
     relative = (frame["accuracy_before"] - frame["accuracy_after"]) / frame["accuracy_before"]
     np.testing.assert_allclose(frame["drop"], relative, atol=1e-9)
     assert Path(tmp_path / "ev" / "config.yaml").is_file()
+
+
+def test_table_options_build_the_comparison_config(monkeypatch, tmp_path):
+    from clvqlearn.evaluation.comparison import ComparisonConfig
+
+    assert parse_options(["table"])[1].comparison_config() == ComparisonConfig()
+    _, options = parse_options(["table", "--models", "[minilm]", "--datasets", "[ag_news]", "--k", "20",
+                                "--preset", "fast", "--out", str(tmp_path)])
+    config = options.comparison_config()
+    assert (config.models, config.datasets, config.k, config.preset) == (("minilm",), ("ag_news",), 20, "fast")
+    seen = {}
+    monkeypatch.setattr("clvqlearn.evaluation.comparison.run_comparison",
+                        lambda config, out, **kw: seen.update(config=config, out=out, **kw))
+    assert main(["table", "--models", "[minilm]", "--k", "20", "--out", str(tmp_path), "--quiet", "true"]) == 0
+    assert seen["config"].k == 20 and seen["verbose"] is False and str(seen["out"]) == str(tmp_path)
+    assert seen["command"].startswith("clvq table --models") and read_config(tmp_path)["k"] == 20
