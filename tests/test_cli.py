@@ -240,3 +240,20 @@ def test_table_options_build_the_comparison_config(monkeypatch, tmp_path):
     assert main(["table", "--models", "[minilm]", "--k", "20", "--out", str(tmp_path), "--quiet", "true"]) == 0
     assert seen["config"].k == 20 and seen["verbose"] is False and str(seen["out"]) == str(tmp_path)
     assert seen["command"].startswith("clvq table --models") and read_config(tmp_path)["k"] == 20
+
+
+def test_table_choices_are_the_comparison_modules():
+    from dataclasses import fields as dc_fields
+    from typing import get_args
+
+    from clvqlearn.cli.options import TableOptions
+    from clvqlearn.evaluation import comparison as c
+
+    expected = {"datasets": c.DATASETS, "models": tuple(c.MODELS), "methods": c.METHODS, "protocols": c.PROTOCOLS,
+                "tables": c.TABLES, **c.CHOICES}
+    types = {f.name: f.type for f in dc_fields(TableOptions)}
+    namespace = vars(__import__("clvqlearn.cli.options", fromlist=["x"]))
+    for name, choices in expected.items():
+        hint = eval(types[name], namespace) if isinstance(types[name], str) else types[name]
+        literal = get_args(hint)[0] if name in ("datasets", "models", "methods", "protocols", "tables") else hint
+        assert get_args(literal) == tuple(choices), name

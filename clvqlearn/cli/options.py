@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..evaluation.comparison import CHOICES, DATASETS, METHODS, MODELS, PROTOCOLS, TABLES, ComparisonConfig
+from ..evaluation.comparison import ComparisonConfig
 
 __all__ = [
     "DemoOptions",
@@ -328,7 +328,8 @@ class TableOptions:
     """``clvq table``: the paper's concept-removal comparison table.
 
     See :class:`clvqlearn.evaluation.comparison.ComparisonConfig` for each
-    setting.
+    setting; the choices are written out (for type checkers) and a test
+    checks that they equal the comparison module's.
 
     Parameters
     ----------
@@ -340,12 +341,13 @@ class TableOptions:
     """
 
     out: str = "benchmarks/results/comparison"
-    datasets: list[Literal[DATASETS]] = field(default_factory=lambda: list(_C.datasets))
-    models: list[Literal[tuple(MODELS)]] = field(default_factory=lambda: list(_C.models))
-    methods: list[Literal[METHODS]] = field(default_factory=lambda: list(_C.methods))
-    protocols: list[Literal[PROTOCOLS]] = field(default_factory=lambda: list(_C.protocols))
-    tables: list[Literal[TABLES]] = field(default_factory=lambda: list(_C.tables))
-    preset: Literal[CHOICES["preset"]] = _C.preset
+    datasets: list[Literal["eraser_movie", "jigsaw", "ag_news"]] = field(default_factory=lambda: list(_C.datasets))
+    models: list[Literal["minilm", "smollm2"]] = field(default_factory=lambda: list(_C.models))
+    methods: list[Literal["CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]] = field(
+        default_factory=lambda: list(_C.methods))
+    protocols: list[Literal["probe", "splice"]] = field(default_factory=lambda: list(_C.protocols))
+    tables: list[Literal["layer-matched", "high-layer"]] = field(default_factory=lambda: list(_C.tables))
+    preset: Literal["paper", "fast"] = "paper"
     n_splits: int | None = _C.n_splits
     n_classifier_train: int = _C.n_classifier_train
     n_classifier_train_decoder: int = _C.n_classifier_train_decoder
@@ -360,10 +362,10 @@ class TableOptions:
     ig_steps: int = _C.ig_steps
     ig_steps_decoder: int = _C.ig_steps_decoder
     concept_epochs: int = _C.concept_epochs
-    clvq_decoder: Literal[CHOICES["clvq_decoder"]] = _C.clvq_decoder
-    probe: Literal[CHOICES["probe"]] = _C.probe
-    splice_positions: Literal[CHOICES["splice_positions"]] = _C.splice_positions
-    decoder_classifier: Literal[CHOICES["decoder_classifier"]] = _C.decoder_classifier
+    clvq_decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
+    probe: Literal["mlp", "logistic"] = "mlp"
+    splice_positions: Literal["salient", "all"] = "all"
+    decoder_classifier: Literal["head", "fine-tune"] = "head"
     seed: int = _C.seed
     device: str = _C.device
     resume: bool = False
