@@ -1,4 +1,8 @@
-"""Concept removal (evaluation axis 1) on a packaged model and a packaged data set.
+"""
+Concept removal on a fine-tuned MiniLM
+======================================
+
+Concept removal (evaluation axis 1) on a packaged model and a packaged data set.
 
 Fine-tunes MiniLM on BBC News topics, learns CrossLayerVQ concepts from the
 fine-tuned model's own layers 4 -> 6, then removes each test sentence's

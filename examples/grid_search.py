@@ -1,4 +1,8 @@
-"""Choose the codebook size with GridSearchCV (the extractor runs once per fold,
+"""
+Choosing k with GridSearchCV
+============================
+
+Choose the codebook size with GridSearchCV (the extractor runs once per fold,
 thanks to ``Pipeline(memory=...)``).
 
     python examples/grid_search.py

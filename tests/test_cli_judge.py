@@ -1,17 +1,25 @@
 import pytest
 
-from clvqlearn.cli import build_parser, main
+from clvqlearn.cli import main
+from clvqlearn.cli._main import parse_options
 
 
 def test_judge_subcommand_options():
-    args = build_parser().parse_args(["judge", "--out", "x", "--base-url", "http://127.0.0.1:1/v1",
-                                      "--judge-model", "m", "--n-sentences", "10"])
-    assert (args.command, args.out, args.base_url, args.judge_model, args.n_sentences) == (
+    name, options = parse_options(["judge", "--out", "x", "--base_url", "http://127.0.0.1:1/v1",
+                                   "--judge_model", "m", "--n_sentences", "10"])
+    assert (name, options.out, options.base_url, options.judge_model, options.n_sentences) == (
         "judge", "x", "http://127.0.0.1:1/v1", "m", 10)
-    assert build_parser().parse_args(["judge"]).dataset == "eraser_movie"
+    assert parse_options(["judge"])[1].dataset == "eraser_movie"
 
 
 def test_judge_rejects_unknown_dataset(capsys):
-    with pytest.raises(SystemExit):
-        main(["judge", "--dataset", "imdb"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["judge", "--dataset", "imdb"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clvq judge: error:") and "imdb" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--n_sentences", "0"), ("--timeout", "-1")])
+def test_judge_rejects_bad_numbers_before_any_work(flag, value, capsys, tmp_path):
+    assert main(["judge", "--out", str(tmp_path / "o"), flag, value]) == 2
+    assert flag.lstrip("-") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

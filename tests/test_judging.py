@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clvqlearn.judging import _judge_stats, _markdown, _report
+from clvqlearn.cli.judging import _judge_stats, _markdown, _report
 
 
 def _frame():

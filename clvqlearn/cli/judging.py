@@ -39,9 +39,9 @@ METHOD_NAMES = {"CrossLayerVQ": "CLVQ-VAE", "SingleLayerVQ": "VQ-VAE (single lay
 
 
 def _fit_concepts(config, dataset, n_sentences, log):
-    from .evaluation.comparison import MODELS, load_splits, make_estimator
-    from .evaluation.tasks import fine_tune_classifier
-    from .extraction import LayerPairExtractor
+    from ..evaluation.comparison import MODELS, load_splits, make_estimator
+    from ..evaluation.tasks import fine_tune_classifier
+    from ..extraction import LayerPairExtractor
 
     clf_train, fit_texts, ev_all = load_splits(dataset, config, n_eval=config.n_eval)
     clf = fine_tune_classifier(
@@ -63,7 +63,7 @@ def _fit_concepts(config, dataset, n_sentences, log):
 
 
 def _salient(clf, ev, ev_pairs, config):
-    from .evaluation.saliency import token_saliency
+    from ..evaluation.saliency import token_saliency
 
     sal = token_saliency(clf, ev.texts, n_steps=config.ig_steps, max_length=config.max_length,
                          device=config.device, verbose=False)
@@ -72,8 +72,8 @@ def _salient(clf, ev, ev_pairs, config):
 
 def _concepts(estimators, fit_pairs, ev_pairs, rows, random_state):
     """Per method: descriptions (from the fitting corpus) and each sentence's concept."""
-    from .evaluation.judge import concept_representations
-    from .report.descriptions import describe_estimator
+    from ..evaluation.judge import concept_representations
+    from ..report.descriptions import describe_estimator
 
     out = {}
     for method, est in estimators.items():
@@ -86,7 +86,7 @@ def _concepts(estimators, fit_pairs, ev_pairs, rows, random_state):
 
 
 def _judge_runs(items, out, guidance, flipped_items, log, backend):
-    from .evaluation.judge import read_judgments, run_judge
+    from ..evaluation.judge import read_judgments, run_judge
 
     path = out / "judgments.jsonl"
     for seed, name, its in ((0, "order-0", items), (1, "order-1", items), (0, "flipped", flipped_items)):
@@ -98,7 +98,7 @@ def _judge_runs(items, out, guidance, flipped_items, log, backend):
 
 def _trust_checks(frame, backend_name, value):
     """Self-agreement under shuffled order, position bias, reaction to a flipped prediction."""
-    from .evaluation.judge import judge_agreement
+    from ..evaluation.judge import judge_agreement
 
     main = frame[frame["judge"].str.endswith(("order-0", "order-1"))]
     first = frame[frame["judge"] == f"{backend_name}/order-0"]
@@ -115,7 +115,7 @@ def _trust_checks(frame, backend_name, value):
 
 
 def _judge_stats(frame, backend_name):
-    from .evaluation.judge import rating_summary
+    from ..evaluation.judge import rating_summary
 
     main = frame[frame["judge"].str.endswith(("order-0", "order-1"))]
     summary = rating_summary(main, random_state=0)
@@ -203,8 +203,8 @@ def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k
     dict
         The summary written to ``summary.json``.
     """
-    from .evaluation.comparison import ComparisonConfig
-    from .evaluation.llm import HFChatBackend
+    from ..evaluation.comparison import ComparisonConfig
+    from ..evaluation.llm import HFChatBackend
 
     log = log or (lambda message: None)
     out = Path(out)
@@ -229,9 +229,9 @@ def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k
 
 def _prepare(out, config, dataset, n_sentences, log) -> dict:
     """Fit, find salient tokens, write the browser and the study kit."""
-    from .evaluation.judge import make_judge_items
-    from .report.browser import write_concept_browser
-    from .report.study import make_study
+    from ..evaluation.judge import make_judge_items
+    from ..report.browser import write_concept_browser
+    from ..report.study import make_study
 
     clf, ev, fit_pairs, ev_pairs, estimators = _fit_concepts(config, dataset, n_sentences, log)
     rows = _salient(clf, ev, ev_pairs, config)
@@ -253,8 +253,8 @@ def _prepare(out, config, dataset, n_sentences, log) -> dict:
 
 def _llm_part(out, run, dataset, backend, seed, log) -> dict:
     """The LLM judge (with its trust checks) and the LLM annotator."""
-    from .evaluation.judge import GUIDANCE
-    from .evaluation.study import llm_annotate, score_study
+    from ..evaluation.judge import GUIDANCE
+    from ..evaluation.study import llm_annotate, score_study
 
     frame = _judge_runs(run["items"], out, GUIDANCE.get(dataset, ""), run["flipped"], log, backend)
     summary, stats = _judge_stats(frame, backend.name)

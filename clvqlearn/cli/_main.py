@@ -1,0 +1,153 @@
+"""The ``clvq`` parser: one subcommand per options dataclass, and the error policy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import fields
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+from . import options as opts
+
+#: subcommand -> (options dataclass, one-line help, example)
+SUBCOMMANDS = {
+    "extract": (opts.ExtractOptions, "texts -> token vectors of two layers (a saved LayerPairs folder)",
+                "clvq extract --dataset bbc_news --n_texts 200 --layers 4,6 --output pairs"),
+    "fit": (opts.FitOptions, "fit one concept method (crosslayer, singlelayer, kmeans, sae) -> a saved model",
+            "clvq fit --method crosslayer --k 50 --pairs pairs --output vq"),
+    "describe": (opts.DescribeOptions, "a saved model + pairs -> concepts.csv (top tokens, examples)",
+                 "clvq describe --model vq --pairs pairs --output vq_concepts"),
+    "evaluate": (opts.EvaluateOptions, "concept-removal score of saved models on a labelled data set",
+                 "clvq evaluate --models [vq,km] --dataset bbc_news --n_texts 100 --output removal"),
+    "table": (opts.TableOptions, "the paper's concept-removal comparison table (about an hour on 2 CPU cores)",
+              "clvq table --models [minilm] --datasets [ag_news] --out benchmarks/results/comparison"),
+    "judge": (opts.JudgeOptions, "concept browser, human study kit, LLM judge and LLM annotator (axes 2 and 3)",
+              "clvq judge --out clvq_judges --n_sentences 100 --base_url http://localhost:8000/v1"),
+    "demo": (opts.DemoOptions, "the main job: all four methods on MiniLM + BBC News, compared and plotted",
+             "clvq demo --output clvq_output"),
+}
+
+
+class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples."""
+
+
+def _subparser(name: str) -> ArgumentParser:
+    cls, summary, example = SUBCOMMANDS[name]
+    doc = (cls.__doc__ or "").split("\n\n")[0].strip()
+    parser = ArgumentParser(prog=f"clvq {name}", description=f"{doc}\n\n{summary}.", exit_on_error=False,
+                            epilog=f"example:\n  {example}\n  clvq {name} --config config.yaml  "
+                                   "(the options a run wrote next to its outputs)",
+                            formatter_class=_Formatter)
+    parser.add_argument("--config", action=ActionConfigFile, help="read options from a YAML or JSON file")
+    parser.add_class_arguments(cls, as_group=False)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    """The ``clvq`` argument parser (``jsonargparse``), one subcommand per options dataclass.
+
+    Returns
+    -------
+    jsonargparse.ArgumentParser
+
+    Examples
+    --------
+    >>> parser = build_parser()
+    >>> parser.parse_args(["fit", "--method", "kmeans", "--k", "8"]).fit.k
+    8
+    """
+    parser = ArgumentParser(prog="clvq", exit_on_error=False, formatter_class=_Formatter,
+                            description="Interpretable concepts in language models (CLVQ-VAE and baselines).",
+                            epilog="examples:\n" + "\n".join(f"  {ex}" for _, _, ex in SUBCOMMANDS.values()))
+    commands = parser.add_subcommands(dest="command", required=True)
+    for name, (_, summary, _) in SUBCOMMANDS.items():
+        commands.add_subcommand(name, _subparser(name), help=summary)
+    return parser
+
+
+def parse_options(argv) -> tuple[str, object]:
+    """``(subcommand, options dataclass)`` of a command line.
+
+    Raises
+    ------
+    argparse.ArgumentError
+        For an unknown subcommand or option, or a value of the wrong type.
+    ValueError
+        For a value the options dataclass refuses.
+
+    Examples
+    --------
+    >>> parse_options(["fit", "--method", "sae", "--k", "16"])[1].method
+    'sae'
+    """
+    namespace = build_parser().parse_args(list(argv))
+    name = namespace.command
+    cls = SUBCOMMANDS[name][0]
+    values = namespace[name]
+    return name, cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def _run(name: str, options, argv) -> dict:
+    from . import commands
+
+    if name == "demo":
+        from .demo import run_demo
+
+        return run_demo(options)
+    if name in ("table", "judge"):
+        command = " ".join(["clvq", *(shlex.quote(a) for a in argv)])
+        return getattr(commands, f"run_{name}")(options, command=command)
+    return getattr(commands, f"run_{name}")(options)
+
+
+#: Errors that are the user's input (a file, a name, a value): one line, exit status 2.
+USER_ERRORS = (argparse.ArgumentError, OSError, ValueError, TypeError, ImportError, KeyError)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``clvq`` command.
+
+    Bad input (an unknown option or data set, a missing file or data home,
+    a bad layer spec, an unwritable output folder, a model of another
+    width) prints ONE line ``clvq <subcommand>: error: ...`` to stderr and
+    returns 2; set ``CLVQ_DEBUG=1`` to see the traceback instead.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on bad input.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    try:
+        name, options = parse_options(argv)
+        _run(name, options, argv)
+    except USER_ERRORS as exc:
+        if os.environ.get("CLVQ_DEBUG"):
+            raise
+        print(f"clvq{' ' + name if name else ''}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line.
+
+    Examples
+    --------
+    >>> one_line(ValueError('Parser key "k":\\n  Expected an int'))
+    'Parser key "k": Expected an int'
+    >>> one_line(KeyError("x"))
+    "'x'"
+    """
+    text = str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())

