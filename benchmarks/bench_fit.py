@@ -120,8 +120,9 @@ def baseline_epoch(pairs, k, max_length, batch_size, device, seed=0):
 
 def ours_epoch(pairs, k, batch_size, device, **params):
     """One epoch of CrossLayerVQ; returns (seconds, real tokens, codebook seconds)."""
-    est = CrossLayerVQ(k=k, max_epochs=1, batch_size=batch_size, validation_fraction=0.0, device=device,
-                       random_state=0, **params)
+    # the reference architecture and optimiser (the baseline's), whatever the estimator's defaults
+    est = CrossLayerVQ.from_recipe("paper", k=k, max_epochs=1, batch_size=batch_size, validation_fraction=0.0,
+                                   device=device, random_state=0, **params)
     book_time = [0.0]
     original = EMACodebook.forward
 

@@ -42,9 +42,11 @@ CONFIGS = {
     "default (transformer-codes)": {},
     "mlp": {"decoder": "mlp"},
     "transformer (bypass)": {"decoder": "transformer"},
+    "mlp, encoder trained (straight-through)": {"decoder": "mlp", "encoder_learning_rate": None},
     "paper encoder + mlp, old start": {"decoder": "mlp", "encoder": "adaptive", "encoder_init": "identity",
                                        "init": "spherical", "decoder_init": "random", "batch_size": 128,
-                                       "learning_rate": 5e-3, "warmup_steps": 0, "max_epochs": 30},
+                                       "learning_rate": 5e-3, "warmup_steps": 0, "max_epochs": 30,
+                                       "early_stopping_patience": 15},
 }
 
 
@@ -85,7 +87,8 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
         active_codes=int(vq.n_active_codes_), perplexity=float(vq.perplexity_), diverged=bool(vq.diverged_),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
-                ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps")},
+                ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps",
+                 "encoder_learning_rate")},
     )
 
 

@@ -148,3 +148,51 @@ def test_regression_encoder_handles_other_target_widths():
     assert out.shape == (300, 4)
     # the image is the 2-D subspace the target depends on
     assert torch.linalg.matrix_rank(out - out.mean(0), rtol=1e-4) == 2
+
+
+# ------------------------------------------------------------ recipes and options
+def test_paper_recipe_is_the_reference_configuration():
+    vq = CrossLayerVQ.from_recipe("paper", k=50, random_state=1)
+    params = vq.get_params()
+    assert (params["decoder"], params["decoder_layers"], params["decoder_ff"], params["decoder_norm_first"]) == (
+        "transformer", 6, 2048, False)
+    assert (params["encoder"], params["encoder_init"], params["encoder_learning_rate"], params["init"]) == (
+        "adaptive", "identity", None, "spherical")
+    assert (params["batch_size"], params["learning_rate"], params["max_epochs"], params["k"]) == (128, 5e-3, 100, 50)
+    assert CrossLayerVQ.from_recipe("paper-decoder-lm").learning_rate == 1e-3
+
+
+def test_recipe_errors_name_what_was_expected():
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        CrossLayerVQ.from_recipe("fast")
+    with pytest.raises(TypeError, match="no parameter"):
+        CrossLayerVQ.from_recipe("paper", n_codes=3)
+
+
+def test_adaptive_fixed_encoder_can_hold_the_reference_mix_of_one_half():
+    pairs = _pairs()
+    vq = CrossLayerVQ(k=6, encoder="adaptive-fixed", alpha=float("inf"), random_state=0, **FAST).fit(pairs)
+    assert vq.encoder_mix_ == pytest.approx(0.5)
+
+
+def test_frozen_encoder_keeps_its_start_and_a_trained_one_moves():
+    pairs = _pairs(n_docs=60)
+    kwargs = dict(k=6, random_state=0, **{**FAST, "learning_rate": 1e-2, "warmup_steps": 0})
+    frozen = CrossLayerVQ(encoder_learning_rate=0.0, **kwargs).fit(pairs)
+    start = CrossLayerVQ(encoder_learning_rate=0.0, **{**kwargs, "learning_rate": 1e-9}).fit(pairs)
+    trained = CrossLayerVQ(encoder_learning_rate=None, **kwargs).fit(pairs)
+    key = "encoder.linear.weight"
+    np.testing.assert_array_equal(frozen.network_state_[key], start.network_state_[key])
+    assert not np.allclose(trained.network_state_[key], start.network_state_[key])
+
+
+def test_linear_encoder_concept_direction_is_the_mean_source_vector():
+    pairs = _pairs(n_docs=60)
+    vq = CrossLayerVQ(k=5, random_state=0, **FAST).fit(pairs)
+    ids = vq.predict(pairs)
+    c = int(np.bincount(ids).argmax())
+    mean = pairs.low[ids == c].mean(axis=0)
+    np.testing.assert_allclose(vq.concept_directions(c)[0], mean / np.linalg.norm(mean), atol=1e-5)
+    paper = CrossLayerVQ(k=5, encoder="adaptive", random_state=0, **FAST).fit(pairs)
+    code = paper.components_[c]
+    np.testing.assert_allclose(paper.concept_directions(c)[0], code / np.linalg.norm(code), atol=1e-6)
