@@ -13,6 +13,7 @@ run whenever the packaged model and corpus are installed.
 """
 
 import importlib.util
+
 import numpy as np
 import pytest
 from sklearn.base import clone

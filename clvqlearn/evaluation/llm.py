@@ -164,7 +164,9 @@ class HFChatBackend:
         import torch
 
         net, tokenizer = self._load()
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+        def encode(text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
         ids = encode(self._chat(prompt) + "{" + f"{json.dumps(keys[0])}:") + list(lead)
         past, fed = self._reuse(ids)
         parts, probs = [], {}

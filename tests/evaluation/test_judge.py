@@ -75,7 +75,7 @@ def test_openai_backend_unshuffles_ratings(server, tmp_path):
     wide = frame.pivot(index="item_id", columns="method", values="rating")
     assert (wide["clvq"] == 3).all() and (wide["kmeans"] == 1).all() and (wide["sae"] == 3).all()
     assert "empty" not in wide.columns
-    assert len({tuple(json.loads(l)["order"]) for l in out.read_text().splitlines()}) > 1
+    assert len({tuple(json.loads(line)["order"]) for line in out.read_text().splitlines()}) > 1
     assert len(server.requests) == 6 and server.requests[0]["body"]["model"] == "fake-judge"
 
 
@@ -83,7 +83,7 @@ def test_garbage_is_retried_then_recorded_missing(server, tmp_path):
     out = tmp_path / "judge.jsonl"
     server.script = ["garbled", "good"] + ["garbled"] * 3
     frame = run_judge(_items(2), _backend(server), out, n_attempts=3)
-    records = [json.loads(l) for l in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "missing"]
     assert len(records[0]["raw"]) == 2 and len(records[1]["raw"]) == 3
     assert "could not be read" in server.requests[1]["body"]["messages"][0]["content"]
@@ -95,7 +95,7 @@ def test_timeout_and_server_errors_are_recorded_not_raised(server, tmp_path):
     out = tmp_path / "judge.jsonl"
     server.script = ["slow", "500", "good", "slow", "slow"]
     run_judge(_items(2), _backend(server, timeout=0.3), out, n_attempts=3)
-    records = [json.loads(l) for l in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records[0]["status"] == "ok" and len(records[0]["errors"]) == 2
     assert "Timeout" in records[0]["errors"][0] and "500" in records[0]["errors"][1]
     assert records[1]["status"] == "ok" and len(records[1]["errors"]) == 2
@@ -123,7 +123,7 @@ def test_interrupted_run_resumes(server, tmp_path):
     frame = run_judge(items, _backend(server), out)
     assert len(server.requests) - n_before == 2  # items 3 and 4 only
     assert sorted(frame["item_id"].unique()) == ["0", "1", "2", "3", "4"]
-    assert all(json.loads(l) for l in out.read_text().splitlines()[-2:])
+    assert all(json.loads(line) for line in out.read_text().splitlines()[-2:])
 
 
 def test_resume_redoes_items_whose_content_changed(server, tmp_path):

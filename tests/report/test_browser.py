@@ -83,7 +83,8 @@ def test_browser_in_headless_chromium(chrome, console_errors, toy_pairs, tmp_pat
     # sort by id on the other method
     chrome.find_element(By.ID, "concept-search").clear()
     chrome.find_element(By.CSS_SELECTOR, '#concept-sort option[value="id"]').click()
-    assert [r.get_attribute("data-c") for r in chrome.find_elements(By.CSS_SELECTOR, ".concept-row")] == ["0", "1", "2", "3"]
+    rows = chrome.find_elements(By.CSS_SELECTOR, ".concept-row")
+    assert [r.get_attribute("data-c") for r in rows] == ["0", "1", "2", "3"]
     # sentence search, then the concept filter from the card
     chrome.find_element(By.ID, "sentence-search").send_keys("awful")
     chrome.implicitly_wait(0)
