@@ -367,8 +367,9 @@ class CrossLayerVQ(_VQEstimator):
     encoder_learning_rate : float or None, default=0.0
         Adam learning rate of the encoder; None = ``learning_rate`` (the
         paper), 0 = the encoder keeps its start.  The straight-through
-        gradient raised the training loss when it moved a regression-started
-        encoder (docs/crosslayervq.md), so by default it does not.
+        gradient moved a regression-started encoder without improving
+        held-out reconstruction (docs/crosslayervq.md), so by default it
+        does not.
     decoder : {"transformer-codes", "transformer", "mlp"}, default="transformer-codes"
         ``"transformer-codes"`` reads the codes of the whole sentence (self-
         and cross-attention to the codes only); ``"transformer"`` is the

@@ -131,8 +131,9 @@ class LinearEncoder(nn.Module):
         distances, and with them ``temperature``, keep the scale they have
         for the paper's near-identity encoder.  (Unscaled, MiniLM's layer-6
         predictions are 3x shorter than layer 4 and a temperature of 1
-        sampled a code other than the nearest for 24 % of tokens, against
-        0.6 % for the paper's encoder.)
+        sampled a code other than the nearest for 27 % of tokens, against
+        2.4 % rescaled and 0.8 % for the paper's encoder;
+        ``benchmarks/results/learns/why_ag_news.md``.)
         """
         AdaptiveResidualEncoder.init_regression(self, source, target, ridge)
         x = source.to(self.linear.weight)
