@@ -47,6 +47,12 @@ def test_click_through_reload_export_and_score(chrome, console_errors, download_
     answered = [answer_current() for _ in range(3)]
     assert "3 answered" in chrome.find_element(By.ID, "progress").text
     chrome.refresh()  # mid-study reload: nothing is lost
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # wait for the reloaded page's script (a loaded 2-core machine can be slow to run it)
+    WebDriverWait(chrome, 20).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+        and "3 answered" in d.find_element(By.ID, "progress").text)
     assert chrome.find_element(By.ID, "progress").text.startswith("Item 4 of 8 · 3 answered")
     assert chrome.find_element(By.ID, "annotator").get_attribute("value") == "tester 1"
     chrome.find_element(By.ID, "prev").click()
