@@ -17,6 +17,18 @@ import torch
 from torch import nn
 
 
+def square_linear(dim: int, init: str) -> nn.Linear:
+    """A ``dim -> dim`` linear layer started at the identity or at PyTorch's random init."""
+    if init not in ("identity", "random"):
+        raise ValueError(f"encoder init must be 'identity' or 'random'; got {init!r}")
+    linear = nn.Linear(dim, dim)
+    if init == "identity":
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(dim))
+            linear.bias.zero_()
+    return linear
+
+
 class AdaptiveResidualEncoder(nn.Module):
     """``z = (1 - m) x + m LayerNorm(W x + b)`` with ``m = 0.5 sigmoid(alpha)``.
 
@@ -35,13 +47,7 @@ class AdaptiveResidualEncoder(nn.Module):
 
     def __init__(self, dim: int, alpha: float = 0.2, learn_alpha: bool = True, init: str = "identity"):
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
-        if init not in ("identity", "random"):
-            raise ValueError(f"encoder init must be 'identity' or 'random'; got {init!r}")
-        if init == "identity":
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.eye(dim))
-                self.linear.bias.zero_()
+        self.linear = square_linear(dim, init)
         self.norm = nn.LayerNorm(dim)
         alpha_t = torch.tensor(float(alpha))
         if learn_alpha:
@@ -111,13 +117,7 @@ class LinearEncoder(nn.Module):
 
     def __init__(self, dim: int, init: str = "identity"):
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
-        if init not in ("identity", "random"):
-            raise ValueError(f"encoder init must be 'identity' or 'random'; got {init!r}")
-        if init == "identity":
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.eye(dim))
-                self.linear.bias.zero_()
+        self.linear = square_linear(dim, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
