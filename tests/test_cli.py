@@ -145,6 +145,10 @@ def test_fit_then_describe_on_saved_pairs(tmp_path, method):
     assert table.index.tolist() == [0, 1, 2]
     assert table["n_tokens"].sum() == pairs.n_tokens
     assert read_config(tmp_path / "d")["top_tokens"] == 2
+    browser = (tmp_path / "d" / "browser.html").read_text(encoding="utf-8")
+    assert {"CrossLayerVQ": "crosslayer", "SingleLayerVQ": "singlelayer", "KMeansConcepts": "kmeans",
+            "SparseAutoencoder": "sae"}.get(next(n for n in ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts",
+                                                           "SparseAutoencoder") if n in browser)) == method
 
 
 def test_fit_is_reproducible_from_its_config(tmp_path):
@@ -209,6 +213,8 @@ def test_demo_writes_plots_models_and_concepts(small_demo):
     for name in ("training_curves.png", "codebook_usage.png", "comparison.png"):
         assert (small_demo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pd.read_csv(small_demo / "concepts.csv").shape[0] == 8
+    browser = (small_demo / "browser.html").read_text(encoding="utf-8")
+    assert all(name in browser for name in ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"))
     assert read_config(small_demo)["k"] == 8
     for method in ("crosslayer", "singlelayer", "kmeans", "sae"):
         assert (small_demo / "models" / method / "model" / "model.safetensors").is_file()

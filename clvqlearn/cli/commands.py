@@ -231,7 +231,7 @@ def load_estimator(path):
 
 # ----------------------------------------------------------------------- describe
 def run_describe(options: DescribeOptions) -> dict:
-    """``clvq describe``: ``concepts.csv`` (size, share, top tokens, examples per concept).
+    """``clvq describe``: ``concepts.csv`` (size, share, top tokens, examples per concept) and ``browser.html``.
 
     Parameters
     ----------
@@ -242,6 +242,7 @@ def run_describe(options: DescribeOptions) -> dict:
     dict
         ``n_concepts``, ``n_used`` (concepts with at least one token) and ``output``.
     """
+    from ..report.browser import write_concept_browser
     from ..report.descriptions import describe_concepts
 
     estimator, pairs = load_estimator(options.model), load_pairs(options.pairs)
@@ -252,6 +253,8 @@ def run_describe(options: DescribeOptions) -> dict:
                               n_examples=options.n_examples, random_state=options.seed)
     table["usage_train"] = estimator.usage_
     table.to_csv(out / "concepts.csv")
+    write_concept_browser(out / "browser.html", {type(estimator).__name__: ids}, pairs,
+                          title=f"clvq describe: {options.model}")
     return {"n_concepts": len(table), "n_used": int((table["n_tokens"] > 0).sum()), "output": str(out)}
 
 

@@ -89,7 +89,7 @@ def run_demo(options: DemoOptions | None = None) -> dict:
                       "test_tokens": test.n_tokens, "dataset": data.name, "stage_seconds": stages,
                       "epochs": {n: int(e.n_iter_) for n, e in estimators.items()}})
     say(_format(frame, yardstick))
-    say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, 3 plots, models/ "
+    say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, browser.html, 3 plots, models/ "
         f"in {summary['seconds']:.0f} s")
     return summary
 
@@ -200,6 +200,7 @@ def _removal(estimators, data, train_idx, test_idx, test, extractor, options, fr
 
 
 def _write(out: Path, options, estimators, frame, test, yardstick, started, sizes) -> dict:
+    from ..report.browser import write_concept_browser
     from ..report.descriptions import describe_concepts
 
     frame.to_csv(out / "comparison.csv", index=False)
@@ -208,6 +209,8 @@ def _write(out: Path, options, estimators, frame, test, yardstick, started, size
     table = describe_concepts(vq.predict(test), test, k=vq.k, random_state=options.seed)
     table["usage_train"] = vq.usage_
     table.to_csv(out / "concepts.csv")
+    write_concept_browser(out / "browser.html", {name: est.predict(test) for name, est in estimators.items()},
+                          test, title=f"clvq demo: {options.model} layers {test.layers[0]} -> {test.layers[1]}")
     record = {"model": options.model, "layers": list(test.layers), "max_length": options.max_length}
     for name, est in estimators.items():  # each as a `clvq fit` folder, which describe and evaluate read
         folder = out / "models" / METHODS[name]
