@@ -268,11 +268,15 @@ def train_module(
     optimizer, scheduler, state = _optimizer(module, config, state)
     result = TrainResult()
     tracker = _BestState(module, config)
+    # the starting point competes: an explosion is judged against it, and a
+    # run that never improves on it ends where it started
+    start_docs = val_docs if val_docs.size else train_docs
+    tracker.start(evaluate_loss(module, loss_fn, source_t, target_t, offsets, start_docs, config, rng, device))
     bar = tqdm(range(config.max_epochs), desc=config.description, disable=not config.verbose, leave=False)
     for epoch in bar:
         batches = iterate_batches(source_t, target_t, offsets, train_docs, config, rng, True, device)
         train_loss, reason = _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
-                                          result, device, tracker.best_train)
+                                          result, device)
         if reason is None and val_docs.size:
             val_loss = evaluate_loss(module, loss_fn, source_t, target_t, offsets, val_docs, config, rng, device)
             result.validation_curve.append(val_loss)
@@ -295,6 +299,7 @@ def train_module(
     module.eval()
     if result.diverged:
         _warn_divergence(config, result)
+        return result, TrainState()  # the diverged steps' moments would poison a later partial_fit
     state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
     return result, state
 
@@ -308,13 +313,20 @@ def _optimizer(module, config: TrainConfig, state: TrainState | None):
     )
     state = state if state is not None else TrainState()
     if state.optimizer:
-        optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        try:
+            optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        except ValueError as exc:
+            raise ValueError(
+                "the optimiser state of the previous partial_fit call does not match the parameters trained "
+                "now (a learning-rate setting such as encoder_learning_rate changed from or to 0 between "
+                "calls); keep the settings fixed while streaming, or call fit to start again."
+            ) from exc
     if state.scheduler:
         scheduler.load_state_dict(copy.deepcopy(state.scheduler))
     return optimizer, scheduler, state
 
 
-def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step, result, device, best_train):
+def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step, result, device):
     """One pass of optimiser steps; returns (mean loss, divergence reason or None)."""
     module.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -325,10 +337,9 @@ def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
         with _autocast(device, config.compute_dtype):
             loss = loss_fn(module, batch)
         value = float(loss.detach())
-        limit = config.divergence_factor * (best_train if math.isfinite(best_train) else max(value, 1e-12))
-        if best_train == math.inf and count == 0:
-            best_train = value
-        if not math.isfinite(value) or value > limit:
+        # one batch may hold a few huge-norm tokens: inside an epoch only a
+        # non-finite loss stops training; explosions are judged on epoch means
+        if not math.isfinite(value):
             reason = f"the training loss became {value:.4g}"
             break
         optimizer.zero_grad(set_to_none=True)
@@ -362,6 +373,11 @@ class _BestState:
         self.module, self.config = module, config
         self.best_val, self.best_train, self.bad_epochs = math.inf, math.inf, 0
         self.state = copy.deepcopy(module.state_dict())
+
+    def start(self, loss: float) -> None:
+        """Record the loss of the starting state (epoch 0)."""
+        if math.isfinite(loss):
+            self.best_val = self.best_train = loss
 
     def explosion(self, train_loss: float, val_loss: float) -> str | None:
         factor = self.config.divergence_factor

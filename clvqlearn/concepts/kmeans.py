@@ -346,12 +346,28 @@ class KMeansConcepts(ConceptEstimator):
         """
         return super().partial_fit(X, y)
 
+    def _check_stream_scale(self, standardized: np.ndarray) -> None:
+        """Refuse a later batch far outside the scale the first ``partial_fit`` call fixed.
+
+        The centres are stored as ``centre * input_scale_ + input_shift_``;
+        a batch 1e19 times larger than the first would overflow them.
+        """
+        largest = float(np.max(np.abs(standardized))) if standardized.size else 0.0
+        if not np.isfinite(largest) or largest > 1e15:
+            raise ValueError(
+                f"X holds values about {largest:.3g} times the scale of the first partial_fit batch "
+                f"(input_scale_={self.input_scale_:.3g}); streamed batches must share one scale. "
+                "Rescale X, or call fit on data of the new scale."
+            )
+
     def _stream(self, X: np.ndarray) -> None:
         first = not hasattr(self, "components_")
         n = X.shape[0]
         if first:
             self.input_shift_, self.input_scale_ = _location_scale(X)
         X = self._standardize(X)
+        if not first:
+            self._check_stream_scale(X)
         if first:
             random_state = self.random_state
             model = self._minibatch_model(random_state, reassignment_ratio=0.01)

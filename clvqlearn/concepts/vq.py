@@ -591,7 +591,7 @@ class SingleLayerVQ(CrossLayerVQ):
                  decoder_layers=2, decoder_heads=8, decoder_ff=1024, decoder_hidden=1024,
                  decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
                  max_epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
-                 early_stopping_patience=5, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
+                 early_stopping_patience=3, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
                  compute_dtype="float32", n_low_features=None, device="auto", random_state=None,
                  verbose=0):
         super().__init__(

@@ -175,15 +175,23 @@ def test_adaptive_fixed_encoder_can_hold_the_reference_mix_of_one_half():
     assert vq.encoder_mix_ == pytest.approx(0.5)
 
 
-def test_frozen_encoder_keeps_its_start_and_a_trained_one_moves():
+def test_frozen_encoder_keeps_its_start_and_only_it_leaves_the_optimizer():
+    from clvqlearn.concepts._training import parameter_groups
+
     pairs = _pairs(n_docs=60)
     kwargs = dict(k=6, random_state=0, **{**FAST, "learning_rate": 1e-2, "warmup_steps": 0})
     frozen = CrossLayerVQ(encoder_learning_rate=0.0, **kwargs).fit(pairs)
     start = CrossLayerVQ(encoder_learning_rate=0.0, **{**kwargs, "learning_rate": 1e-9}).fit(pairs)
-    trained = CrossLayerVQ(encoder_learning_rate=None, **kwargs).fit(pairs)
     key = "encoder.linear.weight"
     np.testing.assert_array_equal(frozen.network_state_[key], start.network_state_[key])
-    assert not np.allclose(trained.network_state_[key], start.network_state_[key])
+    network = frozen._network()
+    encoder_params = {id(p) for p in network.encoder.parameters()}
+    for scales, expected in (({"encoder.": 0.0}, set()), ({"encoder.": 0.5}, encoder_params), ({}, encoder_params)):
+        groups = parameter_groups(network, 1e-4, scales, learning_rate=1e-2)
+        grouped = {id(p) for g in groups for p in g["params"]}
+        assert grouped & encoder_params == expected
+    halved = parameter_groups(network, 1e-4, {"encoder.": 0.5}, learning_rate=1e-2)
+    assert {g["lr"] for g in halved if {id(p) for p in g["params"]} <= encoder_params} == {5e-3}
 
 
 def test_linear_encoder_concept_direction_is_the_mean_source_vector():
@@ -196,3 +204,23 @@ def test_linear_encoder_concept_direction_is_the_mean_source_vector():
     paper = CrossLayerVQ(k=5, encoder="adaptive", random_state=0, **FAST).fit(pairs)
     code = paper.components_[c]
     np.testing.assert_allclose(paper.concept_directions(c)[0], code / np.linalg.norm(code), atol=1e-6)
+
+
+def test_a_batch_of_huge_tokens_is_not_taken_for_divergence():
+    """LM activations hold a few large-norm tokens; one batch of them must not stop training."""
+    rng = np.random.default_rng(0)
+    low = rng.normal(size=(400, 4)).astype(np.float32)
+    high = np.tanh(low @ rng.normal(size=(4, 4))).astype(np.float32)
+    high[::37] *= 8
+    pairs = LayerPairs(low=low, high=high, offsets=np.arange(401))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        vq = CrossLayerVQ(k=6, random_state=0, **FAST).fit(pairs)
+    assert not vq.diverged_ and vq.n_iter_ == FAST["max_epochs"]
+
+
+def test_divergence_drops_the_optimizer_state_of_the_diverged_steps():
+    pairs = _pairs(n_docs=80)
+    with pytest.warns(ConvergenceWarning):
+        vq = CrossLayerVQ(k=8, random_state=0, **{**FAST, "max_epochs": 30, "learning_rate": 1e4}).partial_fit(pairs)
+    assert vq._train_state.optimizer is None and vq._train_state.n_steps == 0
