@@ -142,13 +142,17 @@ class _VQEstimator(ConceptEstimator):
         return network
 
     def _decoder_features(self, network, sample, device) -> np.ndarray:
+        return self._over_documents(network, lambda b: network.decoder_features(b.source, b.lengths),
+                                    sample, device)
+
+    def _over_documents(self, network, function, data, device, compute_dtype="float32") -> np.ndarray:
+        """``function(batch)`` over all tokens in eval mode: token batches for a per-token
+        decoder, length-bucketed document batches for a sequence decoder."""
         network.eval()
         unit = "tokens" if network.per_token else "documents"
         batch = _TOKEN_BATCH if network.per_token else self.batch_size
-        return predict_batches(
-            lambda b: network.decoder_features(b.source, b.lengths),
-            sample.source, sample.source, sample.offsets, batch_size=batch, unit=unit, device=device,
-        )
+        return predict_batches(function, data.source, data.source, data.offsets, batch_size=batch, unit=unit,
+                               device=device, compute_dtype=compute_dtype)
 
     def _store_fitted(self, network, result, data, device) -> None:
         self._cache_network = (device, network)
@@ -243,14 +247,8 @@ class _VQEstimator(ConceptEstimator):
     def _reconstruct_data(self, data) -> np.ndarray:
         device = self._resolve_device()
         network = self._network(device)
-        network.eval()
-        unit = "tokens" if network.per_token else "documents"
-        batch = _TOKEN_BATCH if network.per_token else self.batch_size
-        return predict_batches(
-            lambda b: network(b.source, b.lengths).prediction,
-            data.source, data.source, data.offsets, batch_size=batch, unit=unit, device=device,
-            compute_dtype=self.compute_dtype,
-        )
+        return self._over_documents(network, lambda b: network(b.source, b.lengths).prediction, data, device,
+                                    self.compute_dtype)
 
     def encode(self, X) -> np.ndarray:
         """Codebook-space vectors ``z`` (the encoder output) of every token.

@@ -54,18 +54,12 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 from sklearn.metrics import adjusted_mutual_info_score
 
-from .._sklearn_compat import Interval, validate_params
+from .._sklearn_compat import Interval, StrOptions, validate_params
 from ..concepts._base import fraction_of_variance_explained
 from ..concepts.kmeans import KMeansConcepts
 from ..pairs import LayerPairs
 
 __all__ = ["reference_ladder", "concept_agreement", "kmeans_seed_agreement", "cluster_means"]
-
-
-def _check_pairs(pairs, name: str) -> LayerPairs:
-    if not isinstance(pairs, LayerPairs):
-        raise TypeError(f"{name} must be LayerPairs (the output of LayerPairExtractor); got {type(pairs).__name__}.")
-    return pairs
 
 
 def cluster_means(ids: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
@@ -122,7 +116,6 @@ def reference_ladder(train, test, k, *, estimators=None, random_state=0) -> pd.D
         Columns ``method``, ``fve`` (held out) and ``seconds`` (fit time of
         the reference; NaN for estimators fitted elsewhere).
     """
-    _check_pairs(train, "train"), _check_pairs(test, "test")
     rows = []
     start = time.perf_counter()
     low = KMeansConcepts(k, layer="low", random_state=random_state).fit(train)
@@ -178,7 +171,7 @@ def concept_agreement(a, b, X=None) -> float:
 
 @validate_params(
     {"train": [LayerPairs], "test": [LayerPairs], "k": [Interval(Integral, 1, None, closed="left")],
-     "layer": [str], "seeds": [tuple, list]},
+     "layer": [StrOptions({"low", "high"})], "seeds": [tuple, list]},
     prefer_skip_nested_validation=True,
 )
 def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1)) -> float:
@@ -196,8 +189,6 @@ def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1)) -> float
     -------
     float
     """
-    if layer not in ("low", "high"):
-        raise ValueError(f"layer must be 'low' or 'high'; got {layer!r}.")
     if len(seeds) != 2:
         raise ValueError(f"seeds must hold exactly two seeds; got {seeds!r}.")
     fits = [KMeansConcepts(k, layer=layer, random_state=seed).fit(train) for seed in seeds]

@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .encoders import ridge_coefficients
+
 DECODERS = ("transformer", "transformer-codes", "mlp")
 
 
@@ -108,8 +110,6 @@ def fit_output_layer(out: nn.Linear, features: torch.Tensor, target: torch.Tenso
     >>> [round(v, 3) + 0.0 for v in lin.weight[0].tolist()], round(lin.bias.item(), 3)
     ([3.0, 0.0], -1.0)
     """
-    from .encoders import ridge_coefficients
-
     weight, intercept = ridge_coefficients(features, target, ridge)
     out.weight.copy_(weight.T.to(out.weight))
     out.bias.copy_(intercept.to(out.bias))
