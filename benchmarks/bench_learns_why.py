@@ -81,8 +81,8 @@ def start_network(train, start: dict, seed: int = 0):
 
 
 def held_out(network, test, kmeans_ids):
-    from clvqlearn.concepts._base import fraction_of_variance_explained
     from clvqlearn.evaluation.diagnostics import concept_agreement
+    from clvqlearn.metrics import fraction_of_variance_explained
 
     network.eval()
     with torch.no_grad():

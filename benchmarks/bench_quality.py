@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from clvqlearn import CrossLayerVQ
-from clvqlearn.concepts._base import fraction_of_variance_explained
+from clvqlearn.metrics import fraction_of_variance_explained
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -3,6 +3,7 @@
 Public names only; see the docs for the guide.
 """
 
+from . import metrics
 from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoencoder
 from .evaluation.ablation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
@@ -19,5 +20,6 @@ __all__ = [
     "SparseAutoencoder",
     "concept_ablation_report",
     "concept_ablation_score",
+    "metrics",
     "__version__",
 ]

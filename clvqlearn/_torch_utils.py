@@ -103,3 +103,61 @@ def load_numpy_state(module: torch.nn.Module, state: dict[str, np.ndarray]) -> N
     """Load a :func:`to_numpy_state` dict into ``module`` (on its device)."""
     ref = module.state_dict()
     module.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(ref[k].device, ref[k].dtype) for k, v in state.items()})
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float, lr_scales: dict | None = None,
+                     learning_rate: float | None = None) -> list[dict]:
+    """Optimiser parameter groups: weight decay on weight matrices only, per-prefix learning rates.
+
+    The one weight-decay split of the package (the concept estimators'
+    training loop and the classifier fine-tuning both use it).  No decay on
+    biases, 1-D parameters (LayerNorm / RMSNorm weights), parameters whose
+    name contains ``"norm"``, or names listed by ``module.no_weight_decay()``.
+    Parameters with ``requires_grad=False`` join no group.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    weight_decay : float
+        Decay of the weight-matrix group(s).
+    lr_scales : dict of str to float, optional
+        Parameter-name prefix (e.g. ``"encoder."``) -> multiplier of
+        ``learning_rate``; the first matching prefix wins.  A multiplier of 0
+        freezes those parameters (they join no group).
+    learning_rate : float, optional
+        When given, every group gets ``"lr": learning_rate * multiplier``;
+        otherwise the optimiser's own ``lr`` applies.
+
+    Returns
+    -------
+    list of dict
+        ``{"params", "weight_decay"[, "lr"]}`` groups, decayed groups first,
+        for any ``torch.optim`` optimiser.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    >>> groups = parameter_groups(net, 0.01)
+    >>> [(g["weight_decay"], len(g["params"])) for g in groups]
+    [(0.01, 1), (0.0, 3)]
+    >>> optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    """
+    skip = set(getattr(module, "no_weight_decay", lambda: ())())
+    lr_scales = lr_scales or {}
+    groups: dict = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next((v for prefix, v in lr_scales.items() if name.startswith(prefix)), 1.0)
+        if scale == 0:
+            continue
+        decay = not (param.ndim < 2 or name in skip or name.endswith(".bias") or "norm" in name.lower())
+        groups.setdefault((decay, scale), []).append(param)
+    out = []
+    for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if learning_rate is not None:
+            group["lr"] = learning_rate * scale
+        out.append(group)
+    return out

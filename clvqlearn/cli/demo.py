@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..metrics import code_usage, usage_perplexity
 from . import plots
 from ._io import writable_folder, write_config
 from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_report, task_classifier
@@ -146,7 +147,7 @@ def _fit_all(estimators: dict, train, say) -> dict:
 
 
 def _usage(est, pairs) -> np.ndarray:
-    return np.bincount(est.predict(pairs), minlength=est.k) / max(pairs.n_tokens, 1)
+    return code_usage(est.predict(pairs), est.k)
 
 
 def _comparison(estimators, train, test, options, seconds) -> pd.DataFrame:
@@ -160,10 +161,9 @@ def _comparison(estimators, train, test, options, seconds) -> pd.DataFrame:
         frame[column] = np.nan
     for name, est in estimators.items():
         share = _usage(est, test)
-        nonzero = share[share > 0]
         row = frame["method"] == name
         frame.loc[row, "active_codes"] = int((share > 0).sum())
-        frame.loc[row, "usage_perplexity"] = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
+        frame.loc[row, "usage_perplexity"] = usage_perplexity(share)
     return frame
 
 

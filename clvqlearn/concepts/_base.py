@@ -16,6 +16,9 @@ A subclass implements a handful of hooks:
 ``_fit_data(data, partial)``
     Learn from a :class:`_Data` and set the fitted attributes, at least
     ``components_`` (k, d), ``usage_``, ``n_iter_``, ``loss_curve_``.
+    ``partial`` is True for a ``partial_fit`` call (stream: one pass, no
+    validation split), the first one included; ``_resumes(partial)`` says
+    whether there is a fitted state to continue from.
 ``_activations(data)``
     (n_tokens, k) concept activations; ``predict`` is their arg-max unless
     ``_predict_ids`` is overridden.
@@ -41,6 +44,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions, _fit_context, validate_data
 from .._torch_utils import resolve_device
+from ..metrics import fraction_of_variance_explained
 from ..pairs import LayerPairs
 
 FORMAT_NAME = "clvqlearn.estimator"
@@ -391,13 +395,9 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if first:
             self._validate_params()
         snapshot = copy.deepcopy({k: v for k, v in vars(self).items() if not k.startswith("_cache")})
-        # ``partial`` tells the hook to resume; ``_partial_call`` tells it the
-        # call streams (one pass over the batch, no validation split) even
-        # when it is the first one.
-        self._partial_call = True
         try:
             data = self._validate_input(X, reset=first, fitting=first)
-            self._fit_data(data, partial=not first)
+            self._fit_data(data, partial=True)
         except BaseException:
             for name in list(vars(self)):
                 if not name.startswith("_cache"):
@@ -405,9 +405,16 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             vars(self).update(snapshot)
             self._drop_caches()
             raise
-        finally:
-            vars(self).pop("_partial_call", None)
         return self
+
+    def _resumes(self, partial: bool) -> bool:
+        """Whether ``_fit_data(data, partial)`` continues from a fitted state.
+
+        A ``partial_fit`` call resumes unless it is the first one (no
+        ``components_`` yet); ``fit`` removed every fitted attribute, so it
+        never resumes.
+        """
+        return partial and hasattr(self, "components_")
 
     # ------------------------------------------------------------ inference
     def transform(self, X):
@@ -815,39 +822,3 @@ def _jsonable(value, name):
         warnings.warn(f"{name}: a RandomState object cannot be saved; it is stored as None.", stacklevel=3)
         return None
     raise TypeError(f"cannot save attribute {name!r} of type {type(value).__name__} to JSON")
-
-
-def fraction_of_variance_explained(target, prediction) -> float:
-    """``1 - SSE / SST`` over all features, the mean taken over rows.
-
-    Parameters
-    ----------
-    target, prediction : array-like of shape (n, d)
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> t = np.array([[0.0], [2.0]])
-    >>> fraction_of_variance_explained(t, t)
-    1.0
-    >>> fraction_of_variance_explained(t, np.ones_like(t))
-    0.0
-    """
-    target = np.asarray(target, dtype=np.float64)
-    prediction = np.asarray(prediction, dtype=np.float64)
-    # The ratio is scale-free: dividing both by one power of two (exact) keeps
-    # huge (but finite) values from overflowing when squared.
-    largest = max(float(np.abs(target).max(initial=0.0)), float(np.abs(prediction).max(initial=0.0)))
-    if np.isfinite(largest) and largest > 0:
-        scale = float(np.ldexp(1.0, int(np.frexp(largest)[1])))
-        target, prediction = target / scale, prediction / scale
-    sst = float(((target - target.mean(axis=0)) ** 2).sum())
-    sse = float(((target - prediction) ** 2).sum())
-    if sst == 0:
-        return 1.0 if sse == 0 else 0.0
-    return 1.0 - sse / sst
-

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._torch_utils import parameter_groups
+
 
 @dataclass
 class Batch:
@@ -140,35 +142,6 @@ class TrainState:
     optimizer: dict | None = None
     scheduler: dict | None = None
     n_steps: int = 0
-
-
-def parameter_groups(module: nn.Module, weight_decay: float, lr_scales: dict | None = None,
-                     learning_rate: float | None = None):
-    """Adam groups: decay on weight matrices only, and per-module learning rates.
-
-    No decay on biases, LayerNorm weights, 1-D parameters, or names listed
-    by ``module.no_weight_decay()``.  ``lr_scales`` maps a parameter-name
-    prefix (e.g. ``"encoder."``) to a multiplier of ``learning_rate``; a
-    multiplier of 0 freezes those parameters (they join no group).
-    """
-    skip = set(getattr(module, "no_weight_decay", lambda: ())())
-    lr_scales = lr_scales or {}
-    groups: dict = {}
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        scale = next((v for prefix, v in lr_scales.items() if name.startswith(prefix)), 1.0)
-        if scale == 0:
-            continue
-        decay = not (param.ndim < 2 or name in skip or name.endswith(".bias"))
-        groups.setdefault((decay, scale), []).append(param)
-    out = []
-    for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
-        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
-        if learning_rate is not None:
-            group["lr"] = learning_rate * scale
-        out.append(group)
-    return out
 
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

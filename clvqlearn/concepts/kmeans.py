@@ -260,7 +260,7 @@ class KMeansConcepts(ConceptEstimator):
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_device()
         X = data.source
-        if getattr(self, "_partial_call", False):
+        if partial:
             self._stream(X)
             return
         algorithm = self._resolve_algorithm(X.shape[0])

@@ -16,7 +16,9 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
+from .._linalg import orthonormalize
 from .._sklearn_compat import Interval, StrOptions
+from ..metrics import code_usage
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator, _Data
@@ -276,16 +278,17 @@ class SparseAutoencoder(ConceptEstimator):
                 "dead_latents='resample'."
             )
 
-    def _train_config(self, streaming: bool) -> TrainConfig:
+    def _train_config(self, partial: bool) -> TrainConfig:
+        """One epoch without a validation split for a ``partial_fit`` call."""
         return TrainConfig(
-            max_epochs=1 if streaming else self.max_epochs,
+            max_epochs=1 if partial else self.max_epochs,
             batch_size=self.batch_size,
             batch_unit="tokens",
             learning_rate=self.learning_rate,
             weight_decay=self.weight_decay,
             early_stopping_patience=self.early_stopping_patience,
             gradient_clip=self.gradient_clip,
-            validation_fraction=0.0 if streaming else self.validation_fraction,
+            validation_fraction=0.0 if partial else self.validation_fraction,
             compute_dtype=self.compute_dtype,
             verbose=self.verbose,
             description=type(self).__name__,
@@ -307,8 +310,7 @@ class SparseAutoencoder(ConceptEstimator):
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_hyperparameters()
         device = self._resolve_device()
-        streaming = getattr(self, "_partial_call", False)
-        if partial:
+        if self._resumes(partial):
             rng = getattr(self, "_rng", None) or self._check_random_state()
             network = self._network(device)
         else:
@@ -319,8 +321,8 @@ class SparseAutoencoder(ConceptEstimator):
             self._train_state = None
         self._rng = rng
         seed = torch_seed(rng)
-        config = self._train_config(streaming)
-        n_train = data.n_tokens if streaming else int(round(data.n_tokens * (1 - config.validation_fraction)))
+        config = self._train_config(partial)
+        n_train = data.n_tokens if partial else int(round(data.n_tokens * (1 - config.validation_fraction)))
         dead_after = float(max(1, min(n_train, DEAD_AFTER_TOKENS)))
         l1, aux_k = float(self.l1), 2 * (self.top_k or 1)
         use_auxk, use_resample = self.dead_latents == "auxk", self.dead_latents == "resample"
@@ -369,7 +371,7 @@ class SparseAutoencoder(ConceptEstimator):
         latents, pre = self._forward(data.source)
         ids = _most_active(latents, pre)
         n = max(latents.shape[0], 1)
-        self.usage_ = np.bincount(ids, minlength=self.k).astype(np.float64) / n
+        self.usage_ = code_usage(ids, self.k)
         active = latents > 0
         self.firing_rate_ = active.sum(axis=0).astype(np.float64) / n
         self.l0_ = float(active.sum(axis=1).mean()) if latents.shape[0] else 0.0
@@ -476,8 +478,9 @@ def encoder_subspace(encoder_weights: np.ndarray, concept: int, rank: int) -> np
     Returns
     -------
     ndarray of shape (r, d), r <= rank
-        Orthonormal rows (Gram-Schmidt over the chosen rows, the concept's
-        own row first); rows with no new direction are dropped.
+        Orthonormal rows (``clvqlearn._linalg.orthonormalize`` of the
+        chosen rows, the concept's own row first); rows with no new
+        direction (less than ``1e-8`` of their norm) are dropped.
 
     Examples
     --------
@@ -499,16 +502,8 @@ def encoder_subspace(encoder_weights: np.ndarray, concept: int, rank: int) -> np
     similarity = unit @ unit[concept]
     similarity[concept] = np.inf  # the concept's own row always comes first
     chosen = np.argsort(-similarity, kind="stable")[:rank]
-    basis = []
-    for row in W[chosen]:
-        residual = row.copy()
-        for _ in range(2):  # Gram-Schmidt, re-orthogonalised once for stability
-            for q in basis:
-                residual -= (residual @ q) * q
-        norm = np.linalg.norm(residual)
-        if norm > 1e-8 * np.linalg.norm(row):
-            basis.append(residual / norm)
-    return np.asarray(basis).reshape(len(basis), d)
+    # unit rows: a row is dropped when less than 1e-8 of its own norm is new
+    return orthonormalize(unit[chosen])
 
 
 def _most_active(latents: np.ndarray, pre: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.clvq import CLVQNetwork
 from ..nn.decoders import DECODERS, fit_output_layer
+from ..metrics import code_usage, usage_perplexity
 from ..nn.encoders import ENCODERS
 from ._base import ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
@@ -53,8 +54,48 @@ class _VQEstimator(ConceptEstimator):
         "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
         "dead_code_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
-        "n_low_features": [Interval(Integral, 1, None, closed="left"), None],
     }
+
+    def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
+                 init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
+                 encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
+                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
+                 dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
+                 weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
+                 gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", device="auto",
+                 random_state=None, verbose=0):
+        self.k = k
+        self.top_k = top_k
+        self.temperature = temperature
+        self.ema_decay = ema_decay
+        self.ema_update = ema_update
+        self.init = init
+        self.encoder = encoder
+        self.alpha = alpha
+        self.encoder_init = encoder_init
+        self.encoder_learning_rate = encoder_learning_rate
+        self.decoder = decoder
+        self.decoder_layers = decoder_layers
+        self.decoder_heads = decoder_heads
+        self.decoder_ff = decoder_ff
+        self.decoder_hidden = decoder_hidden
+        self.decoder_norm_first = decoder_norm_first
+        self.decoder_init = decoder_init
+        self.dropout = dropout
+        self.commitment = commitment
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.early_stopping_patience = early_stopping_patience
+        self.validation_fraction = validation_fraction
+        self.gradient_clip = gradient_clip
+        self.dead_code_threshold = dead_code_threshold
+        self.compute_dtype = compute_dtype
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
 
     # ------------------------------------------------------------- training
     def _network_kwargs(self) -> dict:
@@ -68,6 +109,7 @@ class _VQEstimator(ConceptEstimator):
         )
 
     def _train_config(self, partial: bool) -> TrainConfig:
+        """One epoch without a validation split for a ``partial_fit`` call."""
         return TrainConfig(
             max_epochs=1 if partial else self.max_epochs,
             batch_size=self.batch_size,
@@ -96,7 +138,7 @@ class _VQEstimator(ConceptEstimator):
     def _fit_data(self, data, partial: bool) -> None:
         self._check_hyperparameters()
         device = self._resolve_device()
-        if partial:
+        if self._resumes(partial):
             rng = getattr(self, "_rng", None) or self._check_random_state()
             network = self._network(device)
         else:
@@ -106,7 +148,6 @@ class _VQEstimator(ConceptEstimator):
             self._train_state = None
         self._rng = rng
         seed = torch_seed(rng)
-        streaming = getattr(self, "_partial_call", False)
         network.codebook.generator = make_generator(seed, device)
 
         def loss_fn(net, batch):
@@ -117,7 +158,7 @@ class _VQEstimator(ConceptEstimator):
         with seeded(seed, device):
             result, self._train_state = train_module(
                 network, loss_fn, data.source, data.target, data.offsets,
-                config=self._train_config(streaming), rng=rng, device=device,
+                config=self._train_config(partial), rng=rng, device=device,
                 state=getattr(self, "_train_state", None),
             )
         network.codebook.generator = None
@@ -157,6 +198,7 @@ class _VQEstimator(ConceptEstimator):
     def _store_fitted(self, network, result, data, device) -> None:
         self._cache_network = (device, network)
         self.network_state_ = to_numpy_state(network)
+        self.n_target_features_ = network.out_features
         self.components_ = network.codebook.codes.detach().cpu().numpy().astype(np.float32)
         self.n_iter_ += result.n_epochs
         self.n_steps_ += result.n_steps
@@ -191,11 +233,9 @@ class _VQEstimator(ConceptEstimator):
         return self.components_[concept]
 
     def _record_usage(self, ids: np.ndarray) -> None:
-        counts = np.bincount(ids, minlength=self.k).astype(np.float64)
-        self.usage_ = counts / max(counts.sum(), 1.0)
-        nonzero = self.usage_[self.usage_ > 0]
-        self.perplexity_ = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
-        self.n_active_codes_ = int((counts > 0).sum())
+        self.usage_ = code_usage(ids, self.k)
+        self.perplexity_ = usage_perplexity(self.usage_)
+        self.n_active_codes_ = int((self.usage_ > 0).sum())
 
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> CLVQNetwork:
@@ -205,9 +245,8 @@ class _VQEstimator(ConceptEstimator):
         if cached is not None and cached[0] == device:
             return cached[1]
         with seeded(0, device):  # construction draws from the global RNG; weights are overwritten
-            network = CLVQNetwork(self.network_state_["codebook.codes"].shape[1],
-                                  self.network_state_[_last_weight_key(self.network_state_)].shape[0],
-                                  self.k, **self._network_kwargs())
+            network = CLVQNetwork(self.components_.shape[1], self.n_target_features_, self.k,
+                                  **self._network_kwargs())
         network.to(device)
         load_numpy_state(network, self.network_state_)
         network.eval()
@@ -304,14 +343,6 @@ def _document_sample(data: _Data, max_tokens: int, rng) -> _Data:
     rows = rows_of_documents(data.offsets, docs)
     offsets = np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64)
     return _Data(source=data.source[rows], target=data.target[rows], offsets=offsets, dtype=data.dtype)
-
-
-def _last_weight_key(state: dict) -> str:
-    """Key of the decoder's output weight (its rows give d_high)."""
-    for key in ("decoder.out.weight", "decoder.net.2.weight"):
-        if key in state:
-            return key
-    raise KeyError("decoder output weight not found in the saved network state")
 
 
 class CrossLayerVQ(_VQEstimator):
@@ -438,6 +469,8 @@ class CrossLayerVQ(_VQEstimator):
         Epochs run (summed over ``partial_fit`` calls).
     network_state_ : dict of str to ndarray
         The network's weights (CPU numpy, device independent).
+    n_target_features_ : int
+        Width of the reconstructed (high) layer: the network's output width.
     source_means_ : ndarray of shape (k, d_low)
         Mean lower-layer vector of each concept's training tokens; with the
         linear encoder, the concept's direction in the lower layer (what
@@ -473,48 +506,31 @@ class CrossLayerVQ(_VQEstimator):
     True
     """
 
+    _parameter_constraints: dict = {
+        **_VQEstimator._parameter_constraints,
+        "n_low_features": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
                  encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
                  decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
                  dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
-                 gradient_clip=2.0,
-                 dead_code_threshold=None, compute_dtype="float32", n_low_features=None, device="auto",
-                 random_state=None, verbose=0):
-        self.k = k
-        self.top_k = top_k
-        self.temperature = temperature
-        self.ema_decay = ema_decay
-        self.ema_update = ema_update
-        self.init = init
-        self.encoder = encoder
-        self.alpha = alpha
-        self.encoder_init = encoder_init
-        self.encoder_learning_rate = encoder_learning_rate
-        self.decoder = decoder
-        self.decoder_layers = decoder_layers
-        self.decoder_heads = decoder_heads
-        self.decoder_ff = decoder_ff
-        self.decoder_hidden = decoder_hidden
-        self.decoder_norm_first = decoder_norm_first
-        self.decoder_init = decoder_init
-        self.dropout = dropout
-        self.commitment = commitment
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.warmup_steps = warmup_steps
-        self.early_stopping_patience = early_stopping_patience
-        self.validation_fraction = validation_fraction
-        self.gradient_clip = gradient_clip
-        self.dead_code_threshold = dead_code_threshold
-        self.compute_dtype = compute_dtype
+                 gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", n_low_features=None,
+                 device="auto", random_state=None, verbose=0):
+        super().__init__(
+            k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
+            encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
+            decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
+            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
+            dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
+            learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
+            early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
+            gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold, compute_dtype=compute_dtype,
+            device=device, random_state=random_state, verbose=verbose,
+        )
         self.n_low_features = n_low_features
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
 
     def _layer_roles(self):
         return ("low", "high")
@@ -553,19 +569,30 @@ class CrossLayerVQ(_VQEstimator):
         return cls(**{**config, **params})
 
 
-class SingleLayerVQ(CrossLayerVQ):
-    """The single-layer VQ-VAE baseline: CrossLayerVQ with source = target layer.
+class SingleLayerVQ(_VQEstimator):
+    """The single-layer VQ-VAE baseline: one layer -> codes -> the same layer.
 
-    Same parameters and attributes as :class:`CrossLayerVQ`, plus ``layer``.
-    With a plain 2-D array the whole array is the layer.
+    The model of :class:`CrossLayerVQ` with the source layer equal to the
+    target layer: the same network, training and fitted attributes, and the
+    same parameters except ``n_low_features`` (a single-layer model never
+    splits an array) plus ``layer``.  The two are siblings: neither is an
+    instance of the other.  With a plain 2-D array the whole array is the
+    layer.
 
     Parameters
     ----------
     k : int, default=400
+        Number of concepts (codebook size).
     layer : {"high", "low"}, default="high"
         Which layer of the LayerPairs is both encoded and reconstructed.
-    **others
-        As for :class:`CrossLayerVQ`.
+    **params
+        Every other parameter of :class:`CrossLayerVQ` but ``n_low_features``,
+        with the same default and meaning.
+
+    See Also
+    --------
+    CrossLayerVQ : the cross-layer model (its Attributes section lists the
+        fitted attributes, which this estimator shares).
 
     Examples
     --------
@@ -579,7 +606,7 @@ class SingleLayerVQ(CrossLayerVQ):
     """
 
     _parameter_constraints: dict = {
-        **CrossLayerVQ._parameter_constraints,
+        **_VQEstimator._parameter_constraints,
         "layer": [StrOptions({"low", "high"})],
     }
 
@@ -590,20 +617,17 @@ class SingleLayerVQ(CrossLayerVQ):
                  decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
                  max_epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
                  early_stopping_patience=3, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
-                 compute_dtype="float32", n_low_features=None, device="auto", random_state=None,
-                 verbose=0):
+                 compute_dtype="float32", device="auto", random_state=None, verbose=0):
         super().__init__(
-            k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update,
-            init=init, encoder=encoder, alpha=alpha, encoder_init=encoder_init,
-            encoder_learning_rate=encoder_learning_rate, decoder=decoder,
-            decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
+            k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
+            encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
+            decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
             decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
-            gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold,
-            compute_dtype=compute_dtype, n_low_features=n_low_features, device=device,
-            random_state=random_state, verbose=verbose,
+            gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold, compute_dtype=compute_dtype,
+            device=device, random_state=random_state, verbose=verbose,
         )
         self.layer = layer
 

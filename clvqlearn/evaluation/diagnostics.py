@@ -55,7 +55,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import adjusted_mutual_info_score
 
 from .._sklearn_compat import Interval, StrOptions, validate_params
-from ..concepts._base import fraction_of_variance_explained
+from ..metrics import fraction_of_variance_explained
 from ..concepts.kmeans import KMeansConcepts
 from ..pairs import LayerPairs
 

@@ -8,7 +8,7 @@ component orthogonal to ``S``::
 
 so ``Q x' = 0`` (nothing of the concept is left), projecting twice changes
 nothing (idempotent), and a vector already orthogonal to ``S`` is returned
-unchanged.  Directions are always re-orthonormalised here (QR, dropping
+unchanged.  Directions are always re-orthonormalised here (Gram-Schmidt, dropping
 directions that add nothing), so callers may pass any spanning set.
 
 Both the probe protocol (sentence vectors, numpy) and the splice protocol
@@ -20,62 +20,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils import check_random_state
 
+from .._linalg import orthonormalize
+
 __all__ = ["orthonormalize", "project_out", "project_out_rows", "project_out_torch", "random_directions"]
-
-
-def orthonormalize(directions, *, rtol: float = 1e-8) -> np.ndarray:
-    """An orthonormal basis (rows) of the span of ``directions``.
-
-    Parameters
-    ----------
-    directions : array-like of shape (r, d) or (d,)
-        Spanning vectors (rows).  Zero rows and rows that add no new
-        direction are dropped.
-    rtol : float, default=1e-8
-        A direction is dropped when the QR diagonal is below ``rtol`` times the
-        largest row norm.
-
-    Returns
-    -------
-    ndarray of shape (r', d), float64, r' <= r
-        Orthonormal rows spanning the same subspace.
-
-    Raises
-    ------
-    ValueError
-        When ``directions`` is not 1-D or 2-D, or holds NaN or infinity.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> Q = orthonormalize([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [3.0, 3.0, 0.0]])
-    >>> Q.shape, np.allclose(Q @ Q.T, np.eye(2))
-    ((2, 3), True)
-    """
-    D = np.asarray(directions, dtype=np.float64)
-    if D.ndim == 1:
-        D = D[None, :]
-    if D.ndim != 2:
-        raise ValueError(f"directions must have shape (r, d) or (d,); got shape {D.shape}.")
-    if not np.all(np.isfinite(D)):
-        raise ValueError("directions contain NaN or infinity.")
-    if D.shape[0] == 0:
-        return np.zeros((0, D.shape[1]))
-    scale = float(np.linalg.norm(D, axis=1).max())
-    if scale == 0.0:
-        return np.zeros((0, D.shape[1]))
-    # QR with column pivoting is not in numpy; Gram-Schmidt twice is stable
-    # enough for the few directions a concept has.
-    basis: list[np.ndarray] = []
-    for row in D / scale:
-        residual = row.copy()
-        for _ in range(2):
-            for q in basis:
-                residual -= (residual @ q) * q
-        norm = float(np.linalg.norm(residual))
-        if norm > rtol:
-            basis.append(residual / norm)
-    return np.asarray(basis).reshape(len(basis), D.shape[1])
 
 
 def project_out(X, directions) -> np.ndarray:

@@ -12,6 +12,8 @@ Examples
 >>> out = net.eval()(torch.randn(5, 4), torch.tensor([2, 3]))
 >>> out.prediction.shape, out.indices.shape
 (torch.Size([5, 6]), torch.Size([5]))
+>>> net.out_features
+6
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class CLVQNetwork(nn.Module):
         self.decoder = make_decoder(decoder, d_low, d_high, n_layers=decoder_layers, n_heads=decoder_heads,
                                     ff=decoder_ff, dropout=dropout, hidden=decoder_hidden,
                                     norm_first=decoder_norm_first)
+
+    @property
+    def out_features(self) -> int:
+        """Width of the predicted (target) layer: the decoder's output width."""
+        return int(self.decoder.out.out_features)
 
     @property
     def per_token(self) -> bool:

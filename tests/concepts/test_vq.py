@@ -317,7 +317,7 @@ def test_end_to_end_on_real_minilm_activations(minilm_pairs):
     not collapse, and training lowers the loss."""
     from sklearn.cluster import KMeans
 
-    from clvqlearn.concepts._base import fraction_of_variance_explained
+    from clvqlearn.metrics import fraction_of_variance_explained
 
     train, test = minilm_pairs[:160], minilm_pairs[160:]
     vq = CrossLayerVQ(k=50, top_k=1, decoder="mlp", decoder_hidden=512, max_epochs=15, batch_size=16,

@@ -112,7 +112,7 @@ def test_warmup_ramps_the_learning_rate():
 def test_least_squares_read_out_starts_at_the_per_code_mean():
     """With k codes and a wide mlp, the read-out starts at the per-code means of the target."""
     from clvqlearn.evaluation.diagnostics import cluster_means
-    from clvqlearn.concepts._base import fraction_of_variance_explained
+    from clvqlearn.metrics import fraction_of_variance_explained
 
     pairs = _pairs(n_docs=60)
     kwargs = dict(k=6, top_k=1, decoder="mlp", decoder_hidden=64, max_epochs=1, learning_rate=1e-9,
