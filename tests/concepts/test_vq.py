@@ -99,8 +99,11 @@ def test_fit_shapes_and_attributes(decoder):
     assert vq.components_.shape == (5, 4)
     assert vq.transform(pairs).shape == (pairs.n_tokens, 5)
     assert vq.reconstruct(pairs).shape == pairs.high.shape
-    assert vq.usage_.shape == (5,) and np.isclose(vq.usage_.sum(), 1.0)
-    assert 1.0 <= vq.perplexity_ <= 5.0
+    ids = vq.predict(pairs)  # usage_ counts the nearest codes of the training tokens
+    np.testing.assert_allclose(vq.usage_, np.bincount(ids, minlength=5) / ids.size)
+    shares = vq.usage_[vq.usage_ > 0]
+    assert vq.perplexity_ == pytest.approx(float(np.exp(-(shares * np.log(shares)).sum())))
+    assert vq.n_active_codes_ == np.unique(ids).size
     assert vq.n_iter_ == 2 and len(vq.loss_curve_) == 2
     assert np.isfinite(vq.score(pairs))
 
@@ -192,6 +195,41 @@ def test_single_layer_vq_reads_one_layer():
     assert vq.concept_space_ == "high"
     low = SingleLayerVQ(k=4, layer="low", random_state=0, **FAST).fit(pairs)
     assert low.concept_space_ == "low"
+
+
+def test_single_and_cross_layer_vq_are_siblings():
+    from clvqlearn.concepts.vq import _VQEstimator
+
+    single, cross = SingleLayerVQ(), CrossLayerVQ()
+    assert not isinstance(single, CrossLayerVQ) and not isinstance(cross, SingleLayerVQ)
+    assert isinstance(single, _VQEstimator) and isinstance(cross, _VQEstimator)
+    single_params, cross_params = single.get_params(), cross.get_params()
+    shared = set(single_params) & set(cross_params)
+    assert set(single_params) - shared == {"layer"}
+    assert set(cross_params) - shared == {"n_low_features"}
+    assert {n: single_params[n] for n in shared} == {n: cross_params[n] for n in shared}  # same defaults
+    assert set(SingleLayerVQ._parameter_constraints) == set(single_params)
+    assert set(CrossLayerVQ._parameter_constraints) == set(cross_params)
+    assert hasattr(CrossLayerVQ, "from_recipe") and not hasattr(SingleLayerVQ, "from_recipe")
+    with pytest.raises(TypeError, match="n_low_features"):
+        SingleLayerVQ(n_low_features=2)  # a single-layer model never splits an array
+
+
+@pytest.mark.parametrize(("make", "width"), [
+    (lambda: CrossLayerVQ(k=3, top_k=2, decoder="transformer", decoder_layers=1, decoder_heads=1, decoder_ff=8,
+                          max_epochs=1, random_state=0), 5),
+    (lambda: SingleLayerVQ(k=3, layer="low", random_state=0, **FAST), 3),
+])
+def test_the_output_width_comes_from_the_network_and_survives_save_load(make, width, tmp_path):
+    rng = np.random.default_rng(0)
+    low = rng.normal(size=(40, 3)).astype(np.float32)
+    pairs = LayerPairs(low=low, high=rng.normal(size=(40, 5)).astype(np.float32), offsets=np.arange(0, 41, 4))
+    vq = make().fit(pairs)
+    assert vq.n_target_features_ == width == vq._network().out_features
+    loaded = type(vq).load(vq.save(tmp_path / "vq"))
+    assert loaded.n_target_features_ == width
+    assert loaded.reconstruct(pairs).shape == (pairs.n_tokens, width)
+    np.testing.assert_allclose(loaded.reconstruct(pairs), vq.reconstruct(pairs), rtol=1e-6)
 
 
 def test_plain_arrays_are_split_in_halves():

@@ -176,7 +176,7 @@ def test_adaptive_fixed_encoder_can_hold_the_reference_mix_of_one_half():
 
 
 def test_frozen_encoder_keeps_its_start_and_only_it_leaves_the_optimizer():
-    from clvqlearn.concepts._training import parameter_groups
+    from clvqlearn._torch_utils import parameter_groups
 
     pairs = _pairs(n_docs=60)
     kwargs = dict(k=6, random_state=0, **{**FAST, "learning_rate": 1e-2, "warmup_steps": 0})
