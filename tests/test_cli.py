@@ -202,6 +202,10 @@ def test_demo_compares_four_methods_with_the_references(small_demo):
     # KMeansConcepts(layer="high") is the k-means(high) reference itself
     assert frame.loc["KMeansConcepts", "fve"] == pytest.approx(frame.loc["k-means(high)", "fve"], abs=1e-6)
     assert frame.loc[methods, "active_codes"].between(1, 8).all()
+    # the effective number of codes (exp entropy of the held-out usage) never exceeds the codes used
+    perplexity, active = frame.loc[methods, "usage_perplexity"], frame.loc[methods, "active_codes"]
+    assert (perplexity >= 1.0).all() and (perplexity <= active + 1e-9).all()
+    assert (perplexity < active).any()  # usage is not exactly uniform over the used codes
     assert frame.loc[methods, "removal_drop"].between(-1.5, 1.0).all()
     summary = json.loads((small_demo / "summary.json").read_text())
     assert summary["k"] == 8 and summary["train_texts"] == 48 and summary["test_texts"] == 12

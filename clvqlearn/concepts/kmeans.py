@@ -261,7 +261,7 @@ class KMeansConcepts(ConceptEstimator):
         self._check_device()
         X = data.source
         if partial:
-            self._stream(X)
+            self._stream(X, first=not self._resumes(partial))
             return
         algorithm = self._resolve_algorithm(X.shape[0])
         self.input_shift_, self.input_scale_ = _location_scale(X)
@@ -360,8 +360,7 @@ class KMeansConcepts(ConceptEstimator):
                 "Rescale X, or call fit on data of the new scale."
             )
 
-    def _stream(self, X: np.ndarray) -> None:
-        first = not hasattr(self, "components_")
+    def _stream(self, X: np.ndarray, first: bool) -> None:
         n = X.shape[0]
         if first:
             self.input_shift_, self.input_scale_ = _location_scale(X)
