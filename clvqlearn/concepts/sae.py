@@ -18,8 +18,8 @@ import torch
 
 from .._linalg import orthonormalize
 from .._sklearn_compat import Interval, StrOptions
-from ..metrics import code_usage
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from ..metrics import code_usage
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator, _Data
 from ._training import TrainConfig, as_float_tensor, train_module

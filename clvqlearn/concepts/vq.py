@@ -9,9 +9,9 @@ import torch
 
 from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from ..metrics import code_usage, usage_perplexity
 from ..nn.clvq import CLVQNetwork
 from ..nn.decoders import DECODERS, fit_output_layer
-from ..metrics import code_usage, usage_perplexity
 from ..nn.encoders import ENCODERS
 from ._base import ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
@@ -22,7 +22,14 @@ _TOKEN_BATCH = 8192
 
 
 class _VQEstimator(ConceptEstimator):
-    """Shared machinery of CrossLayerVQ and SingleLayerVQ (not public)."""
+    """Shared machinery of CrossLayerVQ and SingleLayerVQ (not public).
+
+    The two estimators are siblings under this base, as scikit-learn's
+    ``KMeans`` and ``MiniBatchKMeans`` are under ``_BaseKMeans``: the base
+    holds the parameters both take (constraints and ``__init__``) and all
+    of the training and inference; each subclass adds its own parameters
+    (``n_low_features`` / ``layer``) and its layer roles.
+    """
 
     _parameter_constraints: dict = {
         **ConceptEstimator._parameter_constraints,
