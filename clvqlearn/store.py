@@ -698,14 +698,33 @@ class _Reader:
         return out
 
 
+def _as_slice(index: np.ndarray):
+    """A slice for a run of consecutive integers (one block copy instead of a gather), else ``index``."""
+    if index.size and index[-1] - index[0] == index.size - 1 and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def _bf16_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) to float32: the bf16 bits are the float32's upper half."""
     return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
 
 
 def _token_strings(arrays: dict, rows: np.ndarray) -> np.ndarray:
-    data, offsets = arrays["token_bytes"], arrays["token_offsets"]
-    return np.array([bytes(data[offsets[r] : offsets[r + 1]]).decode("utf-8") for r in rows], dtype=object)
+    """Token strings of ``rows`` of one shard (UTF-8 bytes cut by byte offsets)."""
+    out = np.empty(rows.size, dtype=object)
+    if not rows.size:
+        return out
+    offsets = arrays["token_offsets"]
+    first, last = int(offsets[rows.min()]), int(offsets[rows.max() + 1])
+    blob = bytes(arrays["token_bytes"][first:last])
+    starts, stops = (offsets[rows] - first).tolist(), (offsets[rows + 1] - first).tolist()
+    text = blob.decode("utf-8")
+    if len(text) == len(blob):  # ASCII: byte offsets are character offsets, cut the decoded text
+        out[:] = [text[a:b] for a, b in zip(starts, stops)]
+    else:
+        out[:] = [blob[a:b].decode("utf-8") for a, b in zip(starts, stops)]
+    return out
 
 
 class _ShardedArray:
@@ -736,28 +755,23 @@ class _ShardedArray:
         return f"<{self._name} of an activation store: shape {self.shape}, dtype {self.dtype}>"
 
     def _part(self, i: int, rows, decode: bool = True) -> np.ndarray:
+        """Rows ``rows`` (slice or int array) of shard ``i``, bfloat16 decoded to float32 if ``decode``."""
         arrays = self._reader.arrays(i)
         if self._name == "tokens":
-            rows = np.arange(len(arrays["token_ids"]))[rows]
-            return _token_strings(arrays, np.atleast_1d(rows))
+            return _token_strings(arrays, np.atleast_1d(np.arange(len(arrays["token_ids"]))[rows]))
         out = arrays[self._name][rows]
-        if decode and out.dtype == np.uint16:
-            return _bf16_to_float32(out)
-        return np.array(out)
-
-    def _empty(self, n: int, decode: bool = True) -> np.ndarray:
-        dtype = self.dtype if decode or self.dtype != np.float32 else self._stored_dtype()
-        return np.empty((n,) + self.shape[1:], dtype=dtype)
-
-    def _stored_dtype(self):
-        if not self._reader.shards:
-            return self.dtype
-        return self._reader.shards[0].layout.get(self._name, (self.dtype,))[0]
+        return _bf16_to_float32(out) if decode and out.dtype == np.uint16 else out
 
     def rows(self, rows: np.ndarray, decode: bool = True) -> np.ndarray:
-        """Gather rows (non-negative int array), reading each shard once, in the order asked."""
+        """Gather rows (non-negative int array), reading each shard once, in the order asked.
+
+        With ``decode=False`` a bfloat16 column comes back as its uint16 bits.
+        """
         rows = np.asarray(rows, dtype=np.int64)
-        out = self._empty(rows.size, decode)
+        dtype = self.dtype
+        if not decode and self._reader.shards and self._name in ("low", "high"):
+            dtype = self._reader.shards[0].layout[self._name][0]
+        out = np.empty((rows.size,) + self.shape[1:], dtype=dtype)
         starts = self._reader.row_starts
         which = np.searchsorted(starts, rows, side="right") - 1
         order = np.argsort(which, kind="stable")
@@ -766,10 +780,7 @@ class _ShardedArray:
             pick = order[bounds[i] : bounds[i + 1]]
             if pick.size:
                 local = rows[pick] - starts[i]
-                if local[-1] - local[0] == pick.size - 1 and np.all(np.diff(local) == 1):
-                    out[pick] = self._part(i, slice(int(local[0]), int(local[-1]) + 1), decode)
-                else:
-                    out[pick] = self._part(i, local, decode)
+                out[_as_slice(pick)] = self._part(i, _as_slice(local), decode)
         return out
 
     def _normalise(self, key) -> np.ndarray:
@@ -898,6 +909,15 @@ class ShardedLayerPairs(LayerPairs):
     def n_shards(self) -> int:
         """Number of shards."""
         return len(self._reader.shards)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, dtype=self.low.dtype if dtype is None else dtype)
+        width, starts = self.low.shape[1], self._reader.row_starts
+        for i in range(self.n_shards):  # shard by shard into one matrix: no temporary [low], [high] copies
+            rows = slice(int(starts[i]), int(starts[i + 1]))
+            out[rows, :width] = self.low._part(i, slice(None))
+            out[rows, width:] = self.high._part(i, slice(None))
+        return out
 
     def to_memory(self) -> LayerPairs:
         """Read the whole store into an in-memory :class:`~clvqlearn.LayerPairs`."""
