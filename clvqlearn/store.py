@@ -502,6 +502,9 @@ def _summarise(folder: Path, spec: StoreSpec) -> None:
         info = _read_sidecar(folder, k) or {}
         shards.append({key: info.get(key) for key in ("file", "doc_start", "doc_stop", "n_docs", "n_tokens")})
     manifest = dict(spec.manifest(), shards=shards, n_tokens=int(sum(s["n_tokens"] or 0 for s in shards)))
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((folder / MANIFEST).read_text()) == manifest:
+            return  # already summarised: a finished store on a read-only disk opens without writing
     try:
         _write_file(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     except OSError as exc:

@@ -86,6 +86,8 @@ def test_round_trip_slicing_and_iteration(tmp_path):
     assert [s.extra["doc_start"] for s in shards] == [0, 3, 6, 9]
     _assert_same(LayerPairs.concatenate(shards), pairs)
     _assert_same(store.to_memory(), pairs)
+    _assert_same(LayerPairs.load(store.save(tmp_path / "saved"), mmap_mode=None), pairs)
+    _assert_same(LayerPairs.concatenate([store, store[:2]]), LayerPairs.concatenate([pairs, pairs[:2]]))
     assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [
         f"shard-0000{k}.{ext}" for k in range(4) for ext in ("json", "safetensors")
     ]
@@ -398,14 +400,20 @@ def test_sidecar_failure_discards_the_shard(tmp_path, monkeypatch):
 
 def test_read_only_store_folder(tmp_path, monkeypatch):
     pairs = _corpus(19)
+    write_store(tmp_path / "done", Maker(pairs), _spec(pairs))
 
-    def read_only(*args, **kwargs):  # what open(..., "wb") raises on a read-only file system, even for root
-        raise OSError(errno.EROFS, "Read-only file system")
+    def read_only(file, mode="r", *args, **kwargs):  # what a read-only file system does, even for root
+        if any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(store_mod, "open", read_only, raising=False)
     with pytest.raises(OSError, match=r"manifest.json.*Read-only file system \(the store folder is read-only"):
         write_store(tmp_path / "s", Maker(pairs), _spec(pairs))
     assert list((tmp_path / "s").iterdir()) == []
+    maker = Maker(pairs)  # a finished store on a read-only disk: resuming writes nothing, reading works
+    _assert_same(write_store(tmp_path / "done", maker, _spec(pairs)), pairs)
+    assert maker.calls == []
 
 
 # ----------------------------------------------------------------------------- estimators
