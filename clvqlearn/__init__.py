@@ -8,6 +8,7 @@ from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoenc
 from .evaluation.ablation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
 from .pairs import LayerPairs
+from .store import ShardedLayerPairs
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "KMeansConcepts",
     "LayerPairExtractor",
     "LayerPairs",
+    "ShardedLayerPairs",
     "SingleLayerVQ",
     "SparseAutoencoder",
     "concept_ablation_report",

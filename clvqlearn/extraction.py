@@ -137,9 +137,11 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     outlier_threshold : float, default=10.0
         Multiple of the batch's median token norm above which a row is an
         outlier (see ``outliers``).
-    storage_dtype : {"float32", "float16"}, default="float32"
+    storage_dtype : {"float32", "float16", "bfloat16"}, default="float32"
         dtype of the returned arrays (float16 halves memory; values beyond
-        float16's range raise an error).
+        float16's range raise an error).  ``"bfloat16"`` (float32's range,
+        half the bytes) needs ``store``: NumPy has no bfloat16, so the store
+        keeps it on disk and reads it back as float32.
     compute_dtype : {"float32", "bfloat16"}, default="float32"
         ``"bfloat16"`` runs the forward under ``torch.autocast`` (opt-in:
         faster on recent hardware, less exact).
@@ -154,6 +156,17 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     memmap_threshold_mb : float, default=1024
         Size (MiB of low + high activations) from which ``memmap_dir`` is
         used; 0 always uses it.
+    store : str or path-like, optional
+        Write the activations to a sharded store in this folder (see
+        :mod:`clvqlearn.store`), shard by shard, and return it opened lazily
+        (:meth:`LayerPairs.open <clvqlearn.LayerPairs.open>`).  A store
+        left by an interrupted run with the same settings and texts is
+        resumed (finished shards are skipped); one written with another
+        model, layers, settings or texts is refused.  Under ``torchrun`` or
+        ``accelerate launch`` each process writes the shards
+        ``rank, rank + world_size, ...`` of the same store.
+    shard_size : int, default=1000
+        Documents per shard of ``store``.
     verbose : bool or int, default=False
         Show a tqdm progress bar.
     trust_remote_code : bool, default=False
@@ -204,11 +217,13 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         "special_tokens": [StrOptions({"drop", "keep"})],
         "outliers": [StrOptions({"drop", "keep"})],
         "outlier_threshold": [Interval(Real, 1, None, closed="neither")],
-        "storage_dtype": [StrOptions({"float32", "float16"})],
+        "storage_dtype": [StrOptions({"float32", "float16", "bfloat16"})],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
         "device": [str],
         "memmap_dir": [None, str, os.PathLike],
         "memmap_threshold_mb": [Interval(Real, 0, None, closed="left")],
+        "store": [None, str, os.PathLike],
+        "shard_size": [Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
         "trust_remote_code": ["boolean"],
     }
@@ -228,6 +243,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         device="auto",
         memmap_dir=None,
         memmap_threshold_mb=1024,
+        store=None,
+        shard_size=1000,
         verbose=False,
         trust_remote_code=False,
     ):
@@ -243,6 +260,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         self.device = device
         self.memmap_dir = memmap_dir
         self.memmap_threshold_mb = memmap_threshold_mb
+        self.store = store
+        self.shard_size = shard_size
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
 
@@ -364,6 +383,11 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in layers):
             raise TypeError(f"layers must be integers (layer indices); got {tuple(layers)!r}.")
         resolve_device(self.device)  # fail early on an unavailable device
+        if self.storage_dtype == "bfloat16" and self.store is None:
+            raise ValueError(
+                "storage_dtype='bfloat16' needs store=folder: NumPy arrays cannot hold bfloat16, a sharded "
+                "store can (it reads back as float32). Use storage_dtype='float16' in memory."
+            )
 
     def _check_max_length(self) -> None:
         """``max_length`` must leave room for at least one text token after the special tokens."""
@@ -402,16 +426,26 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         LayerPairs
             Rows in document order, tokens in position order; padding never
             appears, special tokens and outliers as the parameters say.
+            With ``store``, the store opened lazily
+            (:class:`~clvqlearn.store.ShardedLayerPairs`).
         """
         check_is_fitted(self, "layers_")
         self._check_settings()
         self._check_unchanged_since_fit()
         texts = _check_texts(texts)
         self._check_max_length()
+        if self.store is not None:
+            from .store import extract_to_store
+
+            return extract_to_store(self, texts)
+        return self._transform_in_memory(texts)
+
+    def _transform_in_memory(self, texts: list, *, allow_empty: bool = False) -> LayerPairs:
+        """The extraction itself (checked texts in, LayerPairs out); a store calls it once per shard."""
         low, high = self.layers_
         enc = self._encode(texts, self.special_tokens)
         upper = np.array([int(k.sum()) for k in enc.keep], dtype=np.int64)
-        if not upper.sum():
+        if not upper.sum() and not allow_empty:
             raise ValueError(
                 f"no token rows to return: none of the {len(texts)} document(s) has a token left after "
                 f"truncation to max_length={self.max_length} and special_tokens={self.special_tokens!r}. "
@@ -419,7 +453,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             )
         upper_off = np.concatenate([[0], np.cumsum(upper)])
         n_upper = int(upper_off[-1])
-        dtype = np.dtype(self.storage_dtype)
+        dtype = np.dtype("float32" if self.storage_dtype == "bfloat16" else self.storage_dtype)
         d = self.hidden_size_
         arrays, folder = self._allocate(n_upper, d, dtype)
         low_arr, high_arr = arrays
@@ -600,6 +634,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     def _allocate(self, n_rows: int, d: int, dtype: np.dtype):
         nbytes = 2 * n_rows * d * dtype.itemsize
         use_memmap = self.memmap_dir is not None and nbytes >= float(self.memmap_threshold_mb) * 2**20
+        use_memmap = use_memmap and self.store is None  # a store's shards stay in memory until written
         if not use_memmap:
             return [np.empty((n_rows, d), dtype=dtype) for _ in range(2)], None
         folder = Path(self.memmap_dir).expanduser() / f"clvq-pairs-{uuid.uuid4().hex[:12]}"

@@ -170,8 +170,8 @@ class LayerPairs:
         )
         offsets = np.concatenate([[0], np.cumsum(stops - starts)])
 
-        def pick(a):
-            return None if a is None else np.asarray(a)[rows]
+        def pick(a):  # a[rows] first: a lazy column of a store reads only these rows
+            return None if a is None else np.asarray(a[rows])
 
         return LayerPairs(
             low=np.asarray(self.low[rows]),
@@ -300,6 +300,39 @@ class LayerPairs:
             model_name=meta.get("model_name", ""),
             extra=meta.get("extra", {}),
         )
+
+    @classmethod
+    def open(cls, path) -> "LayerPairs":
+        """Open a sharded activation store lazily (memory-mapped).
+
+        A store is what ``LayerPairExtractor(..., store=path)`` writes (see
+        :mod:`clvqlearn.store`).  The result behaves like LayerPairs:
+        ``len`` is the number of documents, slicing and :meth:`take` return
+        in-memory LayerPairs, ``np.asarray`` reads the ``[low | high]``
+        matrix; it adds ``iter_shards()``, ``iter_documents()`` and
+        ``iter_torch()``.  A folder written by :meth:`save` is read with
+        :meth:`load` instead.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The store folder (holding ``manifest.json``).
+
+        Returns
+        -------
+        clvqlearn.store.ShardedLayerPairs
+
+        Examples
+        --------
+        >>> from clvqlearn import LayerPairs
+        >>> LayerPairs.open("/no/such/store")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: there is no activation store at /no/such/store: the folder does not exist.
+        """
+        from .store import open_store
+
+        return open_store(path)
 
     @classmethod
     def concatenate(cls, parts) -> "LayerPairs":
