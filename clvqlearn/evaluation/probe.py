@@ -30,6 +30,7 @@ from torch import nn
 
 from .._sklearn_compat import Interval, validate_data
 from .._torch_utils import seeded, torch_seed
+from ..nn.probe import ProbeMLP
 
 __all__ = ["MLPProbe", "cross_val_probe", "make_probe"]
 
@@ -48,19 +49,6 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-class _MLP(nn.Module):
-    """Linear -> ReLU -> Dropout -> Linear."""
-
-    def __init__(self, n_features=1, n_classes=2, hidden=64, dropout=0.2):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
-        )
-
-    def forward(self, X):
-        return self.net(X)
 
 
 class MLPProbe(ClassifierMixin, BaseEstimator):
@@ -158,7 +146,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         stratified = counts.min() >= 2 and n_valid >= counts.size
         generator = torch.Generator().manual_seed(seed % (2**63))
         net = NeuralNetClassifier(
-            _MLP,
+            ProbeMLP,
             module__n_features=Xs.shape[1],
             module__n_classes=int(self.classes_.size),
             module__hidden=self.hidden,
