@@ -27,7 +27,8 @@ from clvqlearn.evaluation.projection import (
     project_out_torch,
     random_directions,
 )
-from clvqlearn.evaluation.splice import hook_site, splice_logits, splice_projection
+from clvqlearn.evaluation.splice import splice_logits, splice_projection
+from clvqlearn.models import hook_site
 from clvqlearn.evaluation.tasks import fine_tune_classifier
 from clvqlearn.extraction import LayerPairExtractor
 
@@ -556,7 +557,7 @@ def test_bad_options_fail_before_any_model_loads(tiny_clf, monkeypatch, kwargs, 
     def fail(*args, **kw):
         raise RuntimeError(_NO_MODEL)
 
-    for target, name in ((ablation, "token_saliency"), (LayerPairExtractor, "transform"),
+    for target, name in ((ablation, "cached_token_saliency"), (LayerPairExtractor, "transform"),
                          (ClassifierResult, "load"), (models, "load_model"), (models, "load_tokenizer")):
         monkeypatch.setattr(target, name, fail)
     with pytest.raises(ValueError, match=match):

@@ -358,7 +358,7 @@ def test_bad_input(bert_clf, kwargs, error, match):
 def test_bad_texts_and_classifier(bert_clf, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         token_saliency(bert_clf, [])
-    with pytest.raises(ValueError, match="empty or blank"):
+    with pytest.raises(ValueError, match="empty or whitespace-only"):
         token_saliency(bert_clf, ["fine", ""])
     with pytest.raises(TypeError, match="single string"):
         token_saliency(bert_clf, "one text")

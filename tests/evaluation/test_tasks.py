@@ -9,14 +9,14 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from clvqlearn.evaluation.tasks import (
-    INFO_FILE,
+from clvqlearn.evaluation import (
     ZERO_SHOT_PRESETS,
     ClassifierResult,
     ZeroShotClassifier,
     fine_tune_classifier,
     load_classifier,
 )
+from clvqlearn.evaluation.tasks import INFO_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -167,8 +167,8 @@ def test_decoder_classification_head(tiny_llama, tmp_path):
     [
         ([], [], {}, ValueError, "empty"),
         ("a single string", [0], {}, TypeError, "single string"),
-        (["ok", "  "], [0, 1], {}, ValueError, r"texts\[1\] is empty"),
-        (["ok", 3], [0, 1], {}, TypeError, r"texts\[1\]"),
+        (["ok", "  "], [0, 1], {}, ValueError, r"empty or whitespace-only document\(s\) at indices \[1\]"),
+        (["ok", 3], [0, 1], {}, TypeError, r"items at indices \[1\] are int"),
         (TEXTS, LABELS[:-1], {}, ValueError, "one label per text"),
         (TEXTS, [0] * len(TEXTS), {}, ValueError, "single class"),
         (TEXTS, [0, 1, 2] * 4, {"num_labels": 2}, ValueError, r"\[0, num_labels=2\)"),
