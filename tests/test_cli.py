@@ -101,8 +101,8 @@ def _no_work(*args, **kwargs):
                                      ["fit", "--method", "kmeans", "--output"]])
 def test_unwritable_output_fails_before_any_work(capsys, tmp_path, monkeypatch, command):
     import clvqlearn.cli.commands
-    import clvqlearn.datasets
     import clvqlearn.cli.comparison
+    import clvqlearn.datasets
 
     monkeypatch.setattr(clvqlearn.datasets, "load_dataset", _no_work)
     monkeypatch.setattr(clvqlearn.cli.commands, "load_source", _no_work)
@@ -254,8 +254,8 @@ def test_table_choices_are_the_comparison_modules():
     from dataclasses import fields as dc_fields
     from typing import get_args
 
-    from clvqlearn.cli.options import TableOptions
     from clvqlearn.cli import comparison as c
+    from clvqlearn.cli.options import TableOptions
 
     expected = {"datasets": c.DATASETS, "models": tuple(c.MODELS), "methods": c.METHODS, "protocols": c.PROTOCOLS,
                 "tables": c.TABLES, **c.CHOICES}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
+import torch
 
 from clvqlearn.cli import main as clvq_main
 from clvqlearn.cli import parse_options
