@@ -28,7 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_X_y
 from torch import nn
 
-from .._sklearn_compat import Interval, validate_data
+from .._sklearn_compat import Interval, validate_data, validate_params
 from .._torch_utils import seeded, torch_seed
 from ..nn.probe import ProbeMLP
 
@@ -219,6 +219,16 @@ def make_probe(kind="mlp", *, random_state=None, **params):
     return clone(kind)
 
 
+@validate_params(
+    {
+        "variants": [dict],
+        "n_splits": [Interval(Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+        "probe_params": [dict, None],
+        "return_folds": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5, random_state=None,
                     probe_params: dict | None = None, return_folds: bool = False):
     """Train on clean representations, test on clean and perturbed ones, out of fold.
@@ -283,8 +293,6 @@ def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5,
         perturbed[name] = arr
     if "clean" in perturbed:
         raise ValueError("'clean' is reserved for the unperturbed predictions; rename that variant.")
-    if not isinstance(n_splits, Integral) or n_splits < 2:
-        raise ValueError(f"n_splits must be an int >= 2; got {n_splits!r}.")
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2:
         raise ValueError(f"labels hold a single class ({classes.tolist()}); the probe needs at least 2.")

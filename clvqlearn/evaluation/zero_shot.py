@@ -7,6 +7,8 @@ label words and prompts of the paper's three data sets.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import models as _models
 from .._batching import length_batches, model_inputs
+from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import resolve_device
 from .._validation import check_texts
 from .tasks import ensure_pad_token
@@ -101,6 +104,17 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     array([1])
     """
 
+    _parameter_constraints: dict = {
+        "model": [str],
+        "label_words": [dict, None],
+        "template": [str, None],
+        "system_prompt": [str, None],
+        "max_length": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "calibration": [StrOptions({"content-free", "fit"}), None],
+        "verbose": ["boolean"],
+    }
+
     def __init__(self, model="smollm2", label_words=None, template=None, system_prompt=None,
                  max_length=256, batch_size=8, calibration=None, device="auto", verbose=False):
         self.model = model
@@ -130,14 +144,13 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        self._validate_params()
         if y is None:
             raise ValueError("ZeroShotClassifier.fit needs y (the labels) to know the classes.")
         classes = np.unique(np.asarray(y))
         if classes.size < 2:
             raise ValueError(f"y holds a single class ({classes.tolist()}); expected at least 2.")
         words = self._words(classes)
-        if self.calibration not in (None, "content-free", "fit"):
-            raise ValueError(f"calibration must be None, 'content-free' or 'fit'; got {self.calibration!r}.")
         if self.calibration == "fit" and X is None:
             raise ValueError("calibration='fit' needs the texts X in fit (their labels are not used).")
         self.classes_ = classes
@@ -151,8 +164,6 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     def _words(self, classes):
         if self.label_words is None:
             return {c: [str(c)] for c in classes.tolist()}
-        if not isinstance(self.label_words, dict):
-            raise TypeError(f"label_words must be a dict {{class: word}}; got {type(self.label_words).__name__}.")
         missing = [c for c in classes.tolist() if c not in self.label_words]
         if missing:
             raise ValueError(f"label_words has no entry for classes {missing}; it has keys {list(self.label_words)}.")

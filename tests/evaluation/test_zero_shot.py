@@ -85,7 +85,7 @@ def test_zero_shot_calibration(tiny_llama):
     np.testing.assert_allclose(free.decision_function(TEXTS), raw.decision_function(TEXTS) - expected)
     with pytest.raises(ValueError, match="needs the texts"):
         ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="fit").fit(None, LABELS)
-    with pytest.raises(ValueError, match="calibration must be"):
+    with pytest.raises(ValueError, match="'calibration' parameter of ZeroShotClassifier"):
         ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="platt").fit(TEXTS, LABELS)
 
 
