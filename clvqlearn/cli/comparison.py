@@ -213,7 +213,8 @@ class ComparisonConfig:
         """The probe's folds must fit the smallest class of every evaluation set."""
         from ..evaluation.ablation import PRESETS
 
-        n_splits = PRESETS[self.preset]["n_splits"] if self.n_splits is None else self.n_splits
+        preset_splits: int = PRESETS[self.preset]["n_splits"]  # type: ignore[assignment]
+        n_splits = preset_splits if self.n_splits is None else self.n_splits
         if "probe" not in self.protocols:
             return
         for model in self.models:

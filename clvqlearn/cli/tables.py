@@ -120,10 +120,11 @@ def plot(frame, path) -> Path:
             if j == 0:
                 ax.set_ylabel("relative accuracy drop (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    seen = {}
+    seen: dict = {}
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 3), fontsize=9)
+    fig.legend(handles=list(seen.values()), labels=list(seen.keys()), loc="lower center", ncol=min(len(seen), 3),
+               fontsize=9)
     fig.suptitle("Concept removal: relative accuracy drop when the salient token's concept\n"
                  "is projected out (bars) vs. random directions of the same rank (x)", fontsize=11)
     bottom = 0.5 / (3.6 * len(models) + 1.2)
