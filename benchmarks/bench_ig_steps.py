@@ -51,9 +51,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from clvqlearn.evaluation.comparison import MODELS, ComparisonConfig, load_splits
-    from clvqlearn.evaluation.saliency import token_saliency
-    from clvqlearn.evaluation.tasks import fine_tune_classifier
+    from clvqlearn.cli.comparison import MODELS, ComparisonConfig, load_splits
+    from clvqlearn.evaluation import fine_tune_classifier, token_saliency
 
     config = ComparisonConfig()
     spec = MODELS["minilm"]

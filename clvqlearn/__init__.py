@@ -5,7 +5,7 @@ Public names only; see the docs for the guide.
 
 from . import metrics
 from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoencoder
-from .evaluation.ablation import concept_ablation_report, concept_ablation_score
+from .evaluation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
 from .pairs import LayerPairs
 from .store import ShardedLayerPairs

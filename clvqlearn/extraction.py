@@ -37,9 +37,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._batching import length_batches, pad_right
 from ._sklearn_compat import Interval, StrOptions
 from ._torch_utils import resolve_device
-from .models import get_layer_list, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
+from ._validation import check_texts as _check_texts
+from .models import layer_hook, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
 from .pairs import LayerPairs
 
 __all__ = ["LayerPairExtractor"]
@@ -70,36 +72,6 @@ class _Batch:
     token_ids: np.ndarray  # (R,)
     positions: np.ndarray  # (R,)
     n_dropped: int  # outlier rows removed
-
-
-def _check_texts(texts, name: str = "texts") -> list:
-    """Validate a corpus: a non-empty sequence of non-blank strings."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(
-            f"{name} must be a list of strings (one per document), not a single string; wrap it: [text]."
-        )
-    if texts is None or not hasattr(texts, "__len__") or not hasattr(texts, "__iter__"):
-        raise TypeError(f"{name} must be a list (or array / Series) of strings; got {type(texts).__name__}.")
-    if hasattr(texts, "ndim") and getattr(texts, "ndim", 1) != 1:
-        raise ValueError(f"{name} must be one-dimensional (one string per document); got ndim={texts.ndim}.")
-    items = list(texts.tolist() if hasattr(texts, "tolist") else texts)
-    if not items:
-        raise ValueError(f"{name} is empty: LayerPairExtractor needs at least one document.")
-    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
-    if bad:
-        kinds = sorted({type(items[i]).__name__ for i in bad})
-        raise TypeError(
-            f"{name} must contain only strings; items at indices {bad[:10]}"
-            f"{' ...' if len(bad) > 10 else ''} are {', '.join(kinds)}."
-        )
-    blank = [i for i, t in enumerate(items) if not t.strip()]
-    if blank:
-        raise ValueError(
-            f"{name} contains {len(blank)} empty or whitespace-only document(s) at indices {blank[:10]}"
-            f"{' ...' if len(blank) > 10 else ''}; they have no tokens to extract. Remove them first, "
-            "e.g. texts = [t for t in texts if t.strip()]."
-        )
-    return items
 
 
 class LayerPairExtractor(TransformerMixin, BaseEstimator):
@@ -662,8 +634,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         model = self.model_
         device = next(model.parameters()).device
         pad_id = self._pad_id()
-        order = np.argsort(-enc.lengths, kind="stable")
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = length_batches(enc.lengths, self.batch_size, descending=True)
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -678,14 +649,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
                     yield _Batch(docs, np.zeros(len(docs), np.int64), states, np.zeros(0, np.int64),
                                  np.zeros(0, np.int64), 0)
                     continue
-                input_ids = np.full((len(docs), width), pad_id, dtype=np.int64)
-                attention = np.zeros((len(docs), width), dtype=np.int64)
-                keep = np.zeros((len(docs), width), dtype=bool)
-                for j, doc in enumerate(docs):
-                    n = lens[j]
-                    input_ids[j, :n] = enc.ids[doc]
-                    attention[j, :n] = 1
-                    keep[j, :n] = enc.keep[doc]
+                input_ids, attention = pad_right([enc.ids[doc] for doc in docs], pad_id)
+                keep, _ = pad_right([enc.keep[doc] for doc in docs], False, dtype=bool)
                 captured = self._forward(
                     model,
                     torch.from_numpy(input_ids).to(device),
@@ -734,57 +699,30 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         """
         import torch
 
-        blocks = get_layer_list(model)
-        n = len(blocks)
         top = max(layers)
         captured: dict = {}
-        handles = []
 
-        def first_tensor(value):
-            return value[0] if isinstance(value, (tuple, list)) else value
-
-        def make_pre_hook():
-            def hook(module, args, kwargs):
-                captured[0] = args[0] if args else kwargs["hidden_states"]
-                if top == 0:
-                    raise _StopForward
-
-            return hook
-
-        def make_hook(layer):
-            def hook(module, args, output):
-                captured[layer] = first_tensor(output)
+        def capture(layer):
+            def fn(hidden):
+                captured[layer] = hidden
                 if layer == top:
                     raise _StopForward
 
-            return hook
+            return fn
 
-        try:
-            if 0 in layers:
-                handles.append(blocks[0].register_forward_pre_hook(make_pre_hook(), with_kwargs=True))
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if _accepts(model, "use_cache"):
+            kwargs["use_cache"] = False
+        autocast = (
+            torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16)
+            if self.compute_dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
+        with contextlib.ExitStack() as hooks:
             for layer in layers:
-                if 0 < layer < n:
-                    handles.append(blocks[layer - 1].register_forward_hook(make_hook(layer)))
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if _accepts(model, "use_cache"):
-                kwargs["use_cache"] = False
-            autocast = (
-                torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16)
-                if self.compute_dtype == "bfloat16"
-                else contextlib.nullcontext()
-            )
-            with torch.inference_mode(), autocast:
-                try:
-                    output = model(**kwargs)
-                except _StopForward:
-                    output = None
-            if n in layers:
-                if output is None:  # pragma: no cover - top == n never raises
-                    raise RuntimeError("the forward stopped before the last layer")
-                captured[n] = output.last_hidden_state
-        finally:
-            for handle in handles:
-                handle.remove()
+                hooks.enter_context(layer_hook(model, layer, capture(layer)))
+            with torch.inference_mode(), autocast, contextlib.suppress(_StopForward):
+                model(**kwargs)
         return captured
 
 

@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 from torch import nn
@@ -55,6 +56,8 @@ __all__ = [
     "get_embedding_module",
     "get_layer_list",
     "gguf_cache_dir",
+    "hook_site",
+    "layer_hook",
     "load_model",
     "load_tokenizer",
     "num_layers",
@@ -591,6 +594,144 @@ def get_layer_list(model: nn.Module) -> nn.ModuleList:
             return min(matching, key=lambda item: item[0].count("."))[1]
     return max(lists, key=lambda item: len(item[1]))[1]
 
+
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def _final_norm(model: nn.Module):
+    """The base model's final norm module (decoders), or None (BERT-style encoders)."""
+    base = getattr(model, "base_model", model)
+    for name in _FINAL_NORMS:
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def hook_site(model: nn.Module, layer: int) -> tuple[nn.Module, str]:
+    """Which module to hook to read or edit hidden-state layer ``layer``.
+
+    The one place of the layer convention (module docstring): ``0`` is the
+    input of block 0 (a forward PRE-hook), ``i`` the output of block
+    ``i - 1``, and ``n_layers`` the model's ``last_hidden_state``: the
+    output of the base model's final norm where it has one (Llama ``norm``,
+    GPT-2 ``ln_f``), else of the last block.  The extractor reads and the
+    splice protocol edits hidden states through it.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        With or without a head.
+    layer : int
+        Non-negative layer index, ``0 <= layer <= n_layers``.
+
+    Returns
+    -------
+    (module, kind)
+        ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output).
+
+    Raises
+    ------
+    ValueError
+        When ``layer`` is out of range.
+
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
+    ...                  intermediate_size=16, vocab_size=20)
+    >>> model = BertModel(cfg)
+    >>> module, kind = hook_site(model, 2)
+    >>> module is model.encoder.layer[1], kind
+    (True, 'post')
+    >>> hook_site(model, 0)[1]
+    'pre'
+    """
+    blocks = get_layer_list(model)
+    n = len(blocks)
+    if isinstance(layer, bool) or not isinstance(layer, Integral) or not 0 <= layer <= n:
+        raise ValueError(f"layer must be an int in [0, {n}] (0 = embeddings output); got {layer!r}.")
+    layer = int(layer)
+    if layer == 0:
+        return blocks[0], "pre"
+    if layer == n:
+        norm = _final_norm(model)
+        if norm is not None:
+            return norm, "post"
+    return blocks[layer - 1], "post"
+
+
+@contextlib.contextmanager
+def layer_hook(model: nn.Module, layer: int, fn):
+    """Call ``fn(hidden)`` on hidden-state layer ``layer`` during forward passes.
+
+    ``hidden`` is the (batch, positions, width) tensor of the layer (see
+    :func:`hook_site`); when ``fn`` returns a tensor it replaces the hidden
+    state for the blocks above, when it returns None the forward goes on
+    unchanged, and an exception raised by ``fn`` stops the forward (the
+    extractor stops after its highest layer this way).  The hook is removed
+    on exit, also when the block raises.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    layer : int
+        ``0 <= layer <= n_layers``.
+    fn : callable
+        ``fn(hidden: torch.Tensor) -> torch.Tensor or None``.
+
+    Yields
+    ------
+    torch.utils.hooks.RemovableHandle
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                  intermediate_size=16, vocab_size=20)
+    >>> model = BertModel(cfg).eval()
+    >>> seen = []
+    >>> with layer_hook(model, 2, seen.append), torch.no_grad():
+    ...     out = model(torch.tensor([[1, 5, 2]])).last_hidden_state
+    >>> torch.equal(seen[0], out)
+    True
+    """
+    module, kind = hook_site(model, layer)
+
+    def replace(value, hidden):
+        if isinstance(value, tuple):
+            return (hidden,) + tuple(value[1:])
+        return hidden
+
+    def first(value):
+        if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
+            return value[0]
+        if hasattr(value, "shape"):
+            return value
+        raise TypeError(f"cannot read a hidden state of type {type(value).__name__}.")
+
+    if kind == "pre":
+
+        def pre_hook(mod, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+
+        def post_hook(mod, args, output):
+            new = fn(first(output))
+            return None if new is None else replace(output, new)
+
+        handle = module.register_forward_hook(post_hook)
+    try:
+        yield handle
+    finally:
+        handle.remove()
 
 def _config_depth(config) -> int | None:
     if hasattr(config, "get_text_config"):

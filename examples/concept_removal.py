@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from clvqlearn import CrossLayerVQ, LayerPairExtractor, concept_ablation_report
 from clvqlearn.datasets import load_bbc_news
-from clvqlearn.evaluation.tasks import fine_tune_classifier
+from clvqlearn.evaluation import fine_tune_classifier
 
 news = load_bbc_news()  # 2,225 articles, 5 topics
 rest, test_idx = train_test_split(np.arange(len(news)), test_size=100, stratify=news.labels, random_state=0)
@@ -39,7 +39,9 @@ pipe = Pipeline([
 ]).fit(fit.texts)
 
 # 3. remove each test text's salient concept: the paper's probe, then the splice
+reports = {}
 for protocol in ("probe", "splice"):
-    report = concept_ablation_report(pipe, test.texts, test.labels, protocol=protocol, probe="logistic",
-                                     n_steps=16, splice_positions="all", random_state=0)
-    print(report)
+    reports[protocol] = concept_ablation_report(pipe, test.texts, test.labels, protocol=protocol,
+                                                probe="logistic", n_steps=16, splice_positions="all",
+                                                random_state=0)
+    print(reports[protocol])

@@ -30,5 +30,6 @@ with tempfile.TemporaryDirectory() as cache:
     )
     # score = held-out fraction of variance of layer 6 explained (higher is better)
     search = GridSearchCV(pipe, {"concepts__k": [8, 32]}, cv=2).fit(texts)
-    print("best k:", search.best_params_["concepts__k"])
+    best_k = search.best_params_["concepts__k"]
+    print("best k:", best_k)
     print("mean held-out FVE per k:", dict(zip([8, 32], search.cv_results_["mean_test_score"].round(3))))

@@ -101,12 +101,12 @@ def _no_work(*args, **kwargs):
                                      ["fit", "--method", "kmeans", "--output"]])
 def test_unwritable_output_fails_before_any_work(capsys, tmp_path, monkeypatch, command):
     import clvqlearn.cli.commands
+    import clvqlearn.cli.comparison
     import clvqlearn.datasets
-    import clvqlearn.evaluation.comparison
 
     monkeypatch.setattr(clvqlearn.datasets, "load_dataset", _no_work)
     monkeypatch.setattr(clvqlearn.cli.commands, "load_source", _no_work)
-    monkeypatch.setattr(clvqlearn.evaluation.comparison, "run_comparison", _no_work)
+    monkeypatch.setattr(clvqlearn.cli.comparison, "run_comparison", _no_work)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     _one_error_line(capsys, main([*command, str(blocker / "out")]), "not writable", str(blocker / "out"))
@@ -239,7 +239,7 @@ def test_evaluate_scores_saved_models(small_demo, tmp_path):
 
 
 def test_table_options_build_the_comparison_config(monkeypatch, tmp_path):
-    from clvqlearn.evaluation.comparison import ComparisonConfig
+    from clvqlearn.cli.comparison import ComparisonConfig
 
     assert parse_options(["table"])[1].comparison_config() == ComparisonConfig()
     _, options = parse_options(["table", "--models", "[minilm]", "--datasets", "[ag_news]", "--k", "20",
@@ -247,7 +247,7 @@ def test_table_options_build_the_comparison_config(monkeypatch, tmp_path):
     config = options.comparison_config()
     assert (config.models, config.datasets, config.k, config.preset) == (("minilm",), ("ag_news",), 20, "fast")
     seen = {}
-    monkeypatch.setattr("clvqlearn.evaluation.comparison.run_comparison",
+    monkeypatch.setattr("clvqlearn.cli.comparison.run_comparison",
                         lambda config, out, **kw: seen.update(config=config, out=out, **kw))
     assert main(["table", "--models", "[minilm]", "--k", "20", "--out", str(tmp_path), "--quiet", "true"]) == 0
     assert seen["config"].k == 20 and seen["verbose"] is False and str(seen["out"]) == str(tmp_path)
@@ -258,8 +258,8 @@ def test_table_choices_are_the_comparison_modules():
     from dataclasses import fields as dc_fields
     from typing import get_args
 
+    from clvqlearn.cli import comparison as c
     from clvqlearn.cli.options import TableOptions
-    from clvqlearn.evaluation import comparison as c
 
     expected = {"datasets": c.DATASETS, "models": tuple(c.MODELS), "methods": c.METHODS, "protocols": c.PROTOCOLS,
                 "tables": c.TABLES, **c.CHOICES}

@@ -59,7 +59,7 @@ def news():
 
 @pytest.fixture(scope="module")
 def classifier(news, tmp_path_factory):
-    from clvqlearn.evaluation.tasks import fine_tune_classifier
+    from clvqlearn.evaluation import fine_tune_classifier
 
     train, evaluation = news
     return fine_tune_classifier(train.texts, train.labels, model="minilm", label_names=train.label_names,

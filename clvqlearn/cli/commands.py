@@ -319,7 +319,7 @@ def _labelled_split(options):
 def _classifier(options, train, evaluation, record):
     """The task classifier: the one named by ``--classifier``, else fine-tuned (and cached)."""
     if options.classifier:
-        from ..evaluation.tasks import load_classifier
+        from ..evaluation import load_classifier
 
         return load_classifier(options.classifier)
     return task_classifier(train, evaluation, model=record["model"], max_length=record["max_length"],
@@ -342,7 +342,7 @@ def task_classifier(train, evaluation, *, model, max_length, epochs, seed=0, dev
     -------
     ClassifierResult
     """
-    from ..evaluation.tasks import fine_tune_classifier
+    from ..evaluation import fine_tune_classifier
 
     return fine_tune_classifier(train.texts, train.labels, model=model, label_names=train.label_names,
                                 num_labels=len(train.label_names),
@@ -376,7 +376,7 @@ def removal_report(estimator, record, evaluation, classifier, *, protocol="probe
     """
     from sklearn.pipeline import Pipeline
 
-    from ..evaluation.ablation import concept_ablation_report
+    from ..evaluation import concept_ablation_report
     from ..extraction import LayerPairExtractor
 
     extractor = LayerPairExtractor(record["model"], layers=tuple(record["layers"]),
@@ -389,7 +389,7 @@ def removal_report(estimator, record, evaluation, classifier, *, protocol="probe
 
 # -------------------------------------------------------------------------- table
 def run_table(options: TableOptions, command: str = "clvq table") -> dict:
-    """``clvq table``: :func:`clvqlearn.evaluation.comparison.run_comparison` with these options.
+    """``clvq table``: :func:`clvqlearn.cli.comparison.run_comparison` with these options.
 
     Parameters
     ----------
@@ -402,7 +402,7 @@ def run_table(options: TableOptions, command: str = "clvq table") -> dict:
     dict
         ``output``.
     """
-    from ..evaluation.comparison import run_comparison
+    from .comparison import run_comparison
 
     config = options.comparison_config()
     out = writable_folder(options.out)

@@ -4,7 +4,7 @@
 MiniLM, it
 
 1. reuses the comparison's data splits and fine-tuned classifier
-   (:mod:`clvqlearn.evaluation.comparison`), and fits the four concept
+   (:mod:`clvqlearn.cli.comparison`), and fits the four concept
    estimators on unlabelled training sentences;
 2. finds each evaluation sentence's salient token (Integrated Gradients)
    and the concept every method gives it;
@@ -39,9 +39,9 @@ METHOD_NAMES = {"CrossLayerVQ": "CLVQ-VAE", "SingleLayerVQ": "VQ-VAE (single lay
 
 
 def _fit_concepts(config, dataset, n_sentences, log):
-    from ..evaluation.comparison import MODELS, load_splits, make_estimator
-    from ..evaluation.tasks import fine_tune_classifier
+    from ..evaluation import fine_tune_classifier
     from ..extraction import LayerPairExtractor
+    from .comparison import MODELS, load_splits, make_estimator
 
     clf_train, fit_texts, ev_all = load_splits(dataset, config, n_eval=config.n_eval)
     clf = fine_tune_classifier(
@@ -63,7 +63,7 @@ def _fit_concepts(config, dataset, n_sentences, log):
 
 
 def _salient(clf, ev, ev_pairs, config):
-    from ..evaluation.saliency import token_saliency
+    from ..evaluation import token_saliency
 
     sal = token_saliency(clf, ev.texts, n_steps=config.ig_steps, max_length=config.max_length,
                          device=config.device, verbose=False)
@@ -203,8 +203,8 @@ def run_judging(out, *, dataset: str = "eraser_movie", n_sentences: int = 100, k
     dict
         The summary written to ``summary.json``.
     """
-    from ..evaluation.comparison import ComparisonConfig
     from ..evaluation.llm import HFChatBackend
+    from .comparison import ComparisonConfig
 
     log = log or (lambda message: None)
     out = Path(out)

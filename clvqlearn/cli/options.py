@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..evaluation.comparison import ComparisonConfig
+from .comparison import ComparisonConfig
 
 __all__ = [
     "DemoOptions",
@@ -327,7 +327,7 @@ _C = ComparisonConfig
 class TableOptions:
     """``clvq table``: the paper's concept-removal comparison table.
 
-    See :class:`clvqlearn.evaluation.comparison.ComparisonConfig` for each
+    See :class:`clvqlearn.cli.comparison.ComparisonConfig` for each
     setting; the choices are written out (for type checkers) and a test
     checks that they equal the comparison module's.
 

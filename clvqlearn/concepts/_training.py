@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batching import length_batches
 from .._torch_utils import parameter_groups
 
 
@@ -60,20 +61,10 @@ def document_batches(lengths: np.ndarray, docs: np.ndarray, batch_size: int, rng
 
     Documents are shuffled, cut into pools of 50 batches, sorted by length
     inside a pool and chunked; the batch order is shuffled again.  With
-    ``shuffle=False`` the documents are simply sorted by length.
+    ``shuffle=False`` the documents are simply sorted by length
+    (:func:`clvqlearn._batching.length_batches`).
     """
-    docs = np.asarray(docs)
-    if not shuffle:
-        ordered = docs[np.argsort(lengths[docs], kind="stable")]
-        return [ordered[i : i + batch_size] for i in range(0, ordered.size, batch_size)]
-    docs = docs[rng.permutation(docs.size)]
-    pool = batch_size * 50
-    batches = []
-    for start in range(0, docs.size, pool):
-        chunk = docs[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    return length_batches(lengths, batch_size, rng=rng if shuffle else None, docs=docs)
 
 
 def token_batches(n_rows: np.ndarray, batch_size: int, rng, shuffle: bool):

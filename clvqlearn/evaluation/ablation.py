@@ -32,35 +32,32 @@ scoring=concept_ablation_score)`` works.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
-import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 
+import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Hidden, Interval, StrOptions, validate_parameter_constraints, validate_params
+from .._validation import check_texts
 from ..concepts._base import ConceptEstimator
 from ..extraction import LayerPairExtractor
 from ..pairs import LayerPairs
-from .probe import cross_val_probe
-from .projection import orthonormalize, project_out_rows, random_directions
-from .saliency import Saliency, token_saliency
-from .splice import splice_logits
-from .tasks import ClassifierResult, check_texts, load_classifier
+from .directions import salient_rows, sentence_directions
+from .protocols import probe_protocol, splice_protocol
+from .saliency import Saliency, cached_token_saliency
+from .tasks import ClassifierResult, resolve_classifier
 
 __all__ = [
     "AblationReport",
-    "clear_saliency_cache",
     "concept_ablation_report",
     "concept_ablation_score",
     "make_ablation_scorer",
@@ -97,10 +94,9 @@ _REPORT_CONSTRAINTS = {
     "missing": [StrOptions({"skip", "error"})],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
     "random_state": ["random_state"],
+    "memory": [StrOptions({"auto"}), str, os.PathLike, joblib.Memory, None],
     "verbose": ["boolean"],
 }
-_SALIENCY_CACHE: OrderedDict = OrderedDict()
-_SALIENCY_CACHE_SIZE = 16
 
 
 # ------------------------------------------------------------------------- the report
@@ -292,30 +288,6 @@ def _check_labels(labels, n: int) -> np.ndarray:
     return y
 
 
-def _resolve_classifier(classifier, extractor, required_for: str | None):
-    """A ClassifierResult, or None when none is given or found and none is needed."""
-    if isinstance(classifier, ClassifierResult):
-        return classifier
-    if isinstance(classifier, (str, os.PathLike)):
-        return load_classifier(classifier)
-    if classifier is not None:
-        raise TypeError(
-            "classifier must be a ClassifierResult (from fine_tune_classifier), the path of its "
-            f"checkpoint folder, or None; got {type(classifier).__name__}."
-        )
-    try:
-        return load_classifier(os.fspath(extractor.model))
-    except (FileNotFoundError, ValueError):
-        if required_for is None:
-            return None
-    raise ValueError(
-        f"{required_for} needs the task classifier, and none was given: the pipeline's "
-        f"LayerPairExtractor reads {extractor.model!r}, which is not a fine-tuned classifier checkpoint. "
-        "Either extract from the classifier itself (LayerPairExtractor(model=str(fine_tune_classifier(...).path))), "
-        "pass classifier=..., or use saliency='rationale' with the probe protocol."
-    )
-
-
 def _check_classes(y: np.ndarray, classifier: ClassifierResult) -> np.ndarray:
     """Class index (head output) of every label; error if a label is not a class."""
     classes = np.asarray(classifier.classes)
@@ -354,35 +326,19 @@ def _rationales_for(rationales, texts: list) -> list:
 
 
 # -------------------------------------------------------------------------- saliency
-def _saliency(classifier, extractor, texts, rationales, options: dict, max_length, device, verbose) -> Saliency:
-    """The salient tokens of ``texts`` (cached: a grid search over estimators computes them once)."""
-    source = classifier if classifier is not None else os.fspath(extractor.model)
+def _saliency(classifier, extractor, texts, rationales, options: dict, *, memory, device, verbose) -> Saliency:
+    """The salient tokens of ``texts``, through the saliency cache (a grid search computes them once)."""
     method = options["saliency"]
     kwargs = {"saliency": method, "top_n": 3, "units": options["saliency_units"],
               "rank_by": "value" if method == "rationale" else options["saliency_rank_by"],
-              "normalize": options["preset"] == "paper" and method != "rationale"}
+              "normalize": options["preset"] == "paper" and method != "rationale",
+              "rationales": rationales, "max_length": int(extractor.max_length)}
     if method != "rationale":
         kwargs["n_steps"] = options["n_steps"]
     if method == "ig-layer":
         kwargs["layer"] = options["saliency_layer_index"]
-    key_parts = {
-        "classifier": str(classifier.path) if isinstance(classifier, ClassifierResult) else source,
-        "max_length": max_length,
-        "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
-        "rationales": None if rationales is None else hashlib.sha256(
-            json.dumps(rationales, default=str).encode()).hexdigest(),
-        **kwargs,
-    }
-    key = json.dumps(key_parts, sort_keys=True)
-    if key in _SALIENCY_CACHE:
-        _SALIENCY_CACHE.move_to_end(key)
-        return _SALIENCY_CACHE[key]
-    sal = token_saliency(source, texts, rationales=rationales, max_length=max_length, device=device,
-                         verbose=verbose, **kwargs)
-    _SALIENCY_CACHE[key] = sal
-    while len(_SALIENCY_CACHE) > _SALIENCY_CACHE_SIZE:
-        _SALIENCY_CACHE.popitem(last=False)
-    return sal
+    source = classifier if classifier is not None else os.fspath(extractor.model)
+    return cached_token_saliency(source, texts, memory=memory, device=device, verbose=verbose, **kwargs)
 
 
 def _resolve_options(preset: str, explicit: dict) -> dict:
@@ -402,20 +358,6 @@ def _check_folds(y: np.ndarray, n_splits: int) -> None:
             f"{classes[counts.argmin()]!r} has {counts.min()}; pass n_splits <= {counts.min()} (the paper "
             "preset uses 20) or more sentences."
         )
-
-
-def clear_saliency_cache() -> None:
-    """Forget the saliency maps cached by :func:`concept_ablation_report`.
-
-    The report keeps the last 16 saliency maps (keyed by classifier, texts
-    and settings) so that a grid search over concept estimators computes
-    Integrated Gradients once per fold.
-
-    Examples
-    --------
-    >>> clear_saliency_cache()
-    """
-    _SALIENCY_CACHE.clear()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -441,36 +383,6 @@ def _bootstrap_drop(correct_before, correct_after, n_bootstrap, confidence, rng)
     return (float(np.quantile(drops, alpha)), float(np.quantile(drops, 1 - alpha)))
 
 
-def _removed_norm(vectors: np.ndarray, direction_sets) -> float:
-    """Mean ||x - x'|| / ||x|| over rows."""
-    fractions = []
-    for x, D in zip(vectors, direction_sets):
-        norm = float(np.linalg.norm(x))
-        if norm == 0 or np.asarray(D).size == 0:
-            fractions.append(0.0)
-            continue
-        Q = orthonormalize(D)
-        fractions.append(float(np.linalg.norm(Q @ x)) / norm)
-    return float(np.mean(fractions)) if fractions else float("nan")
-
-
-def _salient_rows(sal: Saliency, pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per document: the row and position of the best-ranked salient token present in pairs."""
-    n = len(sal)
-    rows = np.full(n, -1, dtype=np.int64)
-    positions = np.full(n, -1, dtype=np.int64)
-    ranks = np.full(n, -1, dtype=np.int64)
-    for rank in range(sal.top_positions.shape[1]):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = sal.rows(pairs, rank=rank)
-        take = (rows < 0) & (found >= 0)
-        rows[take] = found[take]
-        positions[take] = sal.top_positions[take, rank]
-        ranks[take] = rank
-    return rows, positions, ranks
-
-
 def _estimator_settings(concepts, extractor) -> dict:
     params = concepts.get_params(deep=False)
     keep = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))}
@@ -482,100 +394,6 @@ def _estimator_settings(concepts, extractor) -> dict:
         "max_length": int(extractor.max_length),
         "special_tokens": extractor.special_tokens,
     }
-
-
-# ------------------------------------------------------------------------ protocols
-@dataclass
-class _Kept:
-    """The evaluated sentences and what is removed from each."""
-
-    idx: np.ndarray  # indices into the given texts
-    texts: list
-    rows: np.ndarray  # salient token's row in the LayerPairs
-    positions: np.ndarray  # salient token's position in the tokenised input
-    concept_dirs: list
-    control_dirs: list
-    other_dirs: list
-
-
-@dataclass
-class _Outcome:
-    """Predictions of one protocol: clean, concept removed, random control, other concept."""
-
-    before: np.ndarray
-    after: np.ndarray
-    control: np.ndarray
-    other: np.ndarray
-    truth: np.ndarray
-    removed: float
-    control_removed: float
-    extra: dict
-    folds: np.ndarray | None = None  # probe protocol: the test fold of every sentence
-
-
-def _probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, probe, probe_params, n_splits,
-                    rng) -> _Outcome:
-    """The paper's protocol: project out of the sentence vector, probe trained on clean vectors."""
-    pooling_used = ("mean" if extractor.is_decoder_ else "cls") if pooling == "auto" else pooling
-    if pooling_used == "cls":
-        reps = extractor.sentence_vectors(kept.texts, layer=layer, pooling="first").astype(np.float64)
-    else:
-        off = pairs.offsets
-        reps = np.stack([np.asarray(states[off[i] : off[i + 1]], dtype=np.float64).mean(axis=0) for i in kept.idx])
-    variants = {
-        "after": project_out_rows(reps, kept.concept_dirs),
-        "control": project_out_rows(reps, kept.control_dirs),
-        "other": project_out_rows(reps, kept.other_dirs),
-    }
-    preds, folds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
-                                   random_state=rng.randint(2**31 - 1), probe_params=probe_params,
-                                   return_folds=True)
-    extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
-             "n_splits": int(n_splits)}
-    return _Outcome(preds["clean"], preds["after"], preds["control"], preds["other"], goal,
-                    _removed_norm(reps, kept.concept_dirs), _removed_norm(reps, kept.control_dirs), extra,
-                    folds=folds)
-
-
-def _splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, device, splice_positions, max_length,
-                     batch_size) -> _Outcome:
-    """Edit the hidden state inside the classifier's forward pass and read its own head."""
-    model, tokenizer = clf.load(device)
-    width = states.shape[1]
-    hidden = int(model.config.get_text_config().hidden_size)
-    if hidden != width:
-        raise ValueError(
-            f"the classifier's hidden size ({hidden}) differs from the extracted layer's ({width}); "
-            "the concepts must come from the classifier's own hidden states."
-        )
-    if Path(os.fspath(extractor.model)).expanduser().resolve() != Path(clf.path).resolve():
-        warnings.warn(
-            f"The concepts were learned on hidden states of {extractor.model!r} but the splice edits the "
-            f"classifier at {clf.path}; extract from the classifier (LayerPairExtractor(model=str(clf.path))) "
-            "so the directions refer to the network that is edited.",
-            UserWarning,
-            stacklevel=3,
-        )
-    pos = kept.positions if splice_positions == "salient" else None
-
-    def run(dirs):
-        logits = splice_logits(model, tokenizer, kept.texts, layer=None if dirs is None else layer,
-                               directions=dirs, positions=pos, max_length=max_length, batch_size=batch_size)
-        return logits.argmax(axis=1)
-
-    before = run(None)
-    after, control, other = run(kept.concept_dirs), run(kept.control_dirs), run(kept.other_dirs)
-    if splice_positions == "salient":
-        edited = np.asarray(states[kept.rows], dtype=np.float64)
-        concept_sets, control_sets = kept.concept_dirs, kept.control_dirs
-    else:  # every extracted token of the sentence
-        token_rows = [np.arange(pairs.offsets[i], pairs.offsets[i + 1]) for i in kept.idx]
-        edited = np.asarray(states[np.concatenate(token_rows)], dtype=np.float64)
-        concept_sets = [D for D, r in zip(kept.concept_dirs, token_rows) for _ in r]
-        control_sets = [D for D, r in zip(kept.control_dirs, token_rows) for _ in r]
-    extra = {"splice_positions": splice_positions, "classifier": str(clf.path)}
-    return _Outcome(before, after, control, other, truth, _removed_norm(edited, concept_sets),
-                    _removed_norm(edited, control_sets), extra)
 
 
 # ------------------------------------------------------------------------ main entry
@@ -608,6 +426,7 @@ def concept_ablation_report(
     pairs=None,
     random_state=0,
     device="auto",
+    memory="auto",
     verbose: bool = False,
 ) -> AblationReport:
     """Remove each sentence's salient concept and report the accuracy change.
@@ -708,6 +527,12 @@ def concept_ablation_report(
     random_state : int, RandomState instance or None, default=0
         Seeds the controls, the folds, the probes and the bootstrap.
     device : str, default="auto"
+    memory : "auto", str, path-like, joblib.Memory or None, default="auto"
+        Where the saliency maps are cached
+        (:func:`~clvqlearn.evaluation.saliency.saliency_memory`): ``"auto"``
+        is ``$CLVQLEARN_CACHE/saliency``; a folder or ``joblib.Memory`` is
+        shared by joblib workers, so a grid search computes Integrated
+        Gradients once per classifier, texts and settings; None: no cache.
     verbose : bool, default=False
 
     Returns
@@ -751,17 +576,41 @@ def concept_ablation_report(
     y = _check_labels(labels, len(texts))
     if protocol == "probe":
         _check_folds(y, options["n_splits"])
-    clf = _resolve_classifier(classifier, extractor, _classifier_need(protocol, options["saliency"], target))
+    clf = resolve_classifier(classifier, fallback=extractor.model,
+                             required_for=_classifier_need(protocol, options["saliency"], target))
     y_index = _check_classes(y, clf) if clf is not None else None
     rationale_list = _rationales_for(rationales, texts) if options["saliency"] == "rationale" else None
     rng = check_random_state(random_state)
-    max_length = int(extractor.max_length)
     options["saliency_layer_index"] = _saliency_layer(options["saliency_layer"], extractor)
+    pairs = _check_pairs(pairs, extractor, texts, int(extractor.max_length))
+    sal = _saliency(clf, extractor, texts, rationale_list, options, memory=memory, device=device, verbose=verbose)
+    found = _salient_concepts(sal, pairs, concepts, extractor, texts, missing, rng)
+    if protocol == "probe":
+        goal = y[found["kept"].idx]
+        if target == "prediction":
+            goal = _predictions(clf, sal, found["kept"], int(extractor.max_length))
+        result = probe_protocol(extractor, pairs, found["states"], found["layer"], found["kept"], goal,
+                                pooling=pooling, probe=probe, probe_params=probe_params,
+                                n_splits=options["n_splits"], rng=rng)
+        result.extra["target"] = target
+    else:
+        result = splice_protocol(extractor, clf, pairs, found["states"], found["layer"], found["kept"],
+                                 y_index[found["kept"].idx], device=device, splice_positions=splice_positions,
+                                 max_length=int(extractor.max_length), batch_size=batch_size)
+    settings = {"protocol": protocol, "preset": preset, **_option_settings(options, protocol),
+                "classifier": None if clf is None else str(clf.path), "layer": found["layer"],
+                "concept_space": concepts.concept_space_,
+                "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
+                "n_bootstrap": int(n_bootstrap), "confidence": float(confidence), **result.extra,
+                **_estimator_settings(concepts, extractor)}
+    label_out = result.truth if protocol == "probe" else y[found["kept"].idx]
+    return _report(result, found, options, settings, label_out=label_out, n_texts=len(texts), clf=clf,
+                   y_index=y_index, pairs=pairs, n_bootstrap=int(n_bootstrap), confidence=float(confidence), rng=rng)
 
-    # ------------------------------------------------------- tokens and concepts
-    pairs = _check_pairs(pairs, extractor, texts, max_length)
-    sal = _saliency(clf, extractor, texts, rationale_list, options, max_length, device, verbose)
-    rows, positions, ranks = _salient_rows(sal, pairs)
+
+def _salient_concepts(sal: Saliency, pairs, concepts, extractor, texts, missing: str, rng) -> dict:
+    """Each sentence's salient row, its concept and the directions to remove, in the concepts' layer."""
+    rows, positions, ranks = salient_rows(sal, pairs)
     keep = rows >= 0
     if not keep.any():
         raise ValueError(
@@ -775,24 +624,36 @@ def concept_ablation_report(
     idx = np.flatnonzero(keep)
     chosen = token_concepts[rows[idx]]
     space = concepts.concept_space_
-    layer = int(extractor.layers_[0 if space == "low" else 1])
     states = pairs.low if space == "low" else pairs.high
-    kept = _directions(concepts, token_concepts, chosen, idx, texts, rows, positions, states.shape[1], space, rng)
+    kept = sentence_directions(concepts, token_concepts, chosen, idx, texts, rows, positions, states.shape[1],
+                               space, rng)
+    return {"rows": rows, "positions": positions, "ranks": ranks, "chosen": chosen, "kept": kept,
+            "states": states, "layer": int(extractor.layers_[0 if space == "low" else 1])}
 
-    # ---------------------------------------------------------------- protocols
-    if protocol == "probe":
-        goal = y[idx]
-        if target == "prediction":
-            goal = np.asarray(clf.classes)[np.asarray(sal.targets)[idx]] if sal.targets is not None else np.asarray(
-                clf.predict(kept.texts, max_length=max_length))
-        result = _probe_protocol(extractor, pairs, states, layer, kept, goal, pooling=pooling, probe=probe,
-                                 probe_params=probe_params, n_splits=options["n_splits"], rng=rng)
-        result.extra["target"] = target
-    else:
-        result = _splice_protocol(extractor, clf, pairs, states, layer, kept, y_index[idx], device=device,
-                                  splice_positions=splice_positions, max_length=max_length, batch_size=batch_size)
 
-    # ----------------------------------------------------------------- numbers
+def _predictions(clf, sal: Saliency, kept, max_length: int) -> np.ndarray:
+    """The classifier's predicted classes of the kept sentences (from the saliency map when it has them)."""
+    if sal.targets is not None:
+        return np.asarray(clf.classes)[np.asarray(sal.targets)[kept.idx]]
+    return np.asarray(clf.predict(kept.texts, max_length=max_length))
+
+
+def _option_settings(options: dict, protocol: str) -> dict:
+    """The saliency and probe options a report used (None where they did not apply)."""
+    ig = options["saliency"] != "rationale"
+    return {
+        "saliency": options["saliency"],
+        "n_steps": int(options["n_steps"]) if ig else None,
+        "saliency_layer": options["saliency_layer_index"] if options["saliency"] == "ig-layer" else None,
+        "saliency_units": options["saliency_units"],
+        "saliency_rank_by": options["saliency_rank_by"] if ig else None,
+        "probe_accuracy": options["probe_accuracy"] if protocol == "probe" else None,
+    }
+
+
+def _report(result, found: dict, options: dict, settings: dict, *, label_out, n_texts, clf, y_index, pairs,
+            n_bootstrap, confidence, rng) -> AblationReport:
+    """The numbers of one protocol's outcome: accuracies, drops, flips, interval, per class, per sentence."""
     correct = {name: (pred == result.truth) for name, pred in
                (("before", result.before), ("after", result.after), ("control", result.control),
                 ("other", result.other))}
@@ -802,30 +663,12 @@ def concept_ablation_report(
         acc = {name: probe_accuracies["fold_mean"][name] for name in acc}
     flips = {name: float((pred != result.before).mean()) for name, pred in
              (("after", result.after), ("control", result.control), ("other", result.other))}
-    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float),
-                         int(n_bootstrap), float(confidence), rng)
-    label_out = result.truth if protocol == "probe" else y[idx]
-    settings = {
-        "protocol": protocol,
-        "preset": preset,
-        "saliency": options["saliency"],
-        "n_steps": int(options["n_steps"]) if options["saliency"] != "rationale" else None,
-        "saliency_layer": options["saliency_layer_index"] if options["saliency"] == "ig-layer" else None,
-        "saliency_units": options["saliency_units"],
-        "saliency_rank_by": options["saliency_rank_by"] if options["saliency"] != "rationale" else None,
-        "probe_accuracy": options["probe_accuracy"] if protocol == "probe" else None,
-        "classifier": None if clf is None else str(clf.path),
-        "layer": layer,
-        "concept_space": space,
-        "random_state": random_state if isinstance(random_state, (int, type(None))) else repr(random_state),
-        "n_bootstrap": int(n_bootstrap),
-        "confidence": float(confidence),
-        **result.extra,
-        **_estimator_settings(concepts, extractor),
-    }
+    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float), n_bootstrap, confidence,
+                         rng)
     classes, counts = np.unique(result.truth, return_counts=True)
+    kept, idx = found["kept"], found["kept"].idx
     return AblationReport(
-        protocol=protocol,
+        protocol=settings["protocol"],
         accuracy_before=acc["before"],
         accuracy_after=acc["after"],
         control_accuracy=acc["control"],
@@ -840,15 +683,16 @@ def concept_ablation_report(
         chance_accuracy=float(counts.max() / counts.sum()),
         removed_norm=result.removed,
         control_removed_norm=result.control_removed,
-        per_class=_per_class(result, correct, classes, clf, y_index, protocol),
+        per_class=_per_class(result, correct, classes, clf, y_index, settings["protocol"]),
         n_sentences=int(idx.size),
-        n_skipped=int(len(texts) - idx.size),
-        n_distinct_concepts=int(np.unique(chosen).size),
-        layer=layer,
-        concept_space=space,
+        n_skipped=int(n_texts - idx.size),
+        n_distinct_concepts=int(np.unique(found["chosen"]).size),
+        layer=found["layer"],
+        concept_space=settings["concept_space"],
         probe_accuracies=probe_accuracies,
         settings=settings,
-        sentences=_sentence_records(idx, rows, positions, ranks, chosen, kept, result, label_out, pairs),
+        sentences=_sentence_records(idx, found["rows"], found["positions"], found["ranks"], found["chosen"], kept,
+                                    result, label_out, pairs),
     )
 
 
@@ -890,33 +734,6 @@ def _check_pairs(pairs, extractor, texts, max_length):
             f"dropping special tokens/outliers (indices {empty[:10].tolist()}); remove them or raise max_length."
         )
     return pairs
-
-
-def _directions(concepts, token_concepts, chosen, idx, texts, rows, positions, width, space, rng) -> _Kept:
-    """The concept, random-control and other-concept directions of every evaluated sentence."""
-    cache: dict = {}
-
-    def directions(c: int) -> np.ndarray:
-        if c not in cache:
-            D = np.asarray(concepts.concept_directions(int(c)), dtype=np.float64)
-            if D.ndim != 2 or D.shape[1] != width:
-                raise ValueError(
-                    f"{type(concepts).__name__}.concept_directions({c}) has shape {D.shape}; expected "
-                    f"(r, {width}) in the {space} layer."
-                )
-            cache[c] = D
-        return cache[c]
-
-    concept_dirs = [directions(c) for c in chosen]
-    control_dirs = [random_directions(D.shape[0], width, rng) for D in concept_dirs]
-    pool = np.unique(token_concepts)
-    other_dirs = []
-    for c in chosen:
-        candidates = pool[pool != c]
-        other = int(rng.choice(candidates)) if candidates.size else int(c)
-        other_dirs.append(directions(other))
-    return _Kept(idx=idx, texts=[texts[i] for i in idx], rows=rows[idx], positions=positions[idx],
-                 concept_dirs=concept_dirs, control_dirs=control_dirs, other_dirs=other_dirs)
 
 
 def _fold_accuracies(correct: dict, folds: np.ndarray, options: dict) -> dict:

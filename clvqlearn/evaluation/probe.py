@@ -28,8 +28,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_X_y
 from torch import nn
 
-from .._sklearn_compat import Interval, validate_data
+from .._sklearn_compat import Interval, validate_data, validate_params
 from .._torch_utils import seeded, torch_seed
+from ..nn.probe import ProbeMLP
 
 __all__ = ["MLPProbe", "cross_val_probe", "make_probe"]
 
@@ -48,19 +49,6 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-class _MLP(nn.Module):
-    """Linear -> ReLU -> Dropout -> Linear."""
-
-    def __init__(self, n_features=1, n_classes=2, hidden=64, dropout=0.2):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
-        )
-
-    def forward(self, X):
-        return self.net(X)
 
 
 class MLPProbe(ClassifierMixin, BaseEstimator):
@@ -158,7 +146,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         stratified = counts.min() >= 2 and n_valid >= counts.size
         generator = torch.Generator().manual_seed(seed % (2**63))
         net = NeuralNetClassifier(
-            _MLP,
+            ProbeMLP,
             module__n_features=Xs.shape[1],
             module__n_classes=int(self.classes_.size),
             module__hidden=self.hidden,
@@ -231,6 +219,16 @@ def make_probe(kind="mlp", *, random_state=None, **params):
     return clone(kind)
 
 
+@validate_params(
+    {
+        "variants": [dict],
+        "n_splits": [Interval(Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+        "probe_params": [dict, None],
+        "return_folds": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5, random_state=None,
                     probe_params: dict | None = None, return_folds: bool = False):
     """Train on clean representations, test on clean and perturbed ones, out of fold.
@@ -295,8 +293,6 @@ def cross_val_probe(clean, y, variants: dict, *, probe="mlp", n_splits: int = 5,
         perturbed[name] = arr
     if "clean" in perturbed:
         raise ValueError("'clean' is reserved for the unperturbed predictions; rename that variant.")
-    if not isinstance(n_splits, Integral) or n_splits < 2:
-        raise ValueError(f"n_splits must be an int >= 2; got {n_splits!r}.")
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2:
         raise ValueError(f"labels hold a single class ({classes.tolist()}); the probe needs at least 2.")

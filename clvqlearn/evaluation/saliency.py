@@ -25,22 +25,28 @@ extracted from the same texts with the same tokenizer and ``max_length``.
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import models as _models
+from .._batching import length_batches, pad_right
+from .._config import get_cache_home
 from .._sklearn_compat import Hidden, Interval, StrOptions, validate_params
 from .._torch_utils import resolve_device
+from .._validation import check_texts
 from ..pairs import LayerPairs
-from .splice import hook_site
-from .tasks import ClassifierResult, check_texts, ensure_pad_token, load_classifier
+from .tasks import INFO_FILE, ClassifierResult, ensure_pad_token, resolve_classifier
 
-__all__ = ["Saliency", "rank_words", "token_saliency"]
+__all__ = ["Saliency", "cached_token_saliency", "clear_saliency_cache", "rank_words", "saliency_memory",
+           "token_saliency"]
 
 _METHODS = ("ig-layer", "ig-embeddings", "rationale")
 #: older name of "ig-embeddings", still accepted
@@ -314,26 +320,16 @@ def _attribution_module(model, saliency: str, layer):
         embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
         module = embeddings if isinstance(embeddings, torch.nn.Module) else _models.get_embedding_module(model)
         return module, False, 0
-    module, _ = hook_site(model, layer)  # block layer-1's output (a decoder's final norm at the top)
+    module, _ = _models.hook_site(model, layer)  # block layer-1's output (a decoder's final norm at the top)
     return module, False, layer
 
 
-def _resolve_classifier(classifier, device):
+def _classifier_model(classifier, device):
     """(model, tokenizer, is_decoder) from a result, checkpoint path or model name."""
-    if isinstance(classifier, ClassifierResult):
-        model, tokenizer = classifier.load(device)
-        return model, tokenizer, _models.resolve_model(str(classifier.path)).is_decoder
-    if not isinstance(classifier, str):
-        raise TypeError(
-            "classifier must be a ClassifierResult, or the path or name of a sequence-classification "
-            f"checkpoint (str); got {type(classifier).__name__}."
-        )
-    try:
-        result = load_classifier(classifier)
-    except FileNotFoundError:
-        result = None
+    result = resolve_classifier(classifier)
     if result is not None:
-        return _resolve_classifier(result, device)
+        model, tokenizer = result.load(device)
+        return model, tokenizer, _models.resolve_model(str(result.path)).is_decoder
     tokenizer = _models.load_tokenizer(classifier)
     model = _models.load_model(classifier, head="sequence-classification")
     ensure_pad_token(model, tokenizer)
@@ -534,7 +530,6 @@ def token_saliency(
     if saliency == "ig-layer" and layer is None:
         raise ValueError("saliency='ig-layer' needs layer=<the analysis layer's hidden-state index>.")
     params = dict(max_length=int(max_length), top_n=int(top_n), units=units, normalize=bool(normalize))
-
     if saliency == "rationale":
         if rationales is None:
             raise ValueError("saliency='rationale' needs rationales= (the evidence texts of each document).")
@@ -542,40 +537,34 @@ def token_saliency(
         if len(rationales) != len(texts):
             raise ValueError(f"Got {len(texts)} texts but {len(rationales)} rationales: expected one entry per text.")
         name = str(classifier.path) if isinstance(classifier, ClassifierResult) else classifier
-        tokenizer = _models.load_tokenizer(name)
-        return _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
-
-    model, tokenizer, is_decoder = _resolve_classifier(classifier, device)
-    target = _check_target(target, len(texts), model.config.num_labels)
+        return _rationale_saliency(_models.load_tokenizer(name), texts, rationales, top_n, max_length, params)
+    model, tokenizer, is_decoder = _classifier_model(classifier, device)
     module, to_input, layer = _attribution_module(model, saliency, layer)
+    keep_first = is_decoder if keep_first == "auto" else bool(keep_first)
     ref_token = _baseline_token(model, tokenizer, baseline, is_decoder)
-    keep_first = is_decoder if keep_first == "auto" else keep_first
-    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by, keep_first=bool(keep_first),
+    params.update(n_steps=int(n_steps), baseline_token=ref_token, rank_by=rank_by, keep_first=keep_first,
                   layer=layer)
     enc = _encode(tokenizer, texts, max_length, units)
     fixed = [m.copy() for m in enc["special"]]
-    if keep_first:
-        for m in fixed:
-            m[0] = True
-    out = _integrate(model, tokenizer, module, to_input, enc["input_ids"], fixed, ref_token, target,
-                     n_steps=n_steps, internal_batch_size=internal_batch_size, batch_size=batch_size,
-                     verbose=verbose)
+    for m in fixed if keep_first else ():
+        m[0] = True
+    out = _integrate(model, tokenizer, module, to_input, enc["input_ids"], fixed, ref_token,
+                     _check_target(target, len(texts), model.config.num_labels), n_steps=n_steps,
+                     internal_batch_size=internal_batch_size, batch_size=batch_size, verbose=verbose)
     if normalize:
         out["attributions"] = [a / n if (n := float(np.linalg.norm(a))) > 0 else a for a in out["attributions"]]
-    sal = Saliency(
-        method=saliency,
-        input_ids=enc["input_ids"],
+    return _ranked(Saliency(
+        method=saliency, input_ids=enc["input_ids"],
         tokens=[tokenizer.convert_ids_to_tokens(ids.tolist()) for ids in enc["input_ids"]],
-        attributions=out["attributions"],
-        special_mask=enc["special"],
-        fixed_mask=fixed,
-        top_positions=np.zeros((len(texts), top_n), dtype=np.int64),
-        word_ids=enc["word_ids"],
-        targets=out["targets"],
-        probabilities=out["probabilities"],
-        convergence_delta=out["deltas"],
-        params=params,
-    )
+        attributions=out["attributions"], special_mask=enc["special"], fixed_mask=fixed,
+        top_positions=np.zeros((len(texts), top_n), dtype=np.int64), word_ids=enc["word_ids"],
+        targets=out["targets"], probabilities=out["probabilities"], convergence_delta=out["deltas"], params=params,
+    ))
+
+
+def _ranked(sal: Saliency) -> Saliency:
+    """Fill ``top_positions`` from each document's ranking."""
+    top_n = sal.top_positions.shape[1]
     sal.top_positions = np.stack([_pad(sal.ranking(i), top_n) for i in range(len(sal))])
     return sal
 
@@ -623,19 +612,12 @@ def _integrate(model, tokenizer, module, to_input, input_ids, fixed, ref_token, 
     targets = np.zeros(n, dtype=np.int64)
     probs = np.zeros((n, model.config.num_labels), dtype=np.float32)
     deltas = np.zeros(n, dtype=np.float64)
-    order = np.argsort([ids.size for ids in input_ids], kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = length_batches([ids.size for ids in input_ids], batch_size)
     model.eval()
     for idx in tqdm(batches, desc=f"integrated gradients ({n_steps} steps)", disable=not verbose, leave=False):
-        width = max(input_ids[i].size for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        ref = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        for j, i in enumerate(idx):
-            L = input_ids[i].size
-            ids[j, :L] = torch.from_numpy(input_ids[i])
-            mask[j, :L] = 1
-            ref[j, :L] = torch.where(torch.from_numpy(fixed[i]), ids[j, :L], ref_token)
+        ids, mask = pad_right([input_ids[i] for i in idx], tokenizer.pad_token_id)
+        ref, _ = pad_right([np.where(fixed[i], input_ids[i], ref_token) for i in idx], tokenizer.pad_token_id)
+        ids, mask, ref = (torch.from_numpy(a) for a in (ids, mask, ref))
         ids, mask, ref = ids.to(dev), mask.to(dev), ref.to(dev)
         with torch.no_grad():
             p = torch.softmax(forward(ids, mask).float(), dim=-1).cpu().numpy()
@@ -690,6 +672,120 @@ def _rationale_saliency(tokenizer, texts, rationales, top_n, max_length, params)
         word_ids=word_ids,
         params={**params, "rank_by": "value"},
     )
-    # rationale tokens (words) in reading order: no ranking inside a rationale
-    sal.top_positions = np.stack([_pad(sal.ranking(i), top_n) for i in range(len(sal))])
-    return sal
+    return _ranked(sal)  # rationale tokens (words) in reading order: no ranking inside a rationale
+
+
+# ----------------------------------------------------------------------- the cache
+#: The cache folder (under ``get_cache_home()``) of :func:`saliency_memory` ``("auto")``.
+CACHE_FOLDER = "saliency"
+
+
+def saliency_memory(memory="auto"):
+    """The ``joblib.Memory`` that caches saliency maps.
+
+    Parameters
+    ----------
+    memory : "auto", str, path-like, joblib.Memory or None, default="auto"
+        ``"auto"``: the folder ``saliency`` under
+        :func:`clvqlearn._config.get_cache_home` (``$CLVQLEARN_CACHE``); a
+        folder: that folder; a ``joblib.Memory``: itself; None: no cache.
+
+    Returns
+    -------
+    joblib.Memory or None
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     saliency_memory(tmp).location == tmp
+    True
+    >>> saliency_memory(None) is None
+    True
+    """
+    import joblib
+
+    if memory is None or isinstance(memory, joblib.Memory):
+        return memory
+    location = get_cache_home() / CACHE_FOLDER if isinstance(memory, str) and memory == "auto" else memory
+    return joblib.Memory(location=os.fspath(location), verbose=0)
+
+
+def clear_saliency_cache(memory="auto") -> None:
+    """Forget the saliency maps cached by :func:`cached_token_saliency` (and the ablation report).
+
+    Parameters
+    ----------
+    memory : "auto", str, path-like or joblib.Memory, default="auto"
+        As in :func:`saliency_memory`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     clear_saliency_cache(tmp)
+    """
+    cache = saliency_memory(memory)
+    if cache is not None:
+        cache.clear(warn=False)
+
+
+def cached_token_saliency(classifier, texts, *, memory="auto", device="auto", verbose: bool = False,
+                          **options) -> Saliency:
+    """:func:`token_saliency` through a ``joblib.Memory`` shared by processes.
+
+    A grid search over concept estimators (also with ``n_jobs``: the cache
+    is a folder that every joblib worker reads) computes Integrated
+    Gradients once per classifier, texts and settings.  The key holds the
+    classifier checkpoint's record (base model, fingerprint, accuracy and
+    training history, not its folder), or the model name for a plain
+    model, the texts and every option except ``device`` and ``verbose``.
+
+    Parameters
+    ----------
+    classifier : ClassifierResult or str
+        As in :func:`token_saliency`.
+    texts : sequence of str
+    memory : "auto", str, path-like, joblib.Memory or None, default="auto"
+        Where the maps are kept (:func:`saliency_memory`); None computes
+        without a cache.
+    device : str, default="auto"
+    verbose : bool, default=False
+    **options
+        The other keywords of :func:`token_saliency`.
+
+    Returns
+    -------
+    Saliency
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     first = cached_token_saliency("minilm", ["a dull film"], memory=tmp, saliency="rationale",
+    ...                                   rationales=[["dull"]])
+    ...     again = cached_token_saliency("minilm", ["a dull film"], memory=tmp, saliency="rationale",
+    ...                                   rationales=[["dull"]])
+    >>> first.top_tokens() == again.top_tokens() == [["dull"]]
+    True
+    """
+    texts = check_texts(texts)
+    cache = saliency_memory(memory)
+    if cache is None:
+        return token_saliency(classifier, texts, device=device, verbose=verbose, **options)
+    compute = cache.cache(_saliency_of, ignore=["classifier", "device", "verbose"])
+    return compute(_classifier_key(classifier), classifier, texts, options, device, verbose)
+
+
+def _saliency_of(key, classifier, texts, options, device, verbose) -> Saliency:
+    """What :func:`cached_token_saliency` caches (``key`` stands for ``classifier`` in the hash)."""
+    return token_saliency(classifier, texts, device=device, verbose=verbose, **options)
+
+
+def _classifier_key(classifier):
+    """What identifies a classifier's weights: its checkpoint record, or the name of a plain model."""
+    result = resolve_classifier(classifier)
+    if result is None:
+        return str(classifier)
+    record = json.loads((Path(result.path) / INFO_FILE).read_text())
+    return {name: record.get(name) for name in ("base_model", "fingerprint", "accuracy", "history", "params")}

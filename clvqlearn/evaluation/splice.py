@@ -13,13 +13,11 @@ given directions out of the hidden state of layer ``layer``, at one
 position per sequence or at all positions.  :func:`splice_logits` runs a
 sequence-classification model over texts with such an edit.
 
-Layer convention (as :class:`~clvqlearn.LayerPairExtractor`): ``0`` is the
-embeddings output (the input of the first block; a forward PRE-hook on
-block 0), ``i`` is the output of block ``i`` (a forward hook on block
-``i - 1`` of :func:`clvqlearn.models.get_layer_list`), and ``n_layers`` is
-the model's ``last_hidden_state``: for decoders whose base model applies a
-final norm (Llama ``norm``, GPT-2 ``ln_f``) the hook sits on that norm, so
-the edit happens exactly where the extractor read the concept's vectors.
+Layer convention: the one of :class:`~clvqlearn.LayerPairExtractor`, through
+:func:`clvqlearn.models.hook_site` (``0`` is the embeddings output, ``i``
+the output of block ``i``, ``n_layers`` the model's ``last_hidden_state``),
+so the edit happens exactly where the extractor read the concept's
+vectors.
 """
 
 from __future__ import annotations
@@ -30,68 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import get_layer_list
+from .._batching import length_batches, model_inputs
+from ..models import layer_hook
 from .projection import orthonormalize, project_out_torch
 
-__all__ = ["hook_site", "splice_logits", "splice_projection"]
-
-_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
-
-
-def _final_norm(model: nn.Module):
-    """The base model's final norm module (decoders), or None (BERT-style encoders)."""
-    base = getattr(model, "base_model", model)
-    for name in _FINAL_NORMS:
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
-
-
-def hook_site(model: nn.Module, layer: int) -> tuple[nn.Module, str]:
-    """Which module to hook to edit hidden-state layer ``layer``.
-
-    Parameters
-    ----------
-    model : transformers.PreTrainedModel
-        With or without a head.
-    layer : int
-        Non-negative layer index, ``0 <= layer <= n_layers``.
-
-    Returns
-    -------
-    (module, kind)
-        ``kind`` is ``"pre"`` (edit the module's input) or ``"post"`` (edit
-        its output).
-
-    Raises
-    ------
-    ValueError
-        When ``layer`` is out of range.
-
-    Examples
-    --------
-    >>> from transformers import BertConfig, BertModel
-    >>> cfg = BertConfig(hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
-    ...                  intermediate_size=16, vocab_size=20)
-    >>> model = BertModel(cfg)
-    >>> module, kind = hook_site(model, 2)
-    >>> module is model.encoder.layer[1], kind
-    (True, 'post')
-    """
-    blocks = get_layer_list(model)
-    n = len(blocks)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n:
-        raise ValueError(f"layer must be an int in [0, {n}] (0 = embeddings output); got {layer!r}.")
-    layer = int(layer)
-    if layer == 0:
-        return blocks[0], "pre"
-    if layer == n:
-        norm = _final_norm(model)
-        if norm is not None:
-            return norm, "post"
-    return blocks[layer - 1], "post"
-
+__all__ = ["splice_logits", "splice_projection"]
 
 def _as_direction_tensor(directions, batch: int | None, d: int, ref: torch.Tensor) -> torch.Tensor:
     """(r, d) shared or (B, r, d) per-sequence ORTHONORMAL directions on ref's device/dtype."""
@@ -201,38 +142,14 @@ def splice_projection(model: nn.Module, layer: int, directions, positions=None):
     >>> info["calls"], len(model.encoder.layer[0]._forward_hooks)
     (1, 0)
     """
-    module, kind = hook_site(model, layer)
     info = {"calls": 0}
 
-    def edit_value(value):
-        if isinstance(value, torch.Tensor):
-            return _edit(value, directions, positions)
-        if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-            return (_edit(value[0], directions, positions),) + tuple(value[1:])
-        raise TypeError(f"cannot edit a hidden state of type {type(value).__name__}.")
+    def edit(hidden):
+        info["calls"] += 1
+        return _edit(hidden, directions, positions)
 
-    if kind == "pre":
-
-        def hook(mod, args, kwargs):
-            info["calls"] += 1
-            if args:
-                return (edit_value(args[0]),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = edit_value(kwargs["hidden_states"])
-            return args, kwargs
-
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    else:
-
-        def hook(mod, args, output):
-            info["calls"] += 1
-            return edit_value(output)
-
-        handle = module.register_forward_hook(hook)
-    try:
+    with layer_hook(model, layer, edit):
         yield info
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
@@ -276,20 +193,10 @@ def splice_logits(model, tokenizer, texts, *, layer=None, directions=None, posit
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first.")
     device = next(model.parameters()).device
-    enc = tokenizer(texts, truncation=True, max_length=int(max_length))
-    ids = enc["input_ids"]
-    lengths = np.array([len(x) for x in ids])
-    order = np.argsort(-lengths, kind="stable")
+    ids = tokenizer(texts, truncation=True, max_length=int(max_length))["input_ids"]
     out = np.zeros((n, model.config.num_labels), dtype=np.float32)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        width = int(lengths[idx].max())
-        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            input_ids[j, : lengths[i]] = torch.as_tensor(ids[i])
-            mask[j, : lengths[i]] = 1
-        kwargs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    for idx in length_batches([len(x) for x in ids], batch_size, descending=True):
+        kwargs = model_inputs([ids[i] for i in idx], tokenizer.pad_token_id, device)
         if layer is None:
             logits = model(**kwargs).logits
         else:

@@ -1,9 +1,10 @@
-"""Task models for the evaluation: fine-tuned classifiers and zero-shot prompting.
+"""Task models and their checkpoints: the classifiers whose salient tokens and accuracy the removal measures.
 
 The paper's first evaluation axis needs, for every data set, a model that
-solves the task: encoders (BERT, RoBERTa; here MiniLM) are fine-tuned with a
-sequence-classification head, decoders (LLaMA, Qwen; here SmolLM2) are
-prompted zero-shot.  This module provides both:
+solves the task.  Encoders (BERT, RoBERTa; here MiniLM) are fine-tuned with
+a sequence-classification head; decoders get a classification head on a
+frozen model here (the paper prompts them zero-shot:
+:class:`~clvqlearn.evaluation.zero_shot.ZeroShotClassifier`).
 
 :func:`fine_tune_classifier`
     Fine-tunes any Hugging Face encoder or decoder with a classification head
@@ -11,34 +12,41 @@ prompted zero-shot.  This module provides both:
     HF checkpoint (plus ``clvqlearn_classifier.json``) that
     ``LayerPairExtractor(model=path)`` and :mod:`clvqlearn.evaluation.saliency`
     load.  Checkpoints are cached and reused.
-:class:`ZeroShotClassifier`
-    A scikit-learn classifier that scores the next-token log-probability of
-    each label word after a chat-template prompt.
+:func:`linear_head_classifier`
+    A frozen language model with a logistic-regression head on its last
+    token, saved as the same kind of checkpoint.
+:func:`load_classifier`, :func:`resolve_classifier`, :class:`ClassifierResult`
+    Reading a checkpoint back; the one rule by which the evaluation turns a
+    result, a folder or an extractor's model into a classifier.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .. import models as _models
+from .._batching import length_batches, model_inputs
 from .._config import get_cache_home
-from .._torch_utils import resolve_device, seeded, torch_seed
+from .._sklearn_compat import Interval, validate_params
+from .._torch_utils import parameter_groups, resolve_device, seeded, torch_seed
+from .._validation import check_texts
+
+logger = logging.getLogger(__name__)
 
 INFO_FILE = "clvqlearn_classifier.json"
 _INFO_FORMAT = "clvqlearn.classifier"
@@ -46,58 +54,16 @@ _INFO_VERSION = 1
 
 __all__ = [
     "ClassifierResult",
-    "ZERO_SHOT_PRESETS",
-    "ZeroShotClassifier",
+    "ensure_pad_token",
     "fine_tune_classifier",
+    "linear_head_classifier",
     "load_classifier",
+    "resolve_classifier",
     "save_checkpoint",
 ]
 
 
 # --------------------------------------------------------------------- input checks
-def check_texts(texts, name: str = "texts") -> list[str]:
-    """Validate a sequence of documents and return it as a list of str.
-
-    Parameters
-    ----------
-    texts : sequence of str
-        The documents.  A bare string is refused (it would be read as a
-        sequence of characters).
-    name : str
-        Name used in error messages.
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    TypeError
-        When ``texts`` is a string or holds non-strings.
-    ValueError
-        When ``texts`` is empty or one document is empty or blank.
-
-    Examples
-    --------
-    >>> check_texts(["a film", "a plot"])
-    ['a film', 'a plot']
-    """
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(f"{name} must be a sequence of strings (one per document), not a single string.")
-    try:
-        texts = list(texts)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be a sequence of strings; got {type(texts).__name__}.") from exc
-    if not texts:
-        raise ValueError(f"{name} is empty: expected at least one document.")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{i}] is a {type(text).__name__}; expected str.")
-        if not text.strip():
-            raise ValueError(f"{name}[{i}] is empty or blank: every document must contain some text.")
-    return texts
-
-
 def _encode_labels(labels, n_texts: int, num_labels, label_names):
     """Map labels to ids ``0..C-1``; return (ids, classes, label_names)."""
     y = np.asarray(labels)
@@ -287,44 +253,15 @@ def ensure_pad_token(model, tokenizer) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.RandomState | None):
-    """Index batches of similar length (less padding on CPU).
-
-    Without ``rng`` (evaluation), batches follow length order.  With it
-    (training), documents are shuffled, sorted by length inside chunks of
-    50 batches, and the batches are shuffled again, as transformers'
-    ``group_by_length`` does.
-    """
-    n = lengths.size
-    if rng is None:
-        order = np.argsort(lengths, kind="stable")
-        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    perm = rng.permutation(n)
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, n, chunk):
-        idx = perm[start : start + chunk]
-        idx = idx[np.argsort(-lengths[idx], kind="stable")]
-        batches += [idx[i : i + batch_size] for i in range(0, idx.size, batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def _collate(encodings, idx, tokenizer, device):
-    feats = [{k: encodings[k][i] for k in encodings} for i in idx]
-    batch = tokenizer.pad(feats, return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def _predict_logits(model, tokenizer, texts, batch_size, max_length, verbose=False) -> np.ndarray:
     device = next(model.parameters()).device
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    lengths = np.array([len(ids) for ids in enc["input_ids"]])
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     model.eval()
-    batches = _length_batches(lengths, batch_size, None)
+    batches = length_batches([len(x) for x in ids], batch_size)
     for idx in tqdm(batches, desc="predict", disable=not verbose, leave=False):
-        batch = _collate(enc, idx, tokenizer, device)
+        batch = model_inputs([ids[i] for i in idx], tokenizer.pad_token_id, device)
         out[idx] = model(**batch).logits.float().cpu().numpy()
     return out
 
@@ -406,6 +343,27 @@ def _slug(model: str) -> str:
 
 
 # --------------------------------------------------------------------- fine-tuning
+_POSITIVE = [Interval(Integral, 1, None, closed="left")]
+_FINE_TUNE_CONSTRAINTS = {
+    "model": [str],
+    "label_names": ["array-like", None],
+    "num_labels": [Interval(Integral, 2, None, closed="left"), None],
+    "validation_data": [tuple, list, None],
+    "output_dir": [str, os.PathLike, None],
+    "overwrite": ["boolean"],
+    "epochs": _POSITIVE,
+    "batch_size": _POSITIVE,
+    "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "weight_decay": [Interval(Real, 0, None, closed="left")],
+    "warmup_fraction": [Interval(Real, 0, 1, closed="both")],
+    "max_length": [Interval(Integral, 2, None, closed="left")],
+    "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+    "random_state": ["random_state"],
+    "verbose": ["boolean"],
+}
+
+
+@validate_params(_FINE_TUNE_CONSTRAINTS, prefer_skip_nested_validation=True)
 def fine_tune_classifier(
     texts,
     labels,
@@ -475,7 +433,8 @@ def fine_tune_classifier(
         (through explicit generators; the global RNG is left as it was).
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
     verbose : bool, default=True
-        Show progress bars.
+        Show progress bars, and log each epoch's loss and held-out accuracy
+        (logger ``clvqlearn.evaluation.tasks``, level INFO).
 
     Returns
     -------
@@ -486,7 +445,9 @@ def fine_tune_classifier(
     ------
     ValueError
         On empty texts, mismatched label counts, labels outside
-        ``[0, num_labels)``, or a folder holding a different classifier.
+        ``[0, num_labels)``, an option out of range (scikit-learn's
+        ``InvalidParameterError``), or a folder holding a different
+        classifier.
 
     Examples
     --------
@@ -499,35 +460,7 @@ def fine_tune_classifier(
     """
     texts = check_texts(texts)
     ids, classes, label_names = _encode_labels(labels, len(texts), num_labels, label_names)
-    if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be a model name or path (str); got {type(model).__name__}.")
-    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2)):
-        if not isinstance(value, Integral) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction!r}.")
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
-
-    if validation_data is not None:
-        try:
-            val_texts, val_labels = validation_data
-        except (TypeError, ValueError) as exc:
-            raise TypeError("validation_data must be a (texts, labels) tuple.") from exc
-        val_texts = check_texts(val_texts, "validation_data texts")
-        val_y = np.asarray(val_labels)
-        if val_y.shape != (len(val_texts),):
-            raise ValueError(f"validation_data has {len(val_texts)} texts but {val_y.shape} labels.")
-        unknown = set(np.unique(val_y).tolist()) - set(classes.tolist())
-        if unknown:
-            raise ValueError(
-                f"validation_data has labels {sorted(unknown)} not seen in training labels {classes.tolist()}."
-            )
-        val_ids = np.searchsorted(classes, val_y).astype(np.int64)
-        validation = (val_texts, val_ids)
-    else:
-        validation = None
-
+    validation = _validation_ids(validation_data, classes)
     params = dict(
         epochs=int(epochs), batch_size=int(batch_size), learning_rate=float(learning_rate),
         weight_decay=float(weight_decay), warmup_fraction=float(warmup_fraction), max_length=int(max_length),
@@ -538,37 +471,11 @@ def fine_tune_classifier(
     if output_dir is None:
         output_dir = get_cache_home() / "classifiers" / f"{_slug(model)}-{fingerprint[:16]}"
     output_dir = Path(output_dir)
-    info_file = output_dir / INFO_FILE
-    if info_file.is_file() and not overwrite:
-        info = json.loads(info_file.read_text())
-        if info.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{output_dir} already holds a classifier trained on other data or parameters. "
-                "Pass overwrite=True to replace it, or choose another output_dir."
-            )
-        if verbose:
-            print(f"Reusing fine-tuned classifier at {output_dir} (held-out accuracy {info['accuracy']:.3f}).")
-        return load_classifier(output_dir)
+    if (output_dir / INFO_FILE).is_file() and not overwrite:
+        return _reuse(output_dir, fingerprint)
 
     rng = check_random_state(random_state)
-    if validation is None:
-        n = len(texts)
-        n_test = max(int(round(validation_fraction * n)), classes.size)
-        if n - n_test < classes.size:
-            raise ValueError(
-                f"Too few texts ({n}) to hold out {validation_fraction:.0%} and still train on every class."
-            )
-        counts = np.bincount(ids)
-        stratify = ids if counts[counts > 0].min() >= 2 else None
-        train_idx, test_idx = train_test_split(
-            np.arange(n), test_size=n_test, stratify=stratify, random_state=rng.randint(2**31 - 1)
-        )
-        train_texts, train_ids = [texts[i] for i in train_idx], ids[train_idx]
-        test_texts, test_ids = [texts[i] for i in test_idx], ids[test_idx]
-    else:
-        train_texts, train_ids = texts, ids
-        test_texts, test_ids = validation
-
+    train, test = _held_out_split(texts, ids, classes, validation, validation_fraction, rng)
     dev = resolve_device(device)
     seed = torch_seed(rng)
     tokenizer = _models.load_tokenizer(model)
@@ -578,314 +485,274 @@ def fine_tune_classifier(
     net.config.id2label = dict(enumerate(label_names))
     net.config.label2id = {name: i for i, name in enumerate(label_names)}
     net.to(dev)
-
-    enc = tokenizer(train_texts, truncation=True, max_length=max_length)
-    lengths = np.array([len(x) for x in enc["input_ids"]])
-    targets = torch.as_tensor(train_ids)
-    steps_per_epoch = math.ceil(len(train_texts) / batch_size)
-    total = steps_per_epoch * epochs
-    decay, no_decay = [], []
-    for pname, p in net.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in pname.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
-    )
-    warmup = int(warmup_fraction * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(total - s, 0) / max(total - warmup, 1)
-    )
-    history = []
-    shuffle_rng = np.random.RandomState(rng.randint(2**31 - 1))
-    start_all = time.perf_counter()
+    start = time.perf_counter()
     with seeded(seed + 1, dev):  # dropout
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            net.train()
-            losses = []
-            bar = tqdm(_length_batches(lengths, batch_size, shuffle_rng), desc=f"fine-tune {epoch + 1}/{epochs}",
-                       disable=not verbose, leave=False)
-            for idx in bar:
-                batch = _collate(enc, idx, tokenizer, dev)
-                out = net(**batch, labels=targets[idx].to(dev))
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(out.loss.detach()))
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            logits = _predict_logits(net, tokenizer, test_texts, batch_size * 2, max_length)
-            acc = float((logits.argmax(1) == test_ids).mean())
-            history.append(dict(epoch=epoch + 1, train_loss=float(np.mean(losses)), test_accuracy=acc,
-                                seconds=round(time.perf_counter() - start, 2)))
-            if verbose:
-                print(f"epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}, "
-                      f"held-out accuracy {acc:.4f}")
+        history = _train(net, tokenizer, train, test, params, np.random.RandomState(rng.randint(2**31 - 1)),
+                         verbose=verbose)
     net.eval()
-
     info = dict(
         format=_INFO_FORMAT, version=_INFO_VERSION, base_model=model, fingerprint=fingerprint,
         label_names=label_names, classes=classes.tolist(), accuracy=history[-1]["test_accuracy"],
-        n_train=len(train_texts), n_test=len(test_texts), history=history, params=params,
-        seconds=round(time.perf_counter() - start_all, 2),
+        n_train=len(train[0]), n_test=len(test[0]), history=history, params=params,
+        seconds=round(time.perf_counter() - start, 2),
     )
     result = save_checkpoint(net, tokenizer, info, output_dir)
     result._cache[str(dev)] = (net.to(dev).eval(), tokenizer)
     return result
 
 
-# ----------------------------------------------------------------------- zero-shot
-ZERO_SHOT_PRESETS = {
-    "eraser_movie": dict(
-        label_words={0: ["negative", "Negative"], 1: ["positive", "Positive"]},
-        template="Review: {text}\nIs this review positive or negative?",
-    ),
-    "jigsaw": dict(
-        label_words={0: ["no", "No"], 1: ["yes", "Yes"]},
-        template="Comment: {text}\nIs this comment toxic (rude, insulting or hateful)? Answer yes or no.",
-    ),
-    "ag_news": dict(
-        label_words={0: ["World", "world"], 1: ["Sports"], 2: ["Business", "business"],
-                     3: ["Science", "science", "Technology"]},
-        template="Article: {text}\nIs this news article about World, Sports, Business or Science?",
-    ),
-}
-"""Label words and prompt templates for the three data sets of the paper.
-
-Keys are the label ids of :mod:`clvqlearn.datasets` loaders (0-based).
-Use as ``ZeroShotClassifier(**ZERO_SHOT_PRESETS["ag_news"])``.
-"""
-
-_DEFAULT_TEMPLATE = "Classify this text as one of: {choices}.\n\nText: {text}\n\nAnswer with one word."
+def _validation_ids(validation_data, classes: np.ndarray):
+    """``(texts, class ids)`` of an explicit held-out set, or None."""
+    if validation_data is None:
+        return None
+    try:
+        val_texts, val_labels = validation_data
+    except (TypeError, ValueError) as exc:
+        raise TypeError("validation_data must be a (texts, labels) tuple.") from exc
+    val_texts = check_texts(val_texts, "validation_data texts")
+    val_y = np.asarray(val_labels)
+    if val_y.shape != (len(val_texts),):
+        raise ValueError(f"validation_data has {len(val_texts)} texts but {val_y.shape} labels.")
+    unknown = set(np.unique(val_y).tolist()) - set(classes.tolist())
+    if unknown:
+        raise ValueError(f"validation_data has labels {sorted(unknown)} not seen in training labels {classes.tolist()}.")
+    return val_texts, np.searchsorted(classes, val_y).astype(np.int64)
 
 
-class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
-    """Zero-shot classification by prompting a chat language model.
+def _reuse(output_dir: Path, fingerprint: str) -> ClassifierResult:
+    """The classifier already in ``output_dir``, when it was trained on the same data and parameters."""
+    info = json.loads((output_dir / INFO_FILE).read_text())
+    if info.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{output_dir} already holds a classifier trained on other data or parameters. "
+            "Pass overwrite=True to replace it, or choose another output_dir."
+        )
+    logger.info("Reusing fine-tuned classifier at %s (held-out accuracy %.3f).", output_dir, info["accuracy"])
+    return load_classifier(output_dir)
 
-    The paper prompts its decoder models (LLaMA-2-7B, Qwen2.5-3B) zero-shot
-    instead of fine-tuning them.  Each text is put into ``template``, wrapped
-    in the model's chat template with a generation prompt, and the class
-    scores are the next-token log-probabilities of the label words' first
-    tokens (several words per class are combined with log-sum-exp).
-    ``predict_proba`` renormalises them over the classes.
 
-    Small models are biased towards one label word whatever the text
-    (SmolLM2-135M answers "positive" to every ERASER-Movie sentence), so
-    ``calibration`` offers contextual calibration (Zhao et al., 2021):
-    subtract the label scores of content-free inputs ("N/A", ...) or the
-    mean label scores over the (unlabelled) texts given to ``fit``.
+def _held_out_split(texts, ids, classes, validation, validation_fraction, rng):
+    """``((train texts, ids), (test texts, ids))``: the explicit held-out set or a stratified split."""
+    if validation is not None:
+        return (texts, ids), validation
+    n = len(texts)
+    n_test = max(int(round(validation_fraction * n)), classes.size)
+    if n - n_test < classes.size:
+        raise ValueError(f"Too few texts ({n}) to hold out {validation_fraction:.0%} and still train on every class.")
+    counts = np.bincount(ids)
+    stratify = ids if counts[counts > 0].min() >= 2 else None
+    train_idx, test_idx = train_test_split(np.arange(n), test_size=n_test, stratify=stratify,
+                                           random_state=rng.randint(2**31 - 1))
+    return ([texts[i] for i in train_idx], ids[train_idx]), ([texts[i] for i in test_idx], ids[test_idx])
+
+
+def _train(net, tokenizer, train, test, params: dict, shuffle_rng, *, verbose: bool) -> list:
+    """AdamW, linear warm-up and decay, clipping at 1.0, length-bucketed batches; one history row per epoch."""
+    dev = next(net.parameters()).device
+    epochs, batch_size, max_length = params["epochs"], params["batch_size"], params["max_length"]
+    ids = tokenizer(train[0], truncation=True, max_length=max_length)["input_ids"]
+    targets = torch.as_tensor(train[1])
+    total = math.ceil(len(ids) / batch_size) * epochs
+    optimizer = torch.optim.AdamW(parameter_groups(net, params["weight_decay"]), lr=params["learning_rate"])
+    warmup = int(params["warmup_fraction"] * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(total - s, 0) / max(total - warmup, 1)
+    )
+    history = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        losses = []
+        bar = tqdm(length_batches([len(x) for x in ids], batch_size, rng=shuffle_rng, descending=True),
+                   desc=f"fine-tune {epoch + 1}/{epochs}", disable=not verbose, leave=False)
+        for idx in bar:
+            out = net(**model_inputs([ids[i] for i in idx], tokenizer.pad_token_id, dev), labels=targets[idx].to(dev))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        logits = _predict_logits(net, tokenizer, test[0], batch_size * 2, max_length)
+        acc = float((logits.argmax(1) == test[1]).mean())
+        history.append(dict(epoch=epoch + 1, train_loss=float(np.mean(losses)), test_accuracy=acc,
+                            seconds=round(time.perf_counter() - start, 2)))
+        if verbose:
+            logger.info("epoch %d/%d: train loss %.4f, held-out accuracy %.4f", epoch + 1, epochs,
+                        history[-1]["train_loss"], acc)
+    return history
+
+
+# ------------------------------------------------------------ frozen model + linear head
+_HEAD_VERSION = 2  # bump when linear_head_classifier's fitting changes (its cache key)
+
+
+def linear_head_classifier(model: str, train, evaluation, *, max_length: int = 64, random_state=0,
+                           device="auto", batch_size: int = 16) -> ClassifierResult:
+    """A frozen language model with a logistic-regression classification head.
+
+    The paper prompts its decoders zero-shot: their weights are never
+    trained.  This keeps the decoder frozen too, but gives it a linear head:
+    L2-regularised logistic regression (no intercept, ``C`` chosen by
+    stratified 5-fold CV) on the final hidden state of the last token, the
+    very vector a Hugging Face ``*ForSequenceClassification`` head reads.
+    The fitted weights are written into the model's ``score`` layer and the
+    model is saved as a checkpoint that :func:`load_classifier`,
+    :func:`~clvqlearn.evaluation.saliency.token_saliency`, the splice
+    protocol and ``LayerPairExtractor(model=str(path))`` all read.  One
+    forward pass over the training texts replaces fine-tuning, and the
+    checkpoint is cached under ``get_cache_home() / "classifiers"``.
 
     Parameters
     ----------
-    model : str, default="smollm2"
-        A packaged short name, HF id or local path of a causal LM with a chat
-        template.
-    label_words : dict, optional
-        ``{class: word or list of words}``.  Default: ``str(class)``.  The
-        first tokens of different classes' words must differ.
-    template : str, optional
-        Prompt with a ``{text}`` placeholder and optionally ``{choices}``
-        (the label words, comma-separated).
-    system_prompt : str, optional
-        A system message; None keeps the chat template's default.
-    max_length : int, default=256
-        Texts are truncated to this many tokens before being put into the
-        prompt.
-    batch_size : int, default=8
-    calibration : {None, "content-free", "fit"}, default=None
-        None: raw label-word log-probabilities (the paper's setting).
-        ``"content-free"``: subtract their mean over the content-free texts
-        ``CONTENT_FREE``.  ``"fit"``: subtract their mean over the texts
-        ``X`` passed to ``fit`` (their labels are not used).
-    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
-    verbose : bool, default=False
-        Show a progress bar.
+    model : str
+        A causal language model (short name, folder or hub id).
+    train, evaluation : TextDataset
+        Labelled training texts and the held-out set whose accuracy is
+        recorded.
+    max_length : int, default=64
+    random_state : int, default=0
+    device : str, default="auto"
+    batch_size : int, default=16
 
-    Attributes
-    ----------
-    classes_ : ndarray
-        The classes seen in ``fit``.
-    calibration_offset_ : ndarray of shape (n_classes,)
-        What :meth:`decision_function` subtracts (zeros without calibration).
+    Returns
+    -------
+    ClassifierResult
 
     Examples
     --------
-    >>> clf = ZeroShotClassifier(**ZERO_SHOT_PRESETS["eraser_movie"])  # doctest: +SKIP
-    >>> clf.fit(None, [0, 1]).predict(["a wonderful, moving film ."])  # doctest: +SKIP
-    array([1])
+    >>> clf = linear_head_classifier("smollm2", train, ev)  # doctest: +SKIP
+    >>> clf.accuracy  # doctest: +SKIP
+    0.717
     """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
 
-    def __init__(self, model="smollm2", label_words=None, template=None, system_prompt=None,
-                 max_length=256, batch_size=8, calibration=None, device="auto", verbose=False):
-        self.model = model
-        self.label_words = label_words
-        self.template = template
-        self.system_prompt = system_prompt
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.calibration = calibration
-        self.device = device
-        self.verbose = verbose
+    classes = np.arange(len(evaluation.label_names))
+    params = {"kind": "linear-head", "version": _HEAD_VERSION, "max_length": int(max_length),
+              "random_state": random_state, "Cs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    present = np.unique(train.labels)
+    if not np.array_equal(present, classes):
+        raise ValueError(
+            f"the training texts must hold every class 0..{classes.size - 1} of {list(evaluation.label_names)}; "
+            f"got labels {present.tolist()}."
+        )
+    digest = hashlib.sha256(json.dumps(
+        {"model": model, "params": params, "train": [train.texts, train.labels.tolist()],
+         "eval": [evaluation.texts, evaluation.labels.tolist()]}).encode()).hexdigest()[:16]
+    folder = get_cache_home() / "classifiers" / f"{Path(model).name}-head-{digest}"
+    if (folder / INFO_FILE).is_file():
+        return load_classifier(folder)
+    net, tokenizer, head = _frozen_with_head(model, int(classes.size), random_state, device)
+    X_train = _last_token_states(net, tokenizer, list(train.texts), max_length, batch_size)
+    X_eval = _last_token_states(net, tokenizer, list(evaluation.texts), max_length, batch_size)
+    probe = LogisticRegressionCV(Cs=params["Cs"], fit_intercept=False, max_iter=5000,
+                                 cv=StratifiedKFold(5, shuffle=True, random_state=int(random_state or 0)))
+    probe.fit(X_train, train.labels)
+    coef = probe.coef_
+    weight = np.vstack([-coef / 2, coef / 2]) if classes.size == 2 and coef.shape[0] == 1 else coef
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        logits = head(torch.as_tensor(X_eval, dtype=head.weight.dtype, device=head.weight.device)).cpu().numpy()
+    if not np.array_equal(logits.argmax(axis=1), probe.predict(X_eval)):
+        raise RuntimeError("the head written into the model does not reproduce the fitted probe's predictions.")
+    accuracy = float((logits.argmax(axis=1) == evaluation.labels).mean())
+    net.config.id2label = dict(enumerate(evaluation.label_names))
+    net.config.label2id = {name: i for i, name in enumerate(evaluation.label_names)}
+    history = [{"C": float(np.ravel(probe.C_)[0]), "train_accuracy": float(probe.score(X_train, train.labels)),
+                "test_accuracy": accuracy}]
+    info = dict(format=_INFO_FORMAT, version=_INFO_VERSION, base_model=model, fingerprint=digest,
+                label_names=list(evaluation.label_names), classes=classes.tolist(), accuracy=accuracy,
+                n_train=len(train), n_test=len(evaluation), history=history, params=params)
+    return save_checkpoint(net, tokenizer, info, folder)
 
-    CONTENT_FREE = ("N/A", "[MASK]", "none")
-    """The content-free inputs of ``calibration="content-free"``."""
 
-    def fit(self, X=None, y=None):
-        """Record the classes (nothing is trained) and, if asked, the calibration.
+def _frozen_with_head(model: str, n_classes: int, random_state, device):
+    """``(model with a classification head, tokenizer, its bias-free score layer)``, in eval mode."""
+    tokenizer = _models.load_tokenizer(model)
+    with seeded(int(random_state or 0), torch.device("cpu")):  # the head's (overwritten) initialisation
+        net = _models.load_model(model, head="sequence-classification", num_labels=n_classes)
+    ensure_pad_token(net, tokenizer)
+    net.to(resolve_device(device)).eval()
+    head = getattr(net, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise ValueError(f"{type(net).__name__} has no bias-free `score` head; use decoder_classifier='fine-tune'.")
+    return net, tokenizer, head
 
-        Parameters
-        ----------
-        X : sequence of str or None
-            Only used by ``calibration="fit"`` (mean label scores over X).
-        y : array-like
-            Labels; their unique values become ``classes_``.
 
-        Returns
-        -------
-        self
-        """
-        if y is None:
-            raise ValueError("ZeroShotClassifier.fit needs y (the labels) to know the classes.")
-        classes = np.unique(np.asarray(y))
-        if classes.size < 2:
-            raise ValueError(f"y holds a single class ({classes.tolist()}); expected at least 2.")
-        words = self._words(classes)
-        if self.calibration not in (None, "content-free", "fit"):
-            raise ValueError(f"calibration must be None, 'content-free' or 'fit'; got {self.calibration!r}.")
-        if self.calibration == "fit" and X is None:
-            raise ValueError("calibration='fit' needs the texts X in fit (their labels are not used).")
-        self.classes_ = classes
-        self._label_words_ = words
-        self.calibration_offset_ = np.zeros(classes.size)
-        if self.calibration is not None:
-            texts = list(self.CONTENT_FREE) if self.calibration == "content-free" else X
-            self.calibration_offset_ = self._log_probs(texts).mean(axis=0)
-        return self
+@torch.no_grad()
+def _last_token_states(net, tokenizer, texts: list, max_length: int, batch_size: int) -> np.ndarray:
+    """The final hidden state at the position the HF head reads: the rightmost token that is not padding."""
+    dev = next(net.parameters()).device
+    ids = tokenizer(texts, truncation=True, max_length=int(max_length))["input_ids"]
+    out = np.zeros((len(texts), net.config.get_text_config().hidden_size), dtype=np.float32)
+    for idx in length_batches([len(x) for x in ids], batch_size):
+        batch = model_inputs([ids[i] for i in idx], net.config.pad_token_id, dev)
+        hidden = net.base_model(**batch)[0]
+        non_pad = (batch["input_ids"] != net.config.pad_token_id).int()
+        last = (torch.arange(non_pad.shape[1], device=dev) * non_pad).argmax(-1)
+        out[idx] = hidden[torch.arange(hidden.shape[0], device=dev), last].float().cpu().numpy()
+    return out
 
-    def _words(self, classes):
-        if self.label_words is None:
-            return {c: [str(c)] for c in classes.tolist()}
-        if not isinstance(self.label_words, dict):
-            raise TypeError(f"label_words must be a dict {{class: word}}; got {type(self.label_words).__name__}.")
-        missing = [c for c in classes.tolist() if c not in self.label_words]
-        if missing:
-            raise ValueError(f"label_words has no entry for classes {missing}; it has keys {list(self.label_words)}.")
-        words = {}
-        for c in classes.tolist():
-            w = self.label_words[c]
-            w = [w] if isinstance(w, str) else list(w)
-            if not w or not all(isinstance(x, str) and x.strip() for x in w):
-                raise ValueError(f"label_words[{c!r}] must be a non-empty word or list of words; got {w!r}.")
-            words[c] = w
-        return words
 
-    # ------------------------------------------------------------ model cache
-    def _load(self):
-        dev = resolve_device(self.device)
-        cache = getattr(self, "_cache", None)
-        if cache is None or cache[0] != (self.model, str(dev)):
-            tokenizer = _models.load_tokenizer(self.model)
-            net = _models.load_model(self.model, head="causal-lm")
-            ensure_pad_token(net, tokenizer)
-            self._cache = ((self.model, str(dev)), net.to(dev).eval(), tokenizer)
-        return self._cache[1], self._cache[2]
+# ------------------------------------------------------------------ classifier resolution
+def resolve_classifier(classifier, *, fallback=None, required_for: str | None = None):
+    """The task classifier named by ``classifier`` (or, when it is None, by ``fallback``).
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_cache", None)
-        return state
+    The one rule of the evaluation: a :class:`ClassifierResult` is used as
+    is; a string or path must be a checkpoint folder (:func:`load_classifier`);
+    None tries ``fallback`` (e.g. the folder a ``LayerPairExtractor`` reads).
+    When no checkpoint is found, the result is None, unless
+    ``required_for`` says what needs one: then an explicit folder raises
+    :class:`FileNotFoundError` and a missing one a :class:`ValueError` that
+    says how to provide it.
 
-    def _label_token_ids(self, tokenizer):
-        table = []
-        owner = {}
-        for c in self.classes_.tolist():
-            ids = []
-            for w in self._label_words_[c]:
-                toks = tokenizer.encode(w, add_special_tokens=False)
-                if not toks:
-                    raise ValueError(f"label word {w!r} tokenises to nothing.")
-                if toks[0] in owner and owner[toks[0]] != c:
-                    raise ValueError(
-                        f"label words of classes {owner[toks[0]]!r} and {c!r} start with the same token "
-                        f"{tokenizer.convert_ids_to_tokens(toks[0])!r}; choose words whose first tokens differ."
-                    )
-                owner[toks[0]] = c
-                if toks[0] not in ids:
-                    ids.append(toks[0])
-            table.append(ids)
-        return table
+    Parameters
+    ----------
+    classifier : ClassifierResult, str, path-like or None
+    fallback : str or path-like, optional
+        Tried when ``classifier`` is None.
+    required_for : str, optional
+        What needs the classifier (quoted in the error), e.g.
+        ``"protocol='splice'"``.
 
-    def build_prompts(self, X) -> list[str]:
-        """The chat-formatted prompt of each text (useful to inspect).
+    Returns
+    -------
+    ClassifierResult or None
 
-        Parameters
-        ----------
-        X : sequence of str
+    Raises
+    ------
+    TypeError
+        For another kind of ``classifier``.
 
-        Returns
-        -------
-        list of str
-        """
-        check_is_fitted(self, "_label_words_")
-        texts = check_texts(X, "X")
-        _, tokenizer = self._load()
-        template = self.template or _DEFAULT_TEMPLATE
-        if "{text}" not in template:
-            raise ValueError("template must contain a '{text}' placeholder.")
-        choices = ", ".join(w[0] for w in self._label_words_.values())
-        prompts = []
-        for text in texts:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) > self.max_length:
-                text = tokenizer.decode(ids[: self.max_length])
-            messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-            messages.append({"role": "user", "content": template.format(text=text, choices=choices)})
-            prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        return prompts
-
-    def decision_function(self, X) -> np.ndarray:
-        """Calibrated label scores, shape (n_texts, n_classes).
-
-        The log-probability of each class's label word(s) minus
-        ``calibration_offset_``.
-        """
-        check_is_fitted(self, "classes_")
-        return self._log_probs(X) - self.calibration_offset_
-
-    def _log_probs(self, X) -> np.ndarray:
-        prompts = self.build_prompts(X)
-        net, tokenizer = self._load()
-        table = self._label_token_ids(tokenizer)
-        dev = next(net.parameters()).device
-        enc = tokenizer(prompts, add_special_tokens=False)
-        lengths = np.array([len(x) for x in enc["input_ids"]])
-        out = np.zeros((len(prompts), len(table)), dtype=np.float64)
-        with torch.no_grad():
-            for idx in tqdm(_length_batches(lengths, self.batch_size, None), desc="zero-shot",
-                            disable=not self.verbose, leave=False):
-                batch = _collate(enc, idx, tokenizer, dev)
-                logits = net(**batch).logits
-                last = batch["attention_mask"].sum(1) - 1  # right padding
-                logp = torch.log_softmax(logits[torch.arange(len(idx), device=dev), last].float(), dim=-1).cpu()
-                out[idx] = np.stack([torch.logsumexp(logp[:, ids], dim=-1).numpy() for ids in table], axis=1)
-        return out
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities renormalised over the label words, (n_texts, n_classes)."""
-        scores = self.decision_function(X)
-        scores = scores - scores.max(axis=1, keepdims=True)
-        p = np.exp(scores)
-        return p / p.sum(axis=1, keepdims=True)
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted classes, shape (n_texts,)."""
-        check_is_fitted(self, "classes_")
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.non_deterministic = False
-        return tags
+    Examples
+    --------
+    >>> resolve_classifier(None, fallback="minilm") is None  # a model name, not a checkpoint
+    True
+    >>> resolve_classifier("/no/such/folder", required_for="the splice")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: /no/such/folder is not a clvqlearn classifier checkpoint ...
+    """
+    if isinstance(classifier, ClassifierResult):
+        return classifier
+    if classifier is not None and not isinstance(classifier, (str, os.PathLike)):
+        raise TypeError(
+            "classifier must be a ClassifierResult (from fine_tune_classifier), the path of its "
+            f"checkpoint folder, or None; got {type(classifier).__name__}."
+        )
+    source = classifier if classifier is not None else fallback
+    try:
+        return None if source is None else load_classifier(os.fspath(source))
+    except (FileNotFoundError, ValueError):
+        if required_for is None:
+            return None
+        if classifier is not None:
+            raise
+    raise ValueError(
+        f"{required_for} needs the task classifier, and none was given: the pipeline's "
+        f"LayerPairExtractor reads {fallback!r}, which is not a fine-tuned classifier checkpoint. "
+        "Either extract from the classifier itself (LayerPairExtractor(model=str(fine_tune_classifier(...).path))), "
+        "pass classifier=..., or use saliency='rationale' with the probe protocol."
+    )

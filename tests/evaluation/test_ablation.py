@@ -1,4 +1,4 @@
-"""Concept removal (clvqlearn.evaluation.ablation, probe, splice, projection)."""
+"""Concept removal, scored (clvqlearn.evaluation.ablation, directions, protocols)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from sklearn.pipeline import Pipeline
 
 from clvqlearn.concepts.kmeans import KMeansConcepts
@@ -19,259 +15,12 @@ from clvqlearn.evaluation.ablation import (
     concept_ablation_score,
     make_ablation_scorer,
 )
-from clvqlearn.evaluation.probe import MLPProbe, cross_val_probe
-from clvqlearn.evaluation.projection import (
-    orthonormalize,
-    project_out,
-    project_out_rows,
-    project_out_torch,
-    random_directions,
-)
-from clvqlearn.evaluation.splice import hook_site, splice_logits, splice_projection
-from clvqlearn.evaluation.tasks import fine_tune_classifier
+from clvqlearn.evaluation import fine_tune_classifier
 from clvqlearn.extraction import LayerPairExtractor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POS = ["a wonderful moving film", "great acting and a great story", "i loved every minute of it",
-       "a beautiful and funny movie", "brilliant , warm and clever", "the best film of the year",
-       "a moving story with great acting", "funny , clever and wonderful"]
-NEG = ["a dull and boring film", "terrible acting , awful story", "i hated every minute of it",
-       "a stupid and ugly movie", "lifeless , cold and dumb", "the worst film of the year",
-       "a boring story with awful acting", "dull , stupid and terrible"]
-TEXTS = POS + NEG
-LABELS = np.array([1] * len(POS) + [0] * len(NEG))
-FAST = dict(epochs=3, batch_size=4, max_length=32, learning_rate=1e-3, verbose=False)
-
-
-# ===================================================================== projection math
-finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False, width=64)
-
-
-@st.composite
-def vectors_and_directions(draw):
-    d = draw(st.integers(2, 12))
-    r = draw(st.integers(1, d - 1))
-    n = draw(st.integers(1, 5))
-    X = draw(arrays(np.float64, (n, d), elements=finite))
-    D = draw(arrays(np.float64, (r, d), elements=finite))
-    return X, D
-
-
-@settings(max_examples=60, deadline=None)
-@given(vectors_and_directions())
-def test_projection_is_orthogonal_idempotent_and_keeps_orthogonal_vectors(data):
-    X, D = data
-    Q = orthonormalize(D)
-    np.testing.assert_allclose(Q @ Q.T, np.eye(Q.shape[0]), atol=1e-9)
-    P = project_out(X, D)
-    scale = 1 + np.abs(X).max()
-    # nothing of the directions is left (exactly for the basis; for D up to the
-    # directions orthonormalize drops as numerically dependent, |residual| <= 1e-8 |D|)
-    np.testing.assert_allclose(P @ Q.T, 0.0, atol=1e-9 * scale * np.sqrt(X.shape[1]))
-    x_norm, d_norm = np.linalg.norm(X, axis=1).max(), np.linalg.norm(D, axis=1).max()
-    np.testing.assert_allclose(P @ D.T, 0.0, atol=1e-7 * (1 + x_norm) * (1 + d_norm))
-    # projecting again changes nothing
-    np.testing.assert_allclose(project_out(P, D), P, atol=1e-9 * scale)
-    # the removed part lies in the span: X - P = (X Q^T) Q, and the norm never grows
-    np.testing.assert_allclose(X - P, (X @ Q.T) @ Q, atol=1e-9 * scale)
-    assert np.all(np.linalg.norm(P, axis=1) <= np.linalg.norm(X, axis=1) + 1e-9 * scale)
-    # a vector orthogonal to the directions is returned unchanged
-    np.testing.assert_allclose(project_out(P, D), P, atol=1e-9 * scale)
-    # the torch version agrees
-    T = project_out_torch(torch.from_numpy(X), torch.from_numpy(Q)).numpy()
-    np.testing.assert_allclose(T, P, atol=1e-9 * scale)
-
-
-@settings(max_examples=30, deadline=None)
-@given(arrays(np.float64, (4, 6), elements=finite), st.integers(0, 2**31 - 1))
-def test_orthogonal_inputs_are_unchanged(X, seed):
-    R = random_directions(2, 6, random_state=seed)
-    X_perp = X - (X @ R.T) @ R  # build vectors orthogonal to R
-    np.testing.assert_allclose(project_out(X_perp, R), X_perp, atol=1e-9 * (1 + np.abs(X).max()))
-
-
-def test_project_out_rows_and_random_directions():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(3, 5))
-    sets = [rng.normal(size=(2, 5)), np.zeros((0, 5)), rng.normal(size=(1, 5))]
-    out = project_out_rows(X, sets)
-    np.testing.assert_allclose(out[0], project_out(X[0], sets[0]))
-    np.testing.assert_array_equal(out[1], X[1])
-    np.testing.assert_allclose(out[2], project_out(X[2], sets[2]))
-    a, b = random_directions(3, 7, random_state=5), random_directions(3, 7, random_state=5)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(a @ a.T, np.eye(3), atol=1e-12)
-    assert not np.allclose(a, random_directions(3, 7, random_state=6))
-    # dependent directions collapse to their span
-    assert orthonormalize([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 0]]).shape == (1, 3)
-    with pytest.raises(ValueError, match="one per row"):
-        project_out_rows(X, sets[:2])
-    with pytest.raises(ValueError, match="width"):
-        project_out(np.ones((2, 4)), np.ones((1, 5)))
-    with pytest.raises(ValueError, match="NaN"):
-        orthonormalize([[np.nan, 1.0]])
-
-
-# ============================================================================ the probe
-def test_cross_val_probe_trains_on_clean_and_detects_a_flip():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(80, 4))
-    y = (X[:, 0] > 0).astype(int)
-    flipped = X * np.array([-1.0, 1, 1, 1])
-    removed = project_out(X, [1.0, 0, 0, 0])
-    out = cross_val_probe(X, y, {"flipped": flipped, "removed": removed}, probe="mlp", random_state=0)
-    assert (out["clean"] == y).mean() > 0.85
-    assert (out["flipped"] == y).mean() < 0.2  # far below chance: the probe is flipped
-    assert 0.3 < (out["removed"] == y).mean() < 0.75  # information gone: about chance
-    again = cross_val_probe(X, y, {"flipped": flipped, "removed": removed}, probe="mlp", random_state=0)
-    for key in out:
-        np.testing.assert_array_equal(out[key], again[key])  # seeded
-    with pytest.raises(ValueError, match="per class"):
-        cross_val_probe(X[:6], y[:6], {}, n_splits=5)
-    with pytest.raises(ValueError, match="shape"):
-        cross_val_probe(X, y, {"bad": X[:, :2]})
-
-
-def test_mlp_probe_is_seeded_and_leaves_the_global_rng_alone():
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(60, 3)).astype(np.float32)
-    y = (X[:, 1] > 0).astype(int)
-    state = torch.random.get_rng_state()
-    a = MLPProbe(random_state=3).fit(X, y).predict_proba(X)
-    assert torch.equal(state, torch.random.get_rng_state())
-    b = MLPProbe(random_state=3).fit(X, y).predict_proba(X)
-    np.testing.assert_allclose(a, b)
-    probe = MLPProbe(random_state=3, max_epochs=3)
-    assert probe.fit(X, y).n_epochs_ <= 3
-    with pytest.raises(ValueError, match="single class"):
-        MLPProbe().fit(X, np.zeros(60, dtype=int))
-
-
-# ========================================================================== the splice
-def _capture_after(module, kind, store):
-    """A hook registered AFTER the splice hook: sees what the next computation sees."""
-    if kind == "pre":
-        def pre(mod, args, kwargs):
-            store["h"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
-        return module.register_forward_pre_hook(pre, with_kwargs=True)
-
-    def post(mod, args, output):
-        store["h"] = (output[0] if isinstance(output, tuple) else output).detach().clone()
-    return module.register_forward_hook(post)
-
-
-def _hooks(model):
-    """Every forward (pre-)hook of every module.  transformers installs its own
-    output-capturing hooks on the first ``output_hidden_states`` call, so the
-    check is "the same hooks as before", not "no hooks"."""
-    return {(name, kind, key) for name, m in model.named_modules()
-            for kind, table in (("post", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in table}
-
-
-def _batch(path, texts):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    enc = tok(texts, padding=True, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
-
-
-@pytest.mark.parametrize("which", ["bert", "llama"])
-@pytest.mark.parametrize("layer", [0, 2, 4])
-@pytest.mark.parametrize("at", ["salient", "all"])
-def test_splice_edits_exactly_the_hidden_state_and_leaves_the_model_unchanged(
-        which, layer, at, tiny_bert_dir, tiny_llama_dir):
-    from transformers import AutoModel
-
-    path = tiny_bert_dir if which == "bert" else tiny_llama_dir
-    model = AutoModel.from_pretrained(path).eval()
-    ids, mask = _batch(path, ["the cat sat on the mat", "stocks fell sharply", "a film"])
-    d = model.config.hidden_size
-    rng = np.random.default_rng(layer)
-    dirs = [rng.normal(size=(2, d)), rng.normal(size=(1, d)), np.zeros((0, d))]
-    positions = np.array([2, 1, -1]) if at == "salient" else None
-    with torch.no_grad():
-        bare = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    reference = bare.hidden_states[layer].numpy()
-    expected = reference.copy()
-    for b, D in enumerate(dirs):
-        if D.size == 0:
-            continue
-        if positions is None:
-            expected[b] = project_out(reference[b], D)
-        else:
-            expected[b, positions[b]] = project_out(reference[b, positions[b]], D)
-    module, kind = hook_site(model, layer)
-    store = {}
-    hooks_before = _hooks(model)
-    with splice_projection(model, layer, dirs, positions=positions) as info:
-        handle = _capture_after(module, kind, store)
-        try:
-            with torch.no_grad():
-                edited = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        finally:
-            handle.remove()
-    assert info["calls"] == 1
-    got = store["h"].numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    # untouched rows are bit-identical, the edited ones changed
-    if positions is not None:
-        untouched = np.ones(got.shape[:2], dtype=bool)
-        untouched[0, 2] = untouched[1, 1] = False
-        np.testing.assert_array_equal(got[untouched], reference[untouched])
-    assert not np.allclose(got[0], reference[0])
-    # the edit propagates: the top layer changed for an edited sequence
-    assert not torch.allclose(edited[0], bare.last_hidden_state[0])
-    if layer == 4:  # the top layer itself is the edited state (after the final norm for Llama)
-        np.testing.assert_allclose(edited.numpy(), expected, atol=1e-5)
-    # afterwards: no hook left and the same outputs as before
-    assert _hooks(model) == hooks_before
-    with torch.no_grad():
-        again = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(again, bare.last_hidden_state, rtol=0, atol=0)
-
-
-def test_splice_hook_is_removed_when_an_exception_is_raised(tiny_bert_dir):
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
-    ids, mask = _batch(tiny_bert_dir, ["the cat sat", "stocks fell"])
-    with torch.no_grad():
-        before = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    hooks_before = _hooks(model)
-    u = np.ones((1, model.config.hidden_size))
-    with pytest.raises(RuntimeError, match="boom"):
-        with splice_projection(model, 2, u, positions=[1, 1]):
-            raise RuntimeError("boom")
-    assert _hooks(model) == hooks_before
-    # an error raised by the hook itself inside the forward (bad positions)
-    with pytest.raises(ValueError, match="one position per sequence"):
-        with splice_projection(model, 2, u, positions=[1, 1, 1]), torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
-    assert _hooks(model) == hooks_before
-    with torch.no_grad():
-        after = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(after, before, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="layer must be"):
-        with splice_projection(model, 5, u):
-            pass
-
-
-def test_splice_logits_match_the_model_and_change_with_the_edit(tiny_bert_dir, tmp_path):
-    clf = fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=tmp_path / "c", **FAST)
-    model, tok = clf.load("cpu")
-    hooks_before = _hooks(model)
-    plain = splice_logits(model, tok, TEXTS, max_length=32, batch_size=5)
-    np.testing.assert_allclose(torch.softmax(torch.from_numpy(plain), -1).numpy(), clf.predict_proba(TEXTS), atol=1e-5)
-    d = model.config.hidden_size
-    full = [np.eye(d)] * len(TEXTS)  # remove everything at the top layer, every position
-    wiped = splice_logits(model, tok, TEXTS, layer=4, directions=full, max_length=32)
-    assert np.allclose(wiped, wiped[0], atol=1e-5)  # every sentence now gets the same logits
-    none = [np.zeros((0, d))] * len(TEXTS)
-    np.testing.assert_allclose(splice_logits(model, tok, TEXTS, layer=2, directions=none,
-                                             positions=np.ones(len(TEXTS), int), max_length=32), plain, atol=1e-5)
-    assert _hooks(model) == hooks_before
+from movie_corpus import LABELS, TEXTS
 
 
 # ====================================================================== the report
@@ -285,12 +34,6 @@ class _FixedDirections(KMeansConcepts):
     def concept_directions(self, concept):
         d = self.components_.shape[1]
         return np.zeros((0, d)) if self.mode == "none" else np.eye(d)
-
-
-@pytest.fixture(scope="module")
-def tiny_clf(tiny_bert_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ablation_clf") / "clf"
-    return fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=out, **FAST)
 
 
 def _pipe(clf, concepts, max_length=32):
@@ -482,18 +225,6 @@ def test_fold_accuracies_average_the_folds_and_pool_the_sentences():
     assert out["fold_std"]["before"] == 0.5 and out["n_splits"] == 2 and out["headline"] == "fold-mean"
 
 
-def test_cross_val_probe_reports_the_test_fold_of_every_row():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 3))
-    y = (X[:, 0] > 0).astype(int)
-    plain = cross_val_probe(X, y, {}, probe="logistic", n_splits=4, random_state=0)
-    preds, folds = cross_val_probe(X, y, {}, probe="logistic", n_splits=4, random_state=0, return_folds=True)
-    np.testing.assert_array_equal(preds["clean"], plain["clean"])
-    assert sorted(np.unique(folds).tolist()) == [0, 1, 2, 3]
-    for f in range(4):  # stratified: every fold holds both classes in proportion
-        assert abs(y[folds == f].mean() - y.mean()) <= 0.1
-
-
 def test_paper_preset_uses_layer_ig_words_and_fold_means(tiny_clf):
     from clvqlearn.evaluation.saliency import token_saliency
 
@@ -556,7 +287,7 @@ def test_bad_options_fail_before_any_model_loads(tiny_clf, monkeypatch, kwargs, 
     def fail(*args, **kw):
         raise RuntimeError(_NO_MODEL)
 
-    for target, name in ((ablation, "token_saliency"), (LayerPairExtractor, "transform"),
+    for target, name in ((ablation, "cached_token_saliency"), (LayerPairExtractor, "transform"),
                          (ClassifierResult, "load"), (models, "load_model"), (models, "load_tokenizer")):
         monkeypatch.setattr(target, name, fail)
     with pytest.raises(ValueError, match=match):

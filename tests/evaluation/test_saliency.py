@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from clvqlearn.evaluation.saliency import Saliency, _top_positions, rank_words, token_saliency
-from clvqlearn.evaluation.tasks import fine_tune_classifier
+from clvqlearn.evaluation import fine_tune_classifier
 
 TEXTS = ["a wonderful moving film", "great acting and a great story", "i loved every minute of it",
          "a dull and boring film", "terrible acting , awful story", "i hated every minute"]
@@ -16,16 +16,14 @@ LABELS = [1, 1, 1, 0, 0, 0]
 FAST = dict(epochs=2, batch_size=3, max_length=32, learning_rate=1e-3, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def bert_clf(tiny_bert_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bert_clf") / "clf"
-    return fine_tune_classifier(TEXTS, LABELS, model=str(tiny_bert_dir), output_dir=out, **FAST)
+@pytest.fixture
+def bert_clf(tiny_clf):
+    return tiny_clf
 
 
-@pytest.fixture(scope="module")
-def llama_clf(tiny_llama_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("llama_clf") / "clf"
-    return fine_tune_classifier(TEXTS, LABELS, model=str(tiny_llama_dir), output_dir=out, **FAST)
+@pytest.fixture
+def llama_clf(tiny_llama_clf):
+    return tiny_llama_clf
 
 
 def _logit_difference(clf, sal, i):
@@ -358,7 +356,7 @@ def test_bad_input(bert_clf, kwargs, error, match):
 def test_bad_texts_and_classifier(bert_clf, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         token_saliency(bert_clf, [])
-    with pytest.raises(ValueError, match="empty or blank"):
+    with pytest.raises(ValueError, match="empty or whitespace-only"):
         token_saliency(bert_clf, ["fine", ""])
     with pytest.raises(TypeError, match="single string"):
         token_saliency(bert_clf, "one text")
@@ -427,3 +425,35 @@ def test_minilm_paper_saliency_reads_words_of_the_analysis_layer(minilm_eraser_c
     pairs = LayerPairExtractor(model=str(clf.path), layers=(4, 6), max_length=64, verbose=False).fit_transform(
         test.texts)
     assert np.all(sal.rows(pairs) >= 0)
+
+
+# ------------------------------------------------------------------------ the cache
+def test_cached_saliency_is_computed_once_per_key_and_shared_through_the_folder(tiny_clf, tmp_path, monkeypatch):
+    import clvqlearn.evaluation.saliency as saliency_module
+    from clvqlearn.evaluation import cached_token_saliency, clear_saliency_cache
+
+    calls = []
+    real = saliency_module.token_saliency
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("n_steps"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saliency_module, "token_saliency", counting)
+    first = cached_token_saliency(tiny_clf, TEXTS, memory=tmp_path, n_steps=8)
+    again = cached_token_saliency(tiny_clf, TEXTS, memory=str(tmp_path), n_steps=8, device="cpu")
+    assert calls == [8]  # the second call (another device, the folder as a str) read the cache
+    np.testing.assert_array_equal(first.top_positions, again.top_positions)
+    cached_token_saliency(tiny_clf, TEXTS, memory=tmp_path, n_steps=4)
+    cached_token_saliency(tiny_clf, TEXTS[:3], memory=tmp_path, n_steps=8)
+    assert calls == [8, 4, 8]  # other settings, other texts: computed
+    # a worker process sees the same folder: a pickled copy of the classifier hits the same key
+    import pickle
+
+    cached_token_saliency(pickle.loads(pickle.dumps(tiny_clf)), TEXTS, memory=tmp_path, n_steps=8)
+    assert calls == [8, 4, 8]
+    clear_saliency_cache(tmp_path)
+    cached_token_saliency(tiny_clf, TEXTS, memory=tmp_path, n_steps=8)
+    assert calls == [8, 4, 8, 8]
+    cached_token_saliency(tiny_clf, TEXTS, memory=None, n_steps=8)
+    assert len(calls) == 5  # memory=None: no cache

@@ -1,26 +1,19 @@
-"""The comparison table command (clvqlearn.evaluation.comparison)."""
+"""The comparison table runner of ``clvq table`` (clvqlearn.cli.comparison, clvqlearn.cli.tables)."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
+import torch
 
-from clvqlearn.evaluation.comparison import (
-    METHODS,
-    ComparisonConfig,
-    build_parser,
-    config_from_args,
-    linear_head_classifier,
-    load_splits,
-    main,
-    make_estimator,
-    plot,
-    to_markdown,
-)
+from clvqlearn.cli import main as clvq_main
+from clvqlearn.cli import parse_options
+from clvqlearn.cli.comparison import METHODS, ComparisonConfig, load_splits, make_estimator
+from clvqlearn.cli.tables import plot, to_markdown
+from clvqlearn.evaluation import linear_head_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -55,20 +48,23 @@ def test_plot_writes_a_labelled_png(tmp_path):
     assert (image[..., :3] < 0.9).any()
 
 
+def _table_config(*argv):
+    return parse_options(["table", *argv])[1].comparison_config()
+
+
 def test_cli_options_and_bad_values(tmp_path, capsys):
-    args = build_parser().parse_args(["--out", str(tmp_path), "--models", "minilm", "--k", "7"])
-    config = config_from_args(args)
+    config = _table_config("--out", str(tmp_path), "--models", "[minilm]", "--k", "7")
     assert config.models == ("minilm",) and config.k == 7 and config.protocols == ("probe", "splice")
     assert config.unit_key("minilm", "ag_news") != config.unit_key("minilm", "jigsaw")
-    assert main(["--out", str(tmp_path), "--n-eval", "0"]) == 2
-    assert "--n-eval must be a positive integer" in capsys.readouterr().err
-    assert main(["--out", str(tmp_path), "--models", "minilm", "--n-splits", "300"]) == 2
+    assert clvq_main(["table", "--out", str(tmp_path), "--n_eval", "0"]) == 2
+    assert "'n_eval' parameter of ComparisonConfig must be an int in the range [1, inf)" in capsys.readouterr().err
+    assert clvq_main(["table", "--out", str(tmp_path), "--models", "[minilm]", "--n_splits", "300"]) == 2
     assert "n_splits=300 probe folds need at least 300" in capsys.readouterr().err
-    assert main(["--out", str(tmp_path), "--ig-steps", "0"]) == 2
-    assert "--ig-steps must be a positive integer" in capsys.readouterr().err
+    assert clvq_main(["table", "--out", str(tmp_path), "--ig_steps", "0"]) == 2
+    assert "'ig_steps' parameter of ComparisonConfig" in capsys.readouterr().err
+    assert clvq_main(["table", "--out", str(tmp_path), "--models", "[gpt5]"]) == 2
+    assert "gpt5" in capsys.readouterr().err
     assert not (tmp_path / "parts").exists()  # nothing ran
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--models", "gpt5"])
 
 
 def test_unit_key_depends_only_on_the_units_own_settings():
@@ -82,7 +78,7 @@ def test_unit_key_depends_only_on_the_units_own_settings():
 
 def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama_dir, tmp_path, monkeypatch):
     from clvqlearn.datasets import TextDataset
-    from clvqlearn.evaluation.tasks import load_classifier
+    from clvqlearn.evaluation import load_classifier
 
     monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path))
     pos = ["a wonderful film", "great acting", "i loved it", "a moving story", "brilliant and warm",
@@ -137,15 +133,15 @@ def test_linear_head_classifier_writes_its_probe_into_the_score_layer(tiny_llama
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(decoder_classifier="Head"), "decoder_classifier must be one of"),
-        (dict(preset="papr"), r"preset must be one of \('paper', 'fast'\)"),
+        (dict(decoder_classifier="Head"), "'decoder_classifier' parameter of ComparisonConfig must be a str among"),
+        (dict(preset="papr"), r"'preset' parameter of ComparisonConfig must be a str among .*'paper'"),
         (dict(tables=("layer-matched", "middle")), r"tables must be a non-empty subset of \('layer-matched'"),
         (dict(tables=()), "tables must be a non-empty subset"),
         (dict(tables="high-layer"), "tables must be a non-empty subset"),
         (dict(methods=("PCA",)), "methods must be a non-empty subset"),
-        (dict(ig_steps=0), "ig_steps must be a positive integer"),
-        (dict(ig_steps_decoder=-1), "ig_steps_decoder must be a positive integer"),
-        (dict(n_splits=1), "n_splits must be an integer >= 2"),
+        (dict(ig_steps=0), r"'ig_steps' parameter of ComparisonConfig must be an int in the range \[1, inf\)"),
+        (dict(ig_steps_decoder=-1), "'ig_steps_decoder' parameter"),
+        (dict(n_splits=1), r"'n_splits' parameter of ComparisonConfig must be an int in the range \[2, inf\) or None"),
         # 400 AG News sentences = 100 per class: 101 folds cannot be stratified
         (dict(n_splits=101),
          r"n_splits=101 probe folds need at least 101 .* n_eval=400 gives 100 per class on ag_news"),
@@ -173,17 +169,15 @@ def test_tables_place_the_baselines_and_the_cli_reads_the_new_options():
     assert matched["CrossLayerVQ"].get_params() == high["CrossLayerVQ"].get_params()  # fitted once
     with pytest.raises(ValueError, match="table must be one of"):
         make_estimator("KMeansConcepts", ComparisonConfig(), "minilm", "middle")
-    args = build_parser().parse_args(["--preset", "fast", "--tables", "layer-matched", "--n-splits", "4",
-                                      "--ig-steps", "32"])
-    config = config_from_args(args)
+    config = _table_config("--preset", "fast", "--tables", "[layer-matched]", "--n_splits", "4", "--ig_steps", "32")
     assert (config.preset, config.tables, config.n_splits, config.ig_steps) == ("fast", ("layer-matched",), 4, 32)
     assert ComparisonConfig().preset == "paper" and ComparisonConfig().tables == ("layer-matched", "high-layer")
     # every evaluation setting is part of the unit's key
     base = ComparisonConfig().unit_key("minilm", "jigsaw")
     for change in (dict(preset="fast"), dict(tables=("layer-matched",)), dict(n_splits=5), dict(ig_steps=500)):
         assert ComparisonConfig(**change).unit_key("minilm", "jigsaw") != base
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--preset", "reference"])
+    with pytest.raises(Exception, match="preset"):
+        parse_options(["table", "--preset", "reference"])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -214,11 +208,11 @@ def test_small_run_writes_table_chart_and_resumes(data_home, tmp_path, monkeypat
     monkeypatch.setenv("CLVQLEARN_DATA", str(data_home))
     monkeypatch.setenv("CLVQLEARN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    argv = ["--out", str(out), "--models", "minilm", "--datasets", "ag_news", "--methods", "KMeansConcepts",
-            "CrossLayerVQ", "--n-classifier-train", "48", "--n-fit", "40", "--n-eval", "24", "--epochs", "1",
-            "--k", "8", "--ig-steps", "4", "--n-splits", "3", "--concept-epochs", "2", "--max-length", "32",
-            "--probe", "logistic", "--quiet"]
-    assert main(argv) == 0
+    argv = ["table", "--out", str(out), "--models", "[minilm]", "--datasets", "[ag_news]", "--methods",
+            "[KMeansConcepts,CrossLayerVQ]", "--n_classifier_train", "48", "--n_fit", "40", "--n_eval", "24",
+            "--epochs", "1", "--k", "8", "--ig_steps", "4", "--n_splits", "3", "--concept_epochs", "2",
+            "--max_length", "32", "--probe", "logistic", "--quiet", "true"]
+    assert clvq_main(argv) == 0
     frame = pd.read_csv(out / "comparison.csv")
     assert list(frame["protocol"]) == ["probe", "splice"] * 4
     assert list(frame["table"]) == ["layer-matched"] * 4 + ["high-layer"] * 4
@@ -236,11 +230,11 @@ def test_small_run_writes_table_chart_and_resumes(data_home, tmp_path, monkeypat
     md = (out / "comparison.md").read_text()
     assert "| minilm | ag_news | KMeansConcepts | 4 |" in md and "| minilm | ag_news | KMeansConcepts | 6 |" in md
     assert md.index("## Primary: layer-matched") < md.index("## Variant: baselines at the high layer")
-    assert "python -m clvqlearn.evaluation.comparison" in md and "Preset `paper`" in md
+    assert "clvq table --out" in md and "Preset `paper`" in md
     assert (out / "comparison.png").stat().st_size > 10_000
     assert (out / "comparison_high_layer.png").stat().st_size > 10_000
     # a second run with --resume reuses the finished unit and gives the same table
     before = (out / "parts" / "minilm_ag_news.json").stat().st_mtime_ns
-    assert main(argv + ["--resume"]) == 0
+    assert clvq_main(argv + ["--resume", "true"]) == 0
     assert (out / "parts" / "minilm_ag_news.json").stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), frame)
