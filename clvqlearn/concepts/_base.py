@@ -380,11 +380,13 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : LayerPairs or array-like of shape (n_tokens, n_features)
+        X : LayerPairs, activation store, path or array-like of shape (n_tokens, n_features)
             Output of :class:`~clvqlearn.LayerPairExtractor`, or a plain
             array: ``[low | high]`` for a cross-layer estimator (split into
             two equal halves, each row its own one-token sequence), the
-            layer itself for a single-layer one.
+            layer itself for a single-layer one.  An activation store (a
+            lazy view such as ``LayerPairs.open(folder)``, or the folder's
+            path) is streamed in bounded memory (docs/streaming.md).
         y : None
             Ignored.
 

@@ -171,7 +171,8 @@ class StreamData:
         return _Data(source=source, target=target, offsets=offsets, dtype=np.dtype(self.dtype))
 
     def sample(self, max_tokens: int, rng) -> _Data:
-        """Random whole documents, about ``max_tokens`` tokens (in store order)."""
+        """Random whole documents, about ``min(max_tokens, buffer_tokens)`` tokens (in store order)."""
+        max_tokens = min(int(max_tokens), self.buffer_tokens)
         lengths = self.lengths
         order = rng.permutation(lengths.size)
         n_docs = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
@@ -264,7 +265,7 @@ def initial_sample(data, rng, max_tokens: int | None = None):
     In-memory data are returned unchanged (``rng`` is not touched, so
     in-memory fits stay as they were); a :class:`StreamData` gives random
     whole documents, about ``max_tokens`` tokens (``INIT_MAX_SAMPLES`` by
-    default).
+    default), at most one buffer's worth.
     """
     if not isinstance(data, StreamData):
         return data

@@ -134,7 +134,10 @@ class KMeansConcepts(ConceptEstimator):
         Number of k-means++ restarts, as in scikit-learn.
     max_iter : int or None, default=None
         Lloyd iterations (``"kmeans"``) or epochs (``"minibatch"``); None
-        keeps scikit-learn's default (300 and 100).
+        keeps scikit-learn's default (300 and 100).  For ``fit`` on an
+        activation store: epochs over the store (None = up to
+        ``STREAM_MAX_EPOCHS``, stopping when an epoch improves the mean
+        squared distance by less than ``STREAM_TOL``).
     transform_output : {"onehot", "distance"}, default="onehot"
         What :meth:`transform` returns: one-hot cluster membership (so
         ``predict == transform(X).argmax(1)`` and ``inverse_transform`` gives
@@ -163,9 +166,11 @@ class KMeansConcepts(ConceptEstimator):
         streaming resumes.
     usage_ : ndarray of shape (k,)
         ``counts_ / counts_.sum()``: the fraction of tokens in each cluster.
-    labels_ : ndarray of shape (n_tokens,)
+    labels_ : ndarray of shape (n_tokens,) or None
         Cluster of every token of the last ``fit`` / ``partial_fit`` input
-        (for Ward, the agglomerative partition itself).
+        (for Ward, the agglomerative partition itself).  None after ``fit``
+        on an activation store: one label per token would grow with the
+        store; ``counts_`` holds the cluster sizes, :meth:`predict` the labels.
     inertia_ : float
         Sum of squared distances of those tokens to their centre.
     n_iter_ : int
@@ -199,6 +204,13 @@ class KMeansConcepts(ConceptEstimator):
     for Ward it is the natural out-of-sample rule (Ward clusters are not
     Voronoi cells, so a few training tokens may get another id than in
     ``labels_``).
+
+    ``fit`` on an activation store (a lazy view such as
+    ``LayerPairs.open(folder)``, or its path) streams in bounded memory:
+    the standardisation and the k-means++ seeds come from a sample of whole
+    documents, then MiniBatchKMeans steps run over shuffle buffers of the
+    store (``algorithm`` must be ``"auto"`` or ``"minibatch"``); see
+    docs/streaming.md.
 
     :meth:`partial_fit` streams with MiniBatchKMeans: each call cuts its
     input into ``batch_size`` chunks, in the order given (shuffle first), and
