@@ -245,6 +245,10 @@ class DocumentPart:
 class ArrayDocuments(DocumentSource):
     """Token rows in memory, grouped by document (the default source).
 
+    With a CUDA ``device`` the arrays are copied to it once (pinned,
+    non-blocking) and batches are gathered there; otherwise every batch is
+    gathered on the host and copied on its own.
+
     Examples
     --------
     >>> import numpy as np
@@ -254,10 +258,16 @@ class ArrayDocuments(DocumentSource):
     (3, 2)
     """
 
-    def __init__(self, source, target, offsets):
+    def __init__(self, source, target, offsets, device=None):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.source_t = as_float_tensor(source)
         self.target_t = self.source_t if source is target else as_float_tensor(target)
+        if device is not None and torch.device(device).type == "cuda":
+            # one pinned, non-blocking copy of the whole (buffer-sized) array;
+            # batches are then gathered on the device
+            same = self.target_t is self.source_t
+            self.source_t = host_to_device(self.source_t, torch.device(device))
+            self.target_t = self.source_t if same else host_to_device(self.target_t, torch.device(device))
 
     def part(self, docs) -> DocumentPart:
         return DocumentPart(self.source_t, self.target_t, self.offsets, np.asarray(docs, dtype=np.int64))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from lazy_store import NpyStore, write_store
 
 from clvqlearn import CrossLayerVQ, LayerPairs, SingleLayerVQ
@@ -192,3 +193,14 @@ def test_a_real_minilm_store_streams_like_its_pairs(tmp_path, small_buffer):
     assert est.pairs_model_name_ == pairs.model_name and est.pairs_layers_ == (4, 6)
     np.testing.assert_array_equal(est.counts_, np.bincount(est.predict(pairs), minlength=8))
     assert est.score(view) == pytest.approx(est.score(pairs), rel=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["CrossLayerVQ", "SparseAutoencoder"])
+def test_a_streamed_fit_on_the_gpu_matches_the_cpu_one(name, corpus, small_buffer):
+    train, test, folder = corpus
+    cpu = ESTIMATORS[name]().fit(NpyStore(folder))
+    gpu = ESTIMATORS[name]().set_params(device="cuda").fit(NpyStore(folder))
+    assert abs(gpu.score(test) - cpu.score(test)) < 0.05
+    np.testing.assert_allclose(gpu.usage_.sum(), 1.0)
