@@ -11,10 +11,10 @@ sample capped at one buffer's worth of tokens, held in memory for the
 whole fit.  Initialisation (codebook k-means, read-out least squares,
 standardisation) uses a random sample of whole documents.
 
-A lazy view is any object that is not an in-memory
-:class:`~clvqlearn.LayerPairs` but has ``offsets`` (global document
-boundaries), ``take(docs)`` (an in-memory LayerPairs of those documents),
-``layers`` and ``model_name`` -- e.g. ``LayerPairs.open(folder)``.
+A lazy view is LayerPairs whose layers are not in-memory arrays (what
+``LayerPairs.open(folder)`` returns for a sharded store), or any object
+with ``offsets`` (global document boundaries), ``take(docs)`` (an
+in-memory LayerPairs of those documents), ``layers`` and ``model_name``.
 
 Memory: the largest resident set of a streamed fit is about two buffers
 (one being assembled from its blocks, one read by the batches) plus the
@@ -77,14 +77,22 @@ def stream_buffer_bytes() -> int:
 def is_lazy_pairs(X) -> bool:
     """True for a lazy activation-store view (see the module docstring).
 
+    That is LayerPairs whose layers are not arrays in memory (the sharded
+    store's view, ``LayerPairs.open``), or any other object with
+    ``offsets``, ``take``, ``layers`` and ``model_name``.  LayerPairs of
+    ndarrays (memory maps included) are not lazy.
+
     Examples
     --------
     >>> import numpy as np
+    >>> from clvqlearn import LayerPairs
     >>> is_lazy_pairs(np.zeros((2, 2)))
+    False
+    >>> is_lazy_pairs(LayerPairs(low=np.zeros((2, 1)), high=np.zeros((2, 1)), offsets=[0, 2]))
     False
     """
     if isinstance(X, LayerPairs):
-        return False
+        return not (isinstance(X.low, np.ndarray) and isinstance(X.high, np.ndarray))
     return all(hasattr(X, name) for name in ("offsets", "take", "layers", "model_name"))
 
 
