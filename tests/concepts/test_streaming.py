@@ -7,6 +7,8 @@ made tiny (``CLVQLEARN_STREAM_BUFFER_MB``) so fits run over many buffers.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from clvqlearn.concepts._stream import (
     BUFFER_ENV,
     StoreDocuments,
     StreamData,
+    is_lazy_pairs,
     stream_buffer_bytes,
 )
 from clvqlearn.concepts.kmeans import KMeansConcepts
@@ -183,16 +186,20 @@ def test_a_real_minilm_store_streams_like_its_pairs(tmp_path, small_buffer):
     from clvqlearn import LayerPairExtractor
     from clvqlearn.datasets import load_bbc_news
 
-    texts = list(load_bbc_news().data[:30])
+    texts = list(load_bbc_news().texts[:30])
     extractor = LayerPairExtractor("minilm", layers=(4, 6), max_length=64)
     folder = tmp_path / "s"
     LayerPairExtractor("minilm", layers=(4, 6), max_length=64, store=folder, shard_size=4).fit_transform(texts)
     pairs = extractor.fit_transform(texts)
     view = LayerPairs.open(folder)
+    assert is_lazy_pairs(view) and len(pickle.dumps(view)) < 10_000  # streamed; pickles without activations
     est = KMeansConcepts(k=8, random_state=0, batch_size=256, max_iter=5).fit(view)
     assert est.pairs_model_name_ == pairs.model_name and est.pairs_layers_ == (4, 6)
     np.testing.assert_array_equal(est.counts_, np.bincount(est.predict(pairs), minlength=8))
     assert est.score(view) == pytest.approx(est.score(pairs), rel=1e-5)
+    vq = CrossLayerVQ(k=8, **{**FAST_VQ, "max_epochs": 2}).fit(folder)  # by path
+    assert vq.pairs_layers_ == (4, 6) and np.isfinite(vq.score(pairs))
+    np.testing.assert_allclose(vq.usage_, np.bincount(vq.predict(pairs), minlength=8) / pairs.n_tokens)
 
 
 @pytest.mark.cuda
