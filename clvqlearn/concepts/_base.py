@@ -303,6 +303,12 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
                 f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
             )
+        if fitting and data.buffer_tokens < self.k:
+            raise ValueError(
+                f"the streaming buffer holds {data.buffer_tokens} token rows of this store, fewer than "
+                f"k={self.k} (the initialisation sample must hold k tokens); raise "
+                f"{_stream().BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
+            )
         return data
 
     def _validate_pairs(self, X: LayerPairs, *, reset: bool) -> _Data:

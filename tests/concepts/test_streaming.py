@@ -169,6 +169,13 @@ def test_non_finite_store_values_are_refused_when_read(corpus, small_buffer, tmp
         KMeansConcepts(k=4, random_state=0).fit(NpyStore(folder))
 
 
+def test_a_buffer_smaller_than_k_tokens_is_refused(corpus, monkeypatch):
+    _, _, folder = corpus
+    monkeypatch.setenv(BUFFER_ENV, "0.001")  # 16 token rows
+    with pytest.raises(ValueError, match=f"buffer holds 16 token rows.*k=20.*{BUFFER_ENV}"):
+        KMeansConcepts(k=20).fit(NpyStore(folder))
+
+
 def test_the_buffer_size_is_read_from_the_environment(monkeypatch):
     monkeypatch.delenv(BUFFER_ENV, raising=False)
     assert stream_buffer_bytes() == 256 * 2**20
