@@ -161,3 +161,35 @@ def parameter_groups(module: torch.nn.Module, weight_decay: float, lr_scales: di
             group["lr"] = learning_rate * scale
         out.append(group)
     return out
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move ``tensor`` to ``device`` without a host synchronisation.
+
+    A CPU tensor bound for a CUDA device is pinned (page-locked) first and
+    copied with ``non_blocking=True``, so the copy overlaps GPU work instead
+    of stalling the host; a tensor already on ``device`` is returned as is.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+    device : torch.device
+
+    Returns
+    -------
+    torch.Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> host_to_device(torch.arange(3), torch.device("cpu")).tolist()
+    [0, 1, 2]
+    """
+    device = torch.device(device)
+    if tensor.device == device or (device.type == tensor.device.type and device.index is None):
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)

@@ -422,7 +422,9 @@ def test_estimators_fit_a_store_and_refuse_another_layer_pair(tmp_path):
     store = write_store(tmp_path / "a", Maker(pairs), _spec(pairs, shard_size=7))
     est = KMeansConcepts(k=4, random_state=0).fit(store)
     ref = KMeansConcepts(k=4, random_state=0).fit(pairs)
-    np.testing.assert_array_equal(est.predict(store), ref.predict(pairs))
+    # a store is streamed through mini-batch k-means: other clusters, as good a fit
+    assert est.labels_ is None and est.counts_.sum() == pairs.n_tokens
+    assert abs(est.score(store) - ref.score(pairs)) < 0.1
     other = _corpus(21, n_docs=30, layers=(1, 3))
     wrong = write_store(tmp_path / "b", Maker(other), _spec(other, shard_size=7))
     with pytest.raises(ValueError, match=r"layers \(1, 3\) of model 'toy'.*fitted on layers \(1, 2\) of model 'toy'"):

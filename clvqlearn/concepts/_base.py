@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -234,17 +235,23 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 "(e.g. divide by its standard deviation)."
             )
 
-    def _validate_input(self, X, *, reset: bool, fitting: bool = False) -> _Data:
+    def _validate_input(self, X, *, reset: bool, fitting: bool = False, stream: bool = False) -> _Data:
         """Turn LayerPairs or a 2-D array into a :class:`_Data`.
 
         ``reset=True`` records ``n_features_in_``, the layer widths and the
         provenance of LayerPairs (model name, layers); otherwise the input is
         checked against them.  Every error names the argument ``X``.
+        An activation store (its path or lazy view) becomes a
+        ``_stream.StreamData`` with ``stream=True``, and is read into
+        memory otherwise.
         """
         source_role, target_role = self._layer_roles()
         for role in (source_role, target_role):
             if role not in _LAYER_NAMES:
                 raise ValueError(f"layer must be 'low' or 'high'; got {role!r}")
+        X = self._open_store_input(X, stream)
+        if stream and _stream().is_lazy_pairs(X):
+            return self._validate_store(X, reset=reset, fitting=fitting)
         with _naming_argument("X"):
             if isinstance(X, LayerPairs):
                 data = self._validate_pairs(X, reset=reset)
@@ -256,6 +263,55 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(
                 f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
                 f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
+            )
+        return data
+
+    def _open_store_input(self, X, stream: bool):
+        """A store path becomes its lazy view; a lazy view is read into memory unless streaming."""
+        module = _stream()
+        with _naming_argument("X"):
+            if isinstance(X, (str, os.PathLike)):
+                X = module.open_store(X)
+            if not stream and module.is_lazy_pairs(X):
+                X = X.take(module.all_documents(X))
+        return X
+
+    def _validate_store(self, X, *, reset: bool, fitting: bool):
+        """Validate a lazy store view from a few documents: widths, dtype, provenance.
+
+        The activations themselves are checked (finite, float, magnitude)
+        as they are read.
+        """
+        source_role, target_role = self._layer_roles()
+        offsets = np.asarray(X.offsets, dtype=np.int64)
+        with _naming_argument("X"):
+            if offsets.ndim != 1 or offsets.size < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+                raise ValueError("X: the store's offsets must rise from 0 and hold at least one document.")
+            probe = X.take(np.arange(min(8, offsets.size - 1)))
+            widths = (int(probe.low.shape[1]), int(probe.high.shape[1]))
+            dtype = np.dtype(np.float64 if probe.low.dtype == np.float64 else np.float32)
+            if reset:
+                self.n_features_in_ = sum(widths)
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+                self.layer_widths_ = widths
+                self.pairs_model_name_ = X.model_name or None
+                self.pairs_layers_ = tuple(int(v) for v in X.layers) if X.model_name else None
+            else:
+                self._check_widths(widths)
+                self._check_provenance(X)
+        data = _stream().StreamData(pairs=X, source_role=source_role, target_role=target_role, offsets=offsets,
+                                    dtype=dtype, widths=widths, check=self._check_magnitude)
+        if fitting and data.n_tokens < self.k:
+            raise ValueError(
+                f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
+                f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
+            )
+        if fitting and data.buffer_tokens < self.k:
+            raise ValueError(
+                f"the streaming buffer holds {data.buffer_tokens} token rows of this store, fewer than "
+                f"k={self.k} (the initialisation sample must hold k tokens); raise "
+                f"{_stream().BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
             )
         return data
 
@@ -334,11 +390,13 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : LayerPairs or array-like of shape (n_tokens, n_features)
+        X : LayerPairs, activation store, path or array-like of shape (n_tokens, n_features)
             Output of :class:`~clvqlearn.LayerPairExtractor`, or a plain
             array: ``[low | high]`` for a cross-layer estimator (split into
             two equal halves, each row its own one-token sequence), the
-            layer itself for a single-layer one.
+            layer itself for a single-layer one.  An activation store (a
+            lazy view such as ``LayerPairs.open(folder)``, or the folder's
+            path) is streamed in bounded memory (docs/streaming.md).
         y : None
             Ignored.
 
@@ -361,7 +419,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             for name in list(vars(self)):
                 if name.endswith("_") and not name.startswith("__"):
                     delattr(self, name)
-            data = self._validate_input(X, reset=True, fitting=True)
+            data = self._validate_input(X, reset=True, fitting=True, stream=True)
             self._drop_caches()
             self._fit_data(data, partial=False)
         except BaseException:
@@ -512,7 +570,9 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         float
         """
         check_is_fitted(self)
-        data = self._validate_input(X, reset=False)
+        data = self._validate_input(X, reset=False, stream=True)
+        if isinstance(data, _stream().StreamData):  # an activation store: chunk by chunk
+            return _stream().streamed_fve(data, self._reconstruct_data)
         pred = np.asarray(self._reconstruct_data(data), dtype=np.float64)
         return fraction_of_variance_explained(data.target, pred)
 
@@ -800,6 +860,13 @@ def _naming_argument(name: str):
             raise
         kind = TypeError if isinstance(exc, TypeError) and not isinstance(exc, ValueError) else ValueError
         raise kind(f"{name}: {message}") from exc
+
+
+def _stream():
+    """The streaming module (imported late: it builds on this one)."""
+    from . import _stream as module
+
+    return module
 
 
 def _restore_state(estimator, state: dict) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._batching import length_batches
-from .._torch_utils import parameter_groups
+from .._torch_utils import host_to_device, parameter_groups
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Batch:
     source: torch.Tensor
     target: torch.Tensor
     lengths: torch.Tensor
+    #: Longest document of the batch, known on the host (sequence decoders
+    #: size their padded view with it without reading ``lengths`` back).
+    max_length: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -148,14 +151,16 @@ def make_batch(source_t, target_t, offsets, lengths_np, index, unit, device) -> 
     """Gather one batch (``index`` = documents or token rows) onto ``device``."""
     if unit == "documents":
         rows = rows_of_documents(offsets, index)
-        lengths = torch.as_tensor(lengths_np[index], device=device)
+        lengths_host = np.asarray(lengths_np[index], dtype=np.int64)
     else:
         rows = index
-        lengths = torch.ones(index.size, dtype=torch.long, device=device)
-    rows_t = torch.as_tensor(rows, device=source_t.device)
-    src = source_t.index_select(0, rows_t).to(device, non_blocking=True)
-    tgt = target_t.index_select(0, rows_t).to(device, non_blocking=True) if target_t is not source_t else src
-    return Batch(source=src, target=tgt, lengths=lengths)
+        lengths_host = np.ones(index.size, dtype=np.int64)
+    max_length = int(lengths_host.max()) if lengths_host.size else 0
+    lengths = host_to_device(torch.from_numpy(lengths_host), device)
+    rows_t = host_to_device(torch.as_tensor(rows), source_t.device)
+    src = host_to_device(source_t.index_select(0, rows_t), device)
+    tgt = host_to_device(target_t.index_select(0, rows_t), device) if target_t is not source_t else src
+    return Batch(source=src, target=tgt, lengths=lengths, max_length=max_length)
 
 
 def iterate_batches(source_t, target_t, offsets, docs, config, rng, shuffle, device):
@@ -168,6 +173,70 @@ def iterate_batches(source_t, target_t, offsets, docs, config, rng, shuffle, dev
         plan = [rows[i] for i in token_batches(rows.size, config.batch_size, rng, shuffle)]
     for index in plan:
         yield make_batch(source_t, target_t, offsets, lengths, index, config.batch_unit, device)
+
+
+class DocumentSource:
+    """Where :func:`train_module` reads its documents from (a protocol).
+
+    ``split(validation_fraction, rng)`` returns ``(train, validation)``
+    parts, split BY DOCUMENT; a part has ``n_docs`` and
+    ``batches(config, rng, shuffle, device)``, an iterator of
+    :class:`Batch` over its documents (one epoch).  :class:`ArrayDocuments`
+    holds arrays in memory; ``clvqlearn.concepts._stream.StoreDocuments``
+    streams an activation store through a shuffle buffer.
+    """
+
+    def split(self, validation_fraction: float, rng):  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+class DocumentPart:
+    """Documents ``docs`` of in-memory arrays (a part of a :class:`DocumentSource`)."""
+
+    def __init__(self, source_t, target_t, offsets, docs):
+        self.source_t, self.target_t, self.offsets, self.docs = source_t, target_t, offsets, docs
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.docs.size)
+
+    def batches(self, config, rng, shuffle, device):
+        return iterate_batches(self.source_t, self.target_t, self.offsets, self.docs, config, rng, shuffle, device)
+
+
+class ArrayDocuments(DocumentSource):
+    """Token rows in memory, grouped by document (the default source).
+
+    With a CUDA ``device`` the arrays are copied to it once (pinned,
+    non-blocking) and batches are gathered there; otherwise every batch is
+    gathered on the host and copied on its own.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((5, 2), dtype=np.float32)
+    >>> train, val = ArrayDocuments(x, x, [0, 1, 2, 3, 4, 5]).split(0.4, np.random.RandomState(0))
+    >>> train.n_docs, val.n_docs
+    (3, 2)
+    """
+
+    def __init__(self, source, target, offsets, device=None):
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.source_t = as_float_tensor(source)
+        self.target_t = self.source_t if source is target else as_float_tensor(target)
+        if device is not None and torch.device(device).type == "cuda":
+            # one pinned, non-blocking copy of the whole (buffer-sized) array;
+            # batches are then gathered on the device
+            same = self.target_t is self.source_t
+            self.source_t = host_to_device(self.source_t, torch.device(device))
+            self.target_t = self.source_t if same else host_to_device(self.target_t, torch.device(device))
+
+    def part(self, docs) -> DocumentPart:
+        return DocumentPart(self.source_t, self.target_t, self.offsets, np.asarray(docs, dtype=np.int64))
+
+    def split(self, validation_fraction, rng):
+        train_docs, val_docs = split_documents(self.offsets.size - 1, validation_fraction, rng)
+        return self.part(train_docs), self.part(val_docs)
 
 
 def as_float_tensor(array: np.ndarray) -> torch.Tensor:
@@ -207,6 +276,8 @@ def train_module(
     loss_fn : callable
         ``loss_fn(module, batch) -> scalar tensor``.
     source, target : ndarray of shape (n_tokens, d_source) / (n_tokens, d_target)
+        Or ``source`` a :class:`DocumentSource` (e.g. documents streamed
+        from an activation store) and ``target`` / ``offsets`` None.
     offsets : ndarray of shape (n_docs + 1,)
     config : TrainConfig
     rng : numpy RandomState
@@ -225,24 +296,22 @@ def train_module(
     """
     from tqdm.auto import tqdm
 
-    offsets = np.asarray(offsets, dtype=np.int64)
-    source_t = as_float_tensor(source)
-    target_t = source_t if source is target else as_float_tensor(target)
-    train_docs, val_docs = split_documents(offsets.size - 1, config.validation_fraction, rng)
+    documents = source if isinstance(source, DocumentSource) else ArrayDocuments(source, target, offsets)
+    train_part, val_part = documents.split(config.validation_fraction, rng)
     optimizer, scheduler, state = _optimizer(module, config, state)
     result = TrainResult()
     tracker = _BestState(module, config)
     # the starting point competes: an explosion is judged against it, and a
     # run that never improves on it ends where it started
-    start_docs = val_docs if val_docs.size else train_docs
-    tracker.start(evaluate_loss(module, loss_fn, source_t, target_t, offsets, start_docs, config, rng, device))
+    start_part = val_part if val_part.n_docs else train_part
+    tracker.start(_part_loss(module, loss_fn, start_part, config, rng, device))
     bar = tqdm(range(config.max_epochs), desc=config.description, disable=not config.verbose, leave=False)
     for epoch in bar:
-        batches = iterate_batches(source_t, target_t, offsets, train_docs, config, rng, True, device)
+        batches = train_part.batches(config, rng, True, device)
         train_loss, reason = _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
                                           result, device)
-        if reason is None and val_docs.size:
-            val_loss = evaluate_loss(module, loss_fn, source_t, target_t, offsets, val_docs, config, rng, device)
+        if reason is None and val_part.n_docs:
+            val_loss = _part_loss(module, loss_fn, val_part, config, rng, device)
             result.validation_curve.append(val_loss)
         else:
             val_loss = train_loss
@@ -295,17 +364,14 @@ def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
     module.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scheduled = [group["lr"] for group in optimizer.param_groups]
-    total, count, reason = 0.0, 0, None
+    # the loss is summed on the device and read back once per epoch: no host
+    # synchronisation inside the step (a non-finite step surfaces at epoch end)
+    total, count, reason = _loss_accumulator(device), 0, None
     for batch in batches:
         _set_warmup(optimizer, scheduled, state.n_steps, config.warmup_steps)
         with _autocast(device, config.compute_dtype):
             loss = loss_fn(module, batch)
-        value = float(loss.detach())
-        # one batch may hold a few huge-norm tokens: inside an epoch only a
-        # non-finite loss stops training; explosions are judged on epoch means
-        if not math.isfinite(value):
-            reason = f"the training loss became {value:.4g}"
-            break
+        total += loss.detach().to(total.dtype) * batch.n_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.gradient_clip:
@@ -313,13 +379,36 @@ def _train_epoch(module, loss_fn, batches, optimizer, config, state, after_step,
         optimizer.step()
         if after_step is not None:
             after_step(module, batch)
-        total += value * batch.n_tokens
         count += batch.n_tokens
         state.n_steps += 1
         result.n_steps += 1
     for group, lr in zip(optimizer.param_groups, scheduled):
         group["lr"] = lr
-    return total / max(count, 1), reason
+    # one batch may hold a few huge-norm tokens: inside an epoch only a
+    # non-finite loss stops training; explosions are judged on epoch means
+    mean = float(total) / max(count, 1)
+    if not math.isfinite(mean):
+        reason = f"the training loss became {mean:.4g}"
+    return mean, reason
+
+
+def _loss_accumulator(device: torch.device) -> torch.Tensor:
+    """A zero on ``device`` to sum per-token losses in (float64 where the device has it)."""
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    return torch.zeros((), dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def _part_loss(module, loss_fn, part, config, rng, device) -> float:
+    """Mean per-token loss over a document part in eval mode (one host read-back)."""
+    module.eval()
+    total, count = _loss_accumulator(device), 0
+    for batch in part.batches(config, rng, False, device):
+        with _autocast(device, config.compute_dtype):
+            loss = loss_fn(module, batch)
+        total += loss.to(total.dtype) * batch.n_tokens
+        count += batch.n_tokens
+    return float(total) / max(count, 1)
 
 
 def _set_warmup(optimizer, scheduled, step: int, warmup_steps: int) -> None:
@@ -379,14 +468,7 @@ def _warn_divergence(config: TrainConfig, result: TrainResult) -> None:
 @torch.no_grad()
 def evaluate_loss(module, loss_fn, source_t, target_t, offsets, docs, config, rng, device) -> float:
     """Mean per-token loss over documents ``docs`` in eval mode."""
-    module.eval()
-    total, count = 0.0, 0
-    for batch in iterate_batches(source_t, target_t, offsets, docs, config, rng, False, device):
-        with _autocast(device, config.compute_dtype):
-            loss = loss_fn(module, batch)
-        total += float(loss) * batch.n_tokens
-        count += batch.n_tokens
-    return total / max(count, 1)
+    return _part_loss(module, loss_fn, DocumentPart(source_t, target_t, offsets, docs), config, rng, device)
 
 
 @torch.no_grad()

@@ -14,17 +14,25 @@ import warnings
 from numbers import Integral
 
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans, kmeans_plusplus
+from sklearn.utils import check_random_state
 from sklearn.metrics import pairwise_distances
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
 from ._base import ConceptEstimator, _Data
+from ._init import INIT_MAX_SAMPLES
+from ._stream import StreamData
 
 #: ``algorithm="auto"`` uses full k-means up to this many tokens and
 #: MiniBatchKMeans above it.
 AUTO_MINIBATCH_MIN_TOKENS = 200_000
+
+#: Epochs of a streamed fit when ``max_iter`` is None; it stops earlier when
+#: an epoch lowers the mean squared distance by less than ``STREAM_TOL``.
+STREAM_MAX_EPOCHS = 100
+STREAM_TOL = 1e-3
 
 #: Token rows per chunk when assigning tokens to centres.
 _ASSIGN_CHUNK = 4096
@@ -126,7 +134,10 @@ class KMeansConcepts(ConceptEstimator):
         Number of k-means++ restarts, as in scikit-learn.
     max_iter : int or None, default=None
         Lloyd iterations (``"kmeans"``) or epochs (``"minibatch"``); None
-        keeps scikit-learn's default (300 and 100).
+        keeps scikit-learn's default (300 and 100).  For ``fit`` on an
+        activation store: epochs over the store (None = up to
+        ``STREAM_MAX_EPOCHS``, stopping when an epoch improves the mean
+        squared distance by less than ``STREAM_TOL``).
     transform_output : {"onehot", "distance"}, default="onehot"
         What :meth:`transform` returns: one-hot cluster membership (so
         ``predict == transform(X).argmax(1)`` and ``inverse_transform`` gives
@@ -155,9 +166,11 @@ class KMeansConcepts(ConceptEstimator):
         streaming resumes.
     usage_ : ndarray of shape (k,)
         ``counts_ / counts_.sum()``: the fraction of tokens in each cluster.
-    labels_ : ndarray of shape (n_tokens,)
+    labels_ : ndarray of shape (n_tokens,) or None
         Cluster of every token of the last ``fit`` / ``partial_fit`` input
-        (for Ward, the agglomerative partition itself).
+        (for Ward, the agglomerative partition itself).  None after ``fit``
+        on an activation store: one label per token would grow with the
+        store; ``counts_`` holds the cluster sizes, :meth:`predict` the labels.
     inertia_ : float
         Sum of squared distances of those tokens to their centre.
     n_iter_ : int
@@ -191,6 +204,13 @@ class KMeansConcepts(ConceptEstimator):
     for Ward it is the natural out-of-sample rule (Ward clusters are not
     Voronoi cells, so a few training tokens may get another id than in
     ``labels_``).
+
+    ``fit`` on an activation store (a lazy view such as
+    ``LayerPairs.open(folder)``, or its path) streams in bounded memory:
+    the standardisation and the k-means++ seeds come from a sample of whole
+    documents, then MiniBatchKMeans steps run over shuffle buffers of the
+    store (``algorithm`` must be ``"auto"`` or ``"minibatch"``); see
+    docs/streaming.md.
 
     :meth:`partial_fit` streams with MiniBatchKMeans: each call cuts its
     input into ``batch_size`` chunks, in the order given (shuffle first), and
@@ -259,6 +279,9 @@ class KMeansConcepts(ConceptEstimator):
 
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_device()
+        if isinstance(data, StreamData):
+            self._fit_store(data)
+            return
         X = data.source
         if partial:
             self._stream(X, first=not self._resumes(partial))
@@ -408,6 +431,56 @@ class KMeansConcepts(ConceptEstimator):
         self.inertia_ = self._unscale_inertia(inertia)
         self.n_iter_ = n_iter
         self.loss_curve_ = curve
+
+    def _fit_store(self, data: StreamData) -> None:
+        """Mini-batch k-means over an activation store, in bounded memory.
+
+        Standardisation and k-means++ seeding come from a sample of whole
+        documents; each epoch streams the store's shuffle buffers (rows
+        shuffled inside a buffer) through ``MiniBatchKMeans.partial_fit``
+        in ``batch_size`` chunks; a last pass counts every token's cluster.
+        """
+        if self.algorithm in ("kmeans", "agglomerative"):
+            raise ValueError(
+                f"X is an activation store, streamed in bounded memory; algorithm={self.algorithm!r} needs "
+                "every token in memory. Use algorithm='auto' or 'minibatch', or pass in-memory LayerPairs."
+            )
+        rng = check_random_state(self.random_state)
+        sample = data.sample(min(INIT_MAX_SAMPLES, max(3 * self.batch_size, 3 * self.k)), rng).source
+        self.input_shift_, self.input_scale_ = _location_scale(sample)
+        sample = self._standardize(sample)
+        centers = kmeans_plusplus(sample, self.k, random_state=rng.randint(2**31 - 1))[0]
+        model = self._minibatch_model(rng.randint(2**31 - 1), reassignment_ratio=0.01, init=centers)
+        max_epochs = STREAM_MAX_EPOCHS if self.max_iter is None else self.max_iter
+        curve = []
+        for _ in range(max_epochs):
+            inertia, n = 0.0, 0
+            for buffer in data.epoch_buffers(np.ones(data.n_docs, dtype=bool), rng):
+                X = self._standardize(buffer.source)[rng.permutation(buffer.n_tokens)]
+                for start in range(0, X.shape[0], self.batch_size):
+                    model.partial_fit(X[start:start + self.batch_size])
+                    inertia += float(model.inertia_)
+                n += X.shape[0]
+            curve.append(self._unscale_inertia(inertia) / max(n, 1))
+            if len(curve) > 1 and curve[-2] - curve[-1] <= STREAM_TOL * abs(curve[-2]):
+                break
+        self.algorithm_ = "minibatch"
+        self._set_state(self._unstandardize(model.cluster_centers_, data.dtype), None)
+        self._count_store(data)
+        self.n_iter_ = len(curve)
+        self.loss_curve_ = curve
+
+    def _count_store(self, data: StreamData) -> None:
+        """``counts_``, ``usage_`` and ``inertia_`` of the fitted centres over the store."""
+        counts, inertia = np.zeros(self.k), 0.0
+        for chunk in data.chunks():
+            ids = self._nearest(chunk.source)
+            counts += np.bincount(ids, minlength=self.k)
+            residual = self._standardize(chunk.source) - self._standardized_centers(chunk.source.dtype)[ids]
+            inertia += float(np.einsum("ij,ij->", residual, residual, dtype=np.float64))
+        self.counts_ = counts
+        self.usage_ = counts / max(counts.sum(), 1.0)
+        self.inertia_ = self._unscale_inertia(inertia)
 
     def _minibatch_model(self, random_state, reassignment_ratio, init="k-means++"):
         return MiniBatchKMeans(

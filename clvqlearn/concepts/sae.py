@@ -22,6 +22,7 @@ from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_st
 from ..metrics import code_usage
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator, _Data
+from ._stream import StreamData, initial_sample, training_source
 from ._training import TrainConfig, as_float_tensor, train_module
 
 #: Token rows per inference batch.
@@ -315,7 +316,7 @@ class SparseAutoencoder(ConceptEstimator):
             network = self._network(device)
         else:
             rng = self._check_random_state()
-            network = self._new_network(data, torch_seed(rng), device)
+            network = self._new_network(initial_sample(data, rng), torch_seed(rng), device)
             self.n_iter_, self.n_steps_, self.n_resampled_ = 0, 0, 0
             self.loss_curve_, self.validation_curve_ = [], []
             self._train_state = None
@@ -351,7 +352,7 @@ class SparseAutoencoder(ConceptEstimator):
 
         with seeded(seed, device):
             result, self._train_state = train_module(
-                network, loss_fn, data.source, data.target, data.offsets,
+                network, loss_fn, *training_source(data),
                 config=config, rng=rng, device=device, after_step=after_step,
                 state=getattr(self, "_train_state", None),
             )
@@ -368,6 +369,9 @@ class SparseAutoencoder(ConceptEstimator):
         self._record_usage(data)
 
     def _record_usage(self, data: _Data) -> None:
+        if isinstance(data, StreamData):
+            self._record_streamed_usage(data)
+            return
         latents, pre = self._forward(data.source)
         ids = _most_active(latents, pre)
         n = max(latents.shape[0], 1)
@@ -375,6 +379,20 @@ class SparseAutoencoder(ConceptEstimator):
         active = latents > 0
         self.firing_rate_ = active.sum(axis=0).astype(np.float64) / n
         self.l0_ = float(active.sum(axis=1).mean()) if latents.shape[0] else 0.0
+        self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
+
+    def _record_streamed_usage(self, data: StreamData) -> None:
+        """:meth:`_record_usage` accumulated over the store, one chunk at a time."""
+        top, fired, active, n = np.zeros(self.k), np.zeros(self.k), 0.0, 0
+        for chunk in data.chunks():
+            latents, pre = self._forward(chunk.source)
+            top += np.bincount(_most_active(latents, pre), minlength=self.k)
+            fired += (latents > 0).sum(axis=0)
+            active += float((latents > 0).sum())
+            n += latents.shape[0]
+        self.usage_ = top / max(n, 1)
+        self.firing_rate_ = fired / max(n, 1)
+        self.l0_ = active / n if n else 0.0
         self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
 
     # ------------------------------------------------------------ inference

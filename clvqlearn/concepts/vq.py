@@ -9,12 +9,13 @@ import torch
 
 from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
-from ..metrics import code_usage, usage_perplexity
+from ..metrics import usage_perplexity
 from ..nn.clvq import CLVQNetwork
 from ..nn.decoders import DECODERS, fit_output_layer
 from ..nn.encoders import ENCODERS
 from ._base import ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
+from ._stream import StreamData, initial_sample, training_source
 from ._training import TrainConfig, as_float_tensor, predict_batches, rows_of_documents, train_module
 
 #: Token rows per inference batch for per-token work (encoding, assignment).
@@ -150,7 +151,7 @@ class _VQEstimator(ConceptEstimator):
             network = self._network(device)
         else:
             rng = self._check_random_state()
-            network = self._initial_network(data, rng, device)
+            network = self._initial_network(initial_sample(data, rng), rng, device)
             self.n_iter_, self.n_steps_, self.loss_curve_, self.validation_curve_ = 0, 0, [], []
             self._train_state = None
         self._rng = rng
@@ -158,13 +159,13 @@ class _VQEstimator(ConceptEstimator):
         network.codebook.generator = make_generator(seed, device)
 
         def loss_fn(net, batch):
-            out = net(batch.source, batch.lengths)
+            out = net(batch.source, batch.lengths, batch.max_length)
             mse = torch.nn.functional.mse_loss(out.prediction.float(), batch.target)
             return mse + self.commitment * out.commitment
 
         with seeded(seed, device):
             result, self._train_state = train_module(
-                network, loss_fn, data.source, data.target, data.offsets,
+                network, loss_fn, *training_source(data),
                 config=self._train_config(partial), rng=rng, device=device,
                 state=getattr(self, "_train_state", None),
             )
@@ -190,7 +191,7 @@ class _VQEstimator(ConceptEstimator):
         return network
 
     def _decoder_features(self, network, sample, device) -> np.ndarray:
-        return self._over_documents(network, lambda b: network.decoder_features(b.source, b.lengths),
+        return self._over_documents(network, lambda b: network.decoder_features(b.source, b.lengths, b.max_length),
                                     sample, device)
 
     def _over_documents(self, network, function, data, device, compute_dtype="float32") -> np.ndarray:
@@ -214,6 +215,9 @@ class _VQEstimator(ConceptEstimator):
         self.best_epoch_ = result.best_epoch
         self.diverged_ = result.diverged is not None
         self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
+        if isinstance(data, StreamData):
+            self._record_streamed_statistics(data)
+            return
         ids = self._assign(data)
         self._record_usage(ids)
         self._record_source_means(ids, data.source)
@@ -239,10 +243,22 @@ class _VQEstimator(ConceptEstimator):
             return self.source_means_[concept]
         return self.components_[concept]
 
+    def _record_streamed_statistics(self, data: StreamData) -> None:
+        """Usage and per-code source means of a streamed fit, one chunk of the store at a time."""
+        counts = np.zeros(self.k)
+        for chunk in data.chunks():
+            ids = self._assign(chunk)
+            counts += np.bincount(ids, minlength=self.k)
+            self._record_source_means(ids, chunk.source)
+        self._record_counts(counts)
+
     def _record_usage(self, ids: np.ndarray) -> None:
-        self.usage_ = code_usage(ids, self.k)
+        self._record_counts(np.bincount(ids, minlength=self.k).astype(np.float64))
+
+    def _record_counts(self, counts: np.ndarray) -> None:
+        self.usage_ = counts / max(counts.sum(), 1.0)
         self.perplexity_ = usage_perplexity(self.usage_)
-        self.n_active_codes_ = int((self.usage_ > 0).sum())
+        self.n_active_codes_ = int((counts > 0).sum())
 
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> CLVQNetwork:
@@ -293,7 +309,7 @@ class _VQEstimator(ConceptEstimator):
     def _reconstruct_data(self, data) -> np.ndarray:
         device = self._resolve_device()
         network = self._network(device)
-        return self._over_documents(network, lambda b: network(b.source, b.lengths).prediction, data, device,
+        return self._over_documents(network, lambda b: network(b.source, b.lengths, b.max_length).prediction, data, device,
                                     self.compute_dtype)
 
     def encode(self, X) -> np.ndarray:

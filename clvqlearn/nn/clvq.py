@@ -36,10 +36,16 @@ class CLVQOutput(NamedTuple):
     commitment: torch.Tensor  # scalar
 
 
-def padding_layout(lengths: torch.Tensor):
-    """Document/position of each flat row and the (B, T) real-token mask."""
-    n_docs, max_len = lengths.numel(), int(lengths.max())
-    rows = torch.repeat_interleave(torch.arange(n_docs, device=lengths.device), lengths)
+def padding_layout(lengths: torch.Tensor, max_len: int | None = None, n_tokens: int | None = None):
+    """Document/position of each flat row and the (B, T) real-token mask.
+
+    ``max_len`` (the longest document) and ``n_tokens`` (the sum of
+    ``lengths``), when the caller knows them on the host, spare two reads
+    of ``lengths`` back from the device (host synchronisations).
+    """
+    n_docs = lengths.numel()
+    max_len = int(lengths.max()) if max_len is None else int(max_len)
+    rows = torch.repeat_interleave(torch.arange(n_docs, device=lengths.device), lengths, output_size=n_tokens)
     starts = torch.cumsum(lengths, 0) - lengths
     cols = torch.arange(rows.numel(), device=lengths.device) - starts[rows]
     mask = torch.zeros(n_docs, max_len, dtype=torch.bool, device=lengths.device)
@@ -111,20 +117,21 @@ class CLVQNetwork(nn.Module):
         with torch.autocast(source.device.type, enabled=False):
             return z, self.codebook(z)
 
-    def decoder_features(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def decoder_features(self, source: torch.Tensor, lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
         """The decoder's hidden rows before its output layer (nearest codes)."""
         z, (quantized, _, _) = self.quantize(source)
-        return self._decode(z, quantized, lengths, features=True)
+        return self._decode(z, quantized, lengths, features=True, max_len=max_len)
 
-    def _decode(self, z, quantized, lengths, features=False):
+    def _decode(self, z, quantized, lengths, features=False, max_len=None):
         method = self.decoder.features if features else self.decoder
         if self.per_token:
             return method(quantized, None, None)
-        rows, cols, mask = padding_layout(lengths)
+        rows, cols, mask = padding_layout(lengths, max_len, z.shape[0])
         padded = method(to_padded(quantized, rows, cols, mask), to_padded(z, rows, cols, mask), ~mask)
         return padded[rows, cols]
 
-    def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> CLVQOutput:
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor, max_len: int | None = None) -> CLVQOutput:
+        """Predict the target rows; ``max_len`` = ``lengths.max()`` when known on the host."""
         z, (quantized, indices, commitment) = self.quantize(source)
-        prediction = self._decode(z, quantized, lengths)
+        prediction = self._decode(z, quantized, lengths, max_len=max_len)
         return CLVQOutput(prediction, indices, commitment)

@@ -90,7 +90,10 @@ def sample_codes(distances: torch.Tensor, top_k: int, temperature: float, genera
     gap = d_top - d_top[:, :1]
     logits = torch.where(gap > 0, -gap / temperature, torch.zeros_like(gap))
     probs = torch.softmax(logits, dim=1)
-    choice = torch.multinomial(probs, 1, generator=generator)
+    # torch.multinomial's one-sample path, written out (the same draws and
+    # result) without its validity check, which reads a flag back from the
+    # device every step; softmax of finite logits is always valid.
+    choice = (probs / torch.empty_like(probs).exponential_(1, generator=generator)).argmax(dim=1, keepdim=True)
     return idx_top.gather(1, choice).squeeze(1)
 
 
@@ -161,7 +164,10 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        counts = torch.bincount(indices, minlength=self.k).to(flat.dtype)
+        # index_add_, not bincount: bincount sizes its output from a read of
+        # indices.max() (a host synchronisation on a GPU); counts are exact
+        counts = torch.zeros(self.k, dtype=flat.dtype, device=flat.device).index_add_(
+            0, indices, torch.ones_like(indices, dtype=flat.dtype))
         sums = torch.zeros_like(self.code_sum).index_add_(0, indices, flat)
         self.usage.add_(counts)
         weight = 1.0 - self.decay

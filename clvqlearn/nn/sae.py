@@ -123,7 +123,7 @@ class SparseAutoencoderNet(nn.Module):
         """Advance ``tokens_since_fired`` by one batch of training latents."""
         fired = (latents > 0).any(dim=0)
         self.tokens_since_fired += latents.shape[0]
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)  # a mask, not boolean indexing: no host sync
 
     def dead_mask(self, after_tokens: float) -> torch.Tensor:
         """Latents that have not fired for ``after_tokens`` training tokens."""
@@ -152,15 +152,16 @@ def auxk_loss(net: SparseAutoencoderNet, out: SAEOutput, target: torch.Tensor, d
     tokens and weighted by :data:`AUXK_COEFFICIENT`.  Zero when no latent is
     dead.
     """
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return out.prediction.new_zeros(())
+    # No host read of the dead count (a sync per step on a GPU): live latents
+    # get -inf, which ReLU turns into 0, so picking ``aux_k`` of all latents
+    # decodes the same dead ones; the loss is zeroed when none is dead.
     residual = (target - out.prediction.float()).detach()
     pre = out.pre_activations.float().masked_fill(~dead, float("-inf"))
-    values, indices = pre.topk(min(aux_k, n_dead), dim=-1)
+    values, indices = pre.topk(min(aux_k, pre.shape[-1]), dim=-1)
     aux_latents = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
     aux_prediction = aux_latents @ net.decoder_weight.float()
-    return AUXK_COEFFICIENT * (aux_prediction - residual).pow(2).sum(dim=-1).mean()
+    loss = AUXK_COEFFICIENT * (aux_prediction - residual).pow(2).sum(dim=-1).mean()
+    return torch.where(dead.any(), loss, loss.new_zeros(()))
 
 
 @torch.no_grad()
@@ -186,7 +187,7 @@ def resample_dead_(net: SparseAutoencoderNet, source: torch.Tensor, target: torc
     out = net(source)
     residual = target - out.prediction.float()
     weights = residual.pow(2).sum(dim=-1).double()
-    if float(weights.sum()) <= 0:
+    if not float(weights.sum()) > 0:  # also refuses NaN weights (a diverging step)
         return 0
     rows = torch.multinomial(weights.cpu(), dead_idx.numel(), replacement=True, generator=generator)
     rows = rows.to(source.device)
