@@ -42,6 +42,10 @@ CONFIGS = {
     "default (transformer-codes)": {},
     "mlp": {"decoder": "mlp"},
     "transformer (bypass)": {"decoder": "transformer"},
+    "transformer (bypass), 1 epoch": {"decoder": "transformer", "max_epochs": 1},
+    "transformer (bypass), no skip": {"decoder": "transformer", "decoder_skip": False},
+    "transformer-codes with skip": {"decoder_skip": True},
+    "mlp with skip": {"decoder": "mlp", "decoder_skip": True},
     "mlp, encoder trained (straight-through)": {"decoder": "mlp", "encoder_learning_rate": None},
     "paper encoder + mlp, old start": {"decoder": "mlp", "encoder": "adaptive", "encoder_init": "identity",
                                        "init": "spherical", "decoder_init": "random", "batch_size": 128,
@@ -88,7 +92,7 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
                 ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps",
-                 "encoder_learning_rate")},
+                 "encoder_learning_rate", "decoder_skip")},
     )
 
 

@@ -51,6 +51,7 @@ class _VQEstimator(ConceptEstimator):
         "decoder_ff": [Interval(Integral, 1, None, closed="left")],
         "decoder_hidden": [Interval(Integral, 1, None, closed="left")],
         "decoder_norm_first": ["boolean"],
+        "decoder_skip": ["boolean", StrOptions({"auto"})],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "commitment": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -67,8 +68,8 @@ class _VQEstimator(ConceptEstimator):
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
                  encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
-                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
-                 dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
+                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_skip="auto",
+                 decoder_init="least-squares", dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
                  gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", device="auto",
                  random_state=None, verbose=0):
@@ -88,6 +89,7 @@ class _VQEstimator(ConceptEstimator):
         self.decoder_ff = decoder_ff
         self.decoder_hidden = decoder_hidden
         self.decoder_norm_first = decoder_norm_first
+        self.decoder_skip = decoder_skip
         self.decoder_init = decoder_init
         self.dropout = dropout
         self.commitment = commitment
@@ -111,10 +113,14 @@ class _VQEstimator(ConceptEstimator):
             encoder=self.encoder, alpha=self.alpha, decoder=self.decoder,
             decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
             decoder_ff=self.decoder_ff, decoder_hidden=self.decoder_hidden,
-            decoder_norm_first=self.decoder_norm_first, dropout=self.dropout,
+            decoder_norm_first=self.decoder_norm_first, decoder_skip=self._decoder_skip(), dropout=self.dropout,
             top_k=self.top_k, temperature=self.temperature, ema_decay=self.ema_decay,
             ema_update=self.ema_update, dead_code_threshold=self.dead_code_threshold,
         )
+
+    def _decoder_skip(self) -> bool:
+        """``decoder_skip="auto"``: a skip read-out for the bypass transformer only."""
+        return self.decoder == "transformer" if self.decoder_skip == "auto" else bool(self.decoder_skip)
 
     def _train_config(self, partial: bool) -> TrainConfig:
         """One epoch without a validation split for a ``partial_fit`` call."""
@@ -343,7 +349,7 @@ RECIPES = {
     "paper": dict(
         top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled", init="spherical",
         encoder="adaptive", alpha=0.2, encoder_init="identity", encoder_learning_rate=None, decoder="transformer",
-        decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_norm_first=False,
+        decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_norm_first=False, decoder_skip=False,
         decoder_init="random", dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
         learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
         validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
@@ -434,6 +440,16 @@ class CrossLayerVQ(_VQEstimator):
         Hidden width of the MLP decoder.
     decoder_norm_first : bool, default=True
         Pre-LayerNorm transformer blocks (the reference: post-LayerNorm).
+    decoder_skip : bool or "auto", default="auto"
+        The decoder's output layer also reads the decoder's input (the
+        code; for ``"transformer"`` also the continuous encoder output), a
+        linear skip read-out next to the hidden states.  With the
+        least-squares start the bypass transformer then begins at the
+        linear map of the encoder output (the ridge regression).
+        ``"auto"`` turns it on for ``decoder="transformer"`` only: on the
+        codes-only decoders it measured no better (``mlp``) or worse
+        (``transformer-codes``), see ``docs/crosslayervq.md``.  The
+        reference has no skip.
     decoder_init : {"least-squares", "random"}, default="least-squares"
         ``"least-squares"`` starts the decoder's output layer at the ridge
         read-out of its initial features on a sample of training tokens, so
@@ -537,7 +553,8 @@ class CrossLayerVQ(_VQEstimator):
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
                  encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
-                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_init="least-squares",
+                 decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_skip="auto",
+                 decoder_init="least-squares",
                  dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
                  gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", n_low_features=None,
@@ -546,7 +563,8 @@ class CrossLayerVQ(_VQEstimator):
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
             encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
             decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
-            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
+            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_skip=decoder_skip,
+            decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
@@ -637,7 +655,8 @@ class SingleLayerVQ(_VQEstimator):
                  ema_update="sampled", init="k-means++", encoder="linear", alpha=0.2,
                  encoder_init="regression", encoder_learning_rate=0.0, decoder="transformer-codes",
                  decoder_layers=2, decoder_heads=8, decoder_ff=1024, decoder_hidden=1024,
-                 decoder_norm_first=True, decoder_init="least-squares", dropout=0.1, commitment=0.1,
+                 decoder_norm_first=True, decoder_skip="auto", decoder_init="least-squares", dropout=0.1,
+                 commitment=0.1,
                  max_epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
                  early_stopping_patience=3, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
                  compute_dtype="float32", device="auto", random_state=None, verbose=0):
@@ -645,7 +664,8 @@ class SingleLayerVQ(_VQEstimator):
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
             encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
             decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
-            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_init=decoder_init,
+            decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_skip=decoder_skip,
+            decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,

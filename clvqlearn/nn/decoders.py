@@ -15,6 +15,13 @@ Three forms (METHOD.md, "Decoder"):
 ``"mlp"``
     A per-token two-layer MLP on the code alone (no sequence context).
 
+With ``skip=True`` the output layer reads the decoder's input next to its
+hidden states (a linear skip read-out): the code for ``"mlp"`` and
+``"transformer-codes"``, the code and the continuous encoder output for
+``"transformer"``.  A least-squares start of that read-out
+(:func:`fit_output_layer`) then begins at the best linear map of the input,
+e.g. the per-code mean of the target for codes-only decoders.
+
 Examples
 --------
 >>> import torch
@@ -38,7 +45,7 @@ class SequenceDecoder(nn.Module):
     """Transformer decoder over padded sequences ``(B, T, d_low)``."""
 
     def __init__(self, d_low, d_high, n_layers=6, n_heads=8, ff=2048, dropout=0.1, codes_only=False,
-                 norm_first=False):
+                 norm_first=False, skip=False):
         super().__init__()
         if d_low % n_heads:
             raise ValueError(
@@ -50,15 +57,20 @@ class SequenceDecoder(nn.Module):
             norm_first=norm_first,
         )
         self.decoder = nn.TransformerDecoder(layer, num_layers=n_layers)
-        self.out = nn.Linear(d_low, d_high)
-        self.codes_only = codes_only
+        self.codes_only, self.skip = codes_only, skip
+        skip_width = (d_low if codes_only else 2 * d_low) if skip else 0
+        self.out = nn.Linear(d_low + skip_width, d_high)
 
     def features(self, quantized, continuous, padding_mask):
-        """Hidden states before the output layer, (B, T, d_low)."""
+        """What the output layer reads, (B, T, d_out_in): the hidden states
+        (then, with ``skip``, the decoder's input)."""
         memory = quantized if self.codes_only else continuous
-        return self.decoder(
+        hidden = self.decoder(
             quantized, memory, tgt_key_padding_mask=padding_mask, memory_key_padding_mask=padding_mask
         )
+        if not self.skip:
+            return hidden
+        return torch.cat([hidden, quantized] if self.codes_only else [hidden, quantized, continuous], dim=-1)
 
     def forward(self, quantized, continuous, padding_mask):
         """``quantized``/``continuous``: (B, T, d_low); ``padding_mask``: True on padding."""
@@ -66,11 +78,13 @@ class SequenceDecoder(nn.Module):
 
 
 class TokenDecoder(nn.Module):
-    """Per-token MLP ``d_low -> hidden -> d_high`` (GELU)."""
+    """Per-token MLP ``d_low -> hidden -> d_high`` (GELU); with ``skip`` the
+    output layer also reads the code itself."""
 
-    def __init__(self, d_low, d_high, hidden=1024):
+    def __init__(self, d_low, d_high, hidden=1024, skip=False):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_low, hidden), nn.GELU(), nn.Linear(hidden, d_high))
+        self.skip = skip
+        self.net = nn.Sequential(nn.Linear(d_low, hidden), nn.GELU(), nn.Linear(hidden + (d_low if skip else 0), d_high))
 
     @property
     def out(self) -> nn.Linear:
@@ -78,11 +92,12 @@ class TokenDecoder(nn.Module):
         return self.net[2]
 
     def features(self, quantized, continuous, padding_mask):
-        """Hidden rows before the output layer, (n, hidden)."""
-        return self.net[1](self.net[0](quantized))
+        """What the output layer reads: the hidden rows (then, with ``skip``, the code)."""
+        hidden = self.net[1](self.net[0](quantized))
+        return torch.cat([hidden, quantized], dim=-1) if self.skip else hidden
 
     def forward(self, quantized, continuous, padding_mask):
-        return self.net(quantized)
+        return self.out(self.features(quantized, continuous, padding_mask))
 
 
 @torch.no_grad()
@@ -116,11 +131,11 @@ def fit_output_layer(out: nn.Linear, features: torch.Tensor, target: torch.Tenso
 
 
 def make_decoder(kind, d_low, d_high, *, n_layers=6, n_heads=8, ff=2048, dropout=0.1, hidden=1024,
-                 norm_first=True):
+                 norm_first=True, skip=False):
     """Build a decoder by name (see the module docstring)."""
     if kind in ("transformer", "transformer-codes"):
         return SequenceDecoder(d_low, d_high, n_layers, n_heads, ff, dropout,
-                               codes_only=kind == "transformer-codes", norm_first=norm_first)
+                               codes_only=kind == "transformer-codes", norm_first=norm_first, skip=skip)
     if kind == "mlp":
-        return TokenDecoder(d_low, d_high, hidden)
+        return TokenDecoder(d_low, d_high, hidden, skip=skip)
     raise ValueError(f"decoder must be one of {DECODERS}; got {kind!r}")

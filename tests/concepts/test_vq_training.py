@@ -125,6 +125,54 @@ def test_least_squares_read_out_starts_at_the_per_code_mean():
     assert cold.score(pairs) < best - 0.1
 
 
+def _linear_pairs(n_docs=80, length=8, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, length + 1, size=n_docs)
+    n = int(lengths.sum())
+    low = rng.normal(size=(n, d)).astype(np.float32)
+    high = (low @ rng.normal(size=(d, d)) + 0.1 * rng.normal(size=(n, d))).astype(np.float32)
+    return LayerPairs(low=low, high=high, offsets=np.concatenate([[0], np.cumsum(lengths)]))
+
+
+@pytest.mark.parametrize("skip, reaches_ridge", [(True, True), (False, False)])
+def test_skip_read_out_starts_the_bypass_decoder_at_the_ridge_map(skip, reaches_ridge):
+    """With the skip, the bypass transformer's least-squares start reads the encoder output
+    (the ridge map of a linear target); without it, the pre-LN blocks hide its scale."""
+    from sklearn.linear_model import Ridge
+
+    from clvqlearn.metrics import fraction_of_variance_explained
+
+    pairs = _linear_pairs()
+    ridge = fraction_of_variance_explained(pairs.high, Ridge(1e-3).fit(pairs.low, pairs.high).predict(pairs.low))
+    vq = CrossLayerVQ(k=4, top_k=1, decoder="transformer", decoder_layers=1, decoder_heads=2, decoder_ff=16,
+                      decoder_skip=skip, max_epochs=1, learning_rate=1e-9, warmup_steps=0, dropout=0.0,
+                      random_state=0).fit(pairs)
+    assert ridge > 0.95
+    assert (vq.score(pairs) > 0.95 * ridge) is reaches_ridge
+
+
+@pytest.mark.parametrize("decoder, expected", [("transformer", True), ("transformer-codes", False), ("mlp", False)])
+def test_auto_skip_is_for_the_bypass_decoder_only(decoder, expected):
+    vq = CrossLayerVQ(decoder=decoder)
+    assert vq.decoder_skip == "auto"
+    assert vq._decoder_skip() is expected
+    assert CrossLayerVQ(decoder=decoder, decoder_skip=not expected)._decoder_skip() is (not expected)
+    assert CrossLayerVQ.from_recipe("paper").decoder_skip is False
+
+
+def test_skip_widens_the_read_out_by_the_decoder_input():
+    from clvqlearn.nn.decoders import make_decoder
+
+    widths = {kind: make_decoder(kind, 8, 3, n_layers=1, n_heads=2, ff=16, hidden=5, skip=True).out.in_features
+              for kind in ("transformer", "transformer-codes", "mlp")}
+    assert widths == {"transformer": 8 + 16, "transformer-codes": 8 + 8, "mlp": 5 + 8}
+    q = torch.randn(2, 3, 8)
+    dec = make_decoder("transformer", 8, 3, n_layers=1, n_heads=2, ff=16, skip=True).eval()
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    # the read-out sees the continuous input: changing it changes the output even with the same codes
+    assert not torch.allclose(dec(q, q, mask), dec(q, q + 1.0, mask))
+
+
 def test_regression_encoder_starts_at_the_ridge_prediction():
     from clvqlearn.nn.encoders import AdaptiveResidualEncoder
 
