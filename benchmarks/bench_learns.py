@@ -43,7 +43,6 @@ CONFIGS = {
     "mlp": {"decoder": "mlp"},
     "transformer (bypass)": {"decoder": "transformer"},
     "transformer (bypass), 1 epoch": {"decoder": "transformer", "max_epochs": 1},
-    "transformer (bypass), no skip": {"decoder": "transformer", "decoder_skip": False},
     "transformer-codes with skip": {"decoder_skip": True},
     "mlp with skip": {"decoder": "mlp", "decoder_skip": True},
     "mlp, encoder trained (straight-through)": {"decoder": "mlp", "encoder_learning_rate": None},
