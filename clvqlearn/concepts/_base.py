@@ -290,16 +290,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             probe = X.take(np.arange(min(8, offsets.size - 1)))
             widths = (int(probe.low.shape[1]), int(probe.high.shape[1]))
             dtype = np.dtype(np.float64 if probe.low.dtype == np.float64 else np.float32)
-            if reset:
-                self.n_features_in_ = sum(widths)
-                if hasattr(self, "feature_names_in_"):
-                    del self.feature_names_in_
-                self.layer_widths_ = widths
-                self.pairs_model_name_ = X.model_name or None
-                self.pairs_layers_ = tuple(int(v) for v in X.layers) if X.model_name else None
-            else:
-                self._check_widths(widths)
-                self._check_provenance(X)
+            self._record_or_check_pairs(X, widths, reset=reset)
         data = _stream().StreamData(pairs=X, source_role=source_role, target_role=target_role, offsets=offsets,
                                     dtype=dtype, widths=widths, check=self._check_magnitude)
         if fitting and data.n_tokens < self.k:
@@ -314,6 +305,19 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 f"{_stream().BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
             )
         return data
+
+    def _record_or_check_pairs(self, X: LayerPairs, widths: tuple, *, reset: bool) -> None:
+        """Record the widths and provenance of LayerPairs at fit, check them afterwards."""
+        if not reset:
+            self._check_widths(widths)
+            self._check_provenance(X)
+            return
+        self.n_features_in_ = sum(widths)
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.layer_widths_ = widths
+        self.pairs_model_name_ = X.model_name or None
+        self.pairs_layers_ = tuple(int(v) for v in X.layers) if X.model_name else None
 
     def _validate_pairs(self, X: LayerPairs, *, reset: bool) -> _Data:
         """Validate LayerPairs: dtypes, finiteness, widths and provenance."""
@@ -330,16 +334,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if arrays[source_role].dtype != arrays[target_role].dtype:
             arrays[target_role] = arrays[target_role].astype(arrays[source_role].dtype)
         widths = (int(X.low.shape[1]), int(X.high.shape[1]))
-        if reset:
-            self.n_features_in_ = sum(widths)
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            self.layer_widths_ = widths
-            self.pairs_model_name_ = X.model_name or None
-            self.pairs_layers_ = tuple(int(v) for v in X.layers) if X.model_name else None
-        else:
-            self._check_widths(widths)
-            self._check_provenance(X)
+        self._record_or_check_pairs(X, widths, reset=reset)
         return _Data(
             source=arrays[source_role],
             target=arrays[target_role],

@@ -11,3 +11,16 @@ NEG = ["a dull and boring film", "terrible acting , awful story", "i hated every
 TEXTS = POS + NEG
 LABELS = np.array([1] * len(POS) + [0] * len(NEG))
 FAST = dict(epochs=3, batch_size=4, max_length=32, learning_rate=1e-3, verbose=False)
+
+#: Twelve short sentences (6 per class) for the classifier and zero-shot tests.
+SHORT_TEXTS = ["a wonderful moving film", "great acting and a great story", "i loved every minute",
+               "a beautiful and funny movie", "brilliant , warm and clever", "the best film of the year",
+               "a dull and boring film", "terrible acting , awful story", "i hated every minute",
+               "a stupid and ugly movie", "lifeless , cold and dumb", "the worst film of the year"]
+SHORT_LABELS = [1] * 6 + [0] * 6
+
+#: A minimal chat template for tiny test tokenizers that have none.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)

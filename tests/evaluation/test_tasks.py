@@ -16,17 +16,7 @@ from clvqlearn.evaluation.tasks import INFO_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POS = ["a wonderful moving film", "great acting and a great story", "i loved every minute",
-       "a beautiful and funny movie", "brilliant , warm and clever", "the best film of the year"]
-NEG = ["a dull and boring film", "terrible acting , awful story", "i hated every minute",
-       "a stupid and ugly movie", "lifeless , cold and dumb", "the worst film of the year"]
-TEXTS = POS + NEG
-LABELS = [1] * len(POS) + [0] * len(NEG)
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
-    "{% if add_generation_prompt %}<assistant> {% endif %}"
-)
+from movie_corpus import CHAT_TEMPLATE, SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
