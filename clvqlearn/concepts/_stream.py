@@ -108,15 +108,9 @@ def open_store(path):
     object
         What ``LayerPairs.open(path)`` returns.
     """
-    opener = getattr(LayerPairs, "open", None)
-    if opener is None:  # pragma: no cover - the store arrives with LayerPairs.open
-        raise TypeError(
-            f"X={str(path)!r} is a path, but this clvqlearn cannot open activation stores "
-            "(LayerPairs.open is missing). Pass LayerPairs or an array."
-        )
     if not Path(path).exists():
         raise FileNotFoundError(f"X={str(path)!r}: no activation store there (the path does not exist).")
-    return opener(path)
+    return LayerPairs.open(path)
 
 
 def all_documents(view) -> np.ndarray:

@@ -188,7 +188,6 @@ def test_the_buffer_size_is_read_from_the_environment(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(LayerPairs, "open"), reason="needs the activation store (LayerPairs.open)")
 def test_a_real_minilm_store_streams_like_its_pairs(tmp_path, small_buffer):
     from clvqlearn import LayerPairExtractor
     from clvqlearn.datasets import load_bbc_news
