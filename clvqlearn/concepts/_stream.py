@@ -109,7 +109,11 @@ def open_store(path):
         What ``LayerPairs.open(path)`` returns.
     """
     if not Path(path).exists():
-        raise FileNotFoundError(f"X={str(path)!r}: no activation store there (the path does not exist).")
+        raise TypeError(
+            f"X={str(path)!r} is a string or path, but no activation store exists there. Pass LayerPairs, "
+            "an array, or the folder of a store written by LayerPairExtractor(store=...); raw texts need a "
+            "LayerPairExtractor in front (Pipeline([('extract', LayerPairExtractor(...)), ('concepts', ...)]))."
+        )
     return LayerPairs.open(path)
 
 

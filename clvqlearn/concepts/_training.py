@@ -111,6 +111,28 @@ class TrainConfig:
     description: str = "fit"
 
 
+def estimator_config(estimator, partial: bool, **settings) -> TrainConfig:
+    """:class:`TrainConfig` from a trainable estimator's parameters.
+
+    A ``partial_fit`` call (``partial=True``) runs one epoch without a
+    validation split.  ``settings`` adds what only some estimators have
+    (``batch_unit``, ``warmup_steps``, ``lr_scales``).
+    """
+    return TrainConfig(
+        max_epochs=1 if partial else estimator.max_epochs,
+        batch_size=estimator.batch_size,
+        learning_rate=estimator.learning_rate,
+        weight_decay=estimator.weight_decay,
+        early_stopping_patience=estimator.early_stopping_patience,
+        gradient_clip=estimator.gradient_clip,
+        validation_fraction=0.0 if partial else estimator.validation_fraction,
+        compute_dtype=estimator.compute_dtype,
+        verbose=estimator.verbose,
+        description=type(estimator).__name__,
+        **settings,
+    )
+
+
 @dataclass
 class TrainResult:
     """What :func:`train_module` reports back."""

@@ -23,7 +23,7 @@ from ..metrics import code_usage
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator, _Data
 from ._stream import StreamData, initial_sample, training_source
-from ._training import TrainConfig, as_float_tensor, train_module
+from ._training import TrainConfig, as_float_tensor, estimator_config, train_module
 
 #: Token rows per inference batch.
 _TOKEN_BATCH = 8192
@@ -281,19 +281,7 @@ class SparseAutoencoder(ConceptEstimator):
 
     def _train_config(self, partial: bool) -> TrainConfig:
         """One epoch without a validation split for a ``partial_fit`` call."""
-        return TrainConfig(
-            max_epochs=1 if partial else self.max_epochs,
-            batch_size=self.batch_size,
-            batch_unit="tokens",
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            early_stopping_patience=self.early_stopping_patience,
-            gradient_clip=self.gradient_clip,
-            validation_fraction=0.0 if partial else self.validation_fraction,
-            compute_dtype=self.compute_dtype,
-            verbose=self.verbose,
-            description=type(self).__name__,
-        )
+        return estimator_config(self, partial, batch_unit="tokens")
 
     def _new_network(self, data: _Data, seed: int, device) -> SparseAutoencoderNet:
         with seeded(seed, device):

@@ -16,7 +16,8 @@ from ..nn.encoders import ENCODERS
 from ._base import ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
 from ._stream import StreamData, initial_sample, training_source
-from ._training import TrainConfig, as_float_tensor, predict_batches, rows_of_documents, train_module
+from ._training import (TrainConfig, as_float_tensor, estimator_config, predict_batches, rows_of_documents,
+                        train_module)
 
 #: Token rows per inference batch for per-token work (encoding, assignment).
 _TOKEN_BATCH = 8192
@@ -124,21 +125,8 @@ class _VQEstimator(ConceptEstimator):
 
     def _train_config(self, partial: bool) -> TrainConfig:
         """One epoch without a validation split for a ``partial_fit`` call."""
-        return TrainConfig(
-            max_epochs=1 if partial else self.max_epochs,
-            batch_size=self.batch_size,
-            batch_unit="documents",
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            early_stopping_patience=self.early_stopping_patience,
-            gradient_clip=self.gradient_clip,
-            validation_fraction=0.0 if partial else self.validation_fraction,
-            compute_dtype=self.compute_dtype,
-            warmup_steps=self.warmup_steps,
-            lr_scales=self._lr_scales(),
-            verbose=self.verbose,
-            description=type(self).__name__,
-        )
+        return estimator_config(self, partial, batch_unit="documents", warmup_steps=self.warmup_steps,
+                                lr_scales=self._lr_scales())
 
     def _lr_scales(self) -> dict:
         if self.encoder_learning_rate is None:

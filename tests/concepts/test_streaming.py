@@ -144,7 +144,7 @@ def test_a_store_path_is_opened_with_layerpairs_open(corpus, small_buffer, monke
     np.testing.assert_array_equal(by_path.components_, by_view.components_)
     # transform / predict read a store into memory (their output is per token anyway)
     np.testing.assert_array_equal(by_path.predict(str(folder)), by_path.predict(train))
-    with pytest.raises(FileNotFoundError, match="no activation store"):
+    with pytest.raises(TypeError, match="no activation store exists there"):
         KMeansConcepts(k=3).fit(str(folder) + "-missing")
 
 
