@@ -108,13 +108,13 @@ def open_store(path):
     object
         What ``LayerPairs.open(path)`` returns.
     """
-    if not Path(path).exists():
+    if not Path(path).expanduser().exists():
         raise TypeError(
             f"X={str(path)!r} is a string or path, but no activation store exists there. Pass LayerPairs, "
             "an array, or the folder of a store written by LayerPairExtractor(store=...); raw texts need a "
             "LayerPairExtractor in front (Pipeline([('extract', LayerPairExtractor(...)), ('concepts', ...)]))."
         )
-    return LayerPairs.open(path)
+    return LayerPairs.open(Path(path).expanduser())
 
 
 def all_documents(view) -> np.ndarray:

@@ -323,10 +323,12 @@ def train_module(
     optimizer, scheduler, state = _optimizer(module, config, state)
     result = TrainResult()
     tracker = _BestState(module, config)
-    # the starting point competes: an explosion is judged against it, and a
-    # run that never improves on it ends where it started
+    # an explosion is judged against the starting point; with a held-out part
+    # it also competes, so a run that never improves on it ends where it
+    # started (without one, the epochs' train-mode losses are not comparable
+    # with the start's eval-mode loss, and a partial_fit update must stand)
     start_part = val_part if val_part.n_docs else train_part
-    tracker.start(_part_loss(module, loss_fn, start_part, config, rng, device))
+    tracker.start(_part_loss(module, loss_fn, start_part, config, rng, device), competes=bool(val_part.n_docs))
     bar = tqdm(range(config.max_epochs), desc=config.description, disable=not config.verbose, leave=False)
     for epoch in bar:
         batches = train_part.batches(config, rng, True, device)
@@ -460,10 +462,12 @@ class _BestState:
         self.trained_val = math.inf
         self.state = copy.deepcopy(module.state_dict())
 
-    def start(self, loss: float) -> None:
-        """Record the loss of the starting state (epoch 0)."""
+    def start(self, loss: float, competes: bool = True) -> None:
+        """Record the loss of the starting state (epoch 0); ``competes``: it may be the state restored."""
         if math.isfinite(loss):
-            self.best_val = self.best_train = loss
+            self.best_train = loss
+            if competes:
+                self.best_val = loss
 
     def explosion(self, train_loss: float, val_loss: float) -> str | None:
         factor = self.config.divergence_factor

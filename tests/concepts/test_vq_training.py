@@ -272,3 +272,15 @@ def test_divergence_drops_the_optimizer_state_of_the_diverged_steps():
     with pytest.warns(ConvergenceWarning):
         vq = CrossLayerVQ(k=8, random_state=0, **{**FAST, "max_epochs": 30, "learning_rate": 1e4}).partial_fit(pairs)
     assert vq._train_state.optimizer is None and vq._train_state.n_steps == 0
+
+
+def test_a_partial_fit_update_is_kept_even_when_the_start_scored_better():
+    """Without a held-out part, the start's eval-mode loss does not compete with the
+    epoch's train-mode loss (sampling, dropout): the update of partial_fit stands."""
+    pairs = _linear_pairs(n_docs=40)
+    vq = CrossLayerVQ(k=4, top_k=4, temperature=10.0, decoder="mlp", decoder_hidden=16, dropout=0.5,
+                      max_epochs=2, random_state=0).fit(pairs)
+    before = {k: v.copy() for k, v in vq.network_state_.items()}
+    vq.partial_fit(pairs)
+    changed = [k for k in before if not np.array_equal(before[k], vq.network_state_[k])]
+    assert "decoder.net.0.weight" in changed
