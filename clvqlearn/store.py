@@ -515,6 +515,11 @@ def _summarise(folder: Path, spec: StoreSpec) -> None:
 _SETTINGS = ("max_length", "special_tokens", "outliers", "outlier_threshold", "compute_dtype", "batch_size")
 
 
+def _plain(value):
+    """A numpy scalar as the Python value JSON can hold; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _model_revision(extractor) -> str | None:
     """The model's commit hash (hub models) or its package's version (packaged models), if known."""
     commit = getattr(extractor.model_.config, "_commit_hash", None)
@@ -553,7 +558,8 @@ def extract_to_store(extractor, texts: list) -> ShardedLayerPairs:
     ShardedLayerPairs
         The whole store, once every rank has finished its shards.
     """
-    settings = {name: getattr(extractor, name) for name in _SETTINGS}
+    # numpy scalars (e.g. from a parameter grid) become plain Python values for the JSON manifest
+    settings = {name: _plain(getattr(extractor, name)) for name in _SETTINGS}
     settings["outlier_threshold"] = float(settings["outlier_threshold"])
     settings["trust_remote_code"] = bool(extractor.trust_remote_code)
     spec = StoreSpec(
