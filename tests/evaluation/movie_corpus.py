@@ -18,9 +18,3 @@ SHORT_TEXTS = ["a wonderful moving film", "great acting and a great story", "i l
                "a dull and boring film", "terrible acting , awful story", "i hated every minute",
                "a stupid and ugly movie", "lifeless , cold and dumb", "the worst film of the year"]
 SHORT_LABELS = [1] * 6 + [0] * 6
-
-#: A minimal chat template for tiny test tokenizers that have none.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
-    "{% if add_generation_prompt %}<assistant> {% endif %}"
-)

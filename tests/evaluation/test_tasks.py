@@ -16,25 +16,12 @@ from clvqlearn.evaluation.tasks import INFO_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from movie_corpus import CHAT_TEMPLATE, SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
+from movie_corpus import SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tiny_bert_dir):
     return str(tiny_bert_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir, tmp_path_factory):
-    """The shared tiny Llama (random weights, BOS-adding BPE) plus a chat template."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny_chat_llama")
-    LlamaForCausalLM.from_pretrained(tiny_llama_dir).save_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _state(path):
@@ -135,11 +122,11 @@ def test_validation_data_is_used_as_held_out_set(tiny_bert, tmp_path):
     assert result.accuracy == pytest.approx(expected)
 
 
-def test_decoder_classification_head(tiny_llama, tmp_path):
+def test_decoder_classification_head(tiny_chat_llama, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "llama_clf"
-    result = fine_tune_classifier(TEXTS, LABELS, model=tiny_llama, output_dir=out, **FAST)
+    result = fine_tune_classifier(TEXTS, LABELS, model=tiny_chat_llama, output_dir=out, **FAST)
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 2
     assert model.config.pad_token_id is not None

@@ -14,35 +14,12 @@ from clvqlearn.evaluation import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from movie_corpus import CHAT_TEMPLATE, SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
-
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir, tmp_path_factory):
-    """The shared tiny Llama (random weights, BOS-adding BPE) plus a chat template."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny_chat_llama")
-    LlamaForCausalLM.from_pretrained(tiny_llama_dir).save_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def _state(path):
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(path, "model.safetensors"))
-
-
-FAST = dict(epochs=2, batch_size=4, max_length=32, learning_rate=1e-3, verbose=False)
+from movie_corpus import SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
 
 
 # --------------------------------------------------------------------------- zero-shot
-def test_zero_shot_probabilities_and_batch_invariance(tiny_llama):
-    clf = ZeroShotClassifier(model=tiny_llama, label_words={0: "negative", 1: ["positive", "good"]},
+def test_zero_shot_probabilities_and_batch_invariance(tiny_chat_llama):
+    clf = ZeroShotClassifier(model=tiny_chat_llama, label_words={0: "negative", 1: ["positive", "good"]},
                              template="Review: {text}. Sentiment ({choices})?", batch_size=3)
     assert clf.fit(TEXTS, LABELS) is clf
     np.testing.assert_array_equal(clf.classes_, [0, 1])
@@ -60,53 +37,52 @@ def test_zero_shot_probabilities_and_batch_invariance(tiny_llama):
     assert np.all(clf.decision_function(TEXTS[:2]) < 0)
 
 
-def test_zero_shot_calibration(tiny_llama):
+def test_zero_shot_calibration(tiny_chat_llama):
     words = {0: "negative", 1: "positive"}
-    raw = ZeroShotClassifier(model=tiny_llama, label_words=words).fit(None, LABELS)
+    raw = ZeroShotClassifier(model=tiny_chat_llama, label_words=words).fit(None, LABELS)
     np.testing.assert_array_equal(raw.calibration_offset_, [0.0, 0.0])
     # "fit": the calibrated scores average to zero over the fit texts
-    fitted = ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="fit").fit(TEXTS, LABELS)
+    fitted = ZeroShotClassifier(model=tiny_chat_llama, label_words=words, calibration="fit").fit(TEXTS, LABELS)
     np.testing.assert_allclose(fitted.decision_function(TEXTS).mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(fitted.calibration_offset_, raw.decision_function(TEXTS).mean(axis=0))
     # "content-free": the offset is the mean score of the content-free prompts
-    free = ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="content-free").fit(None, LABELS)
+    free = ZeroShotClassifier(model=tiny_chat_llama, label_words=words, calibration="content-free").fit(None, LABELS)
     expected = raw.decision_function(list(ZeroShotClassifier.CONTENT_FREE)).mean(axis=0)
     np.testing.assert_allclose(free.calibration_offset_, expected)
     np.testing.assert_allclose(free.decision_function(TEXTS), raw.decision_function(TEXTS) - expected)
     with pytest.raises(ValueError, match="needs the texts"):
-        ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="fit").fit(None, LABELS)
+        ZeroShotClassifier(model=tiny_chat_llama, label_words=words, calibration="fit").fit(None, LABELS)
     with pytest.raises(ValueError, match="'calibration' parameter of ZeroShotClassifier"):
-        ZeroShotClassifier(model=tiny_llama, label_words=words, calibration="platt").fit(TEXTS, LABELS)
+        ZeroShotClassifier(model=tiny_chat_llama, label_words=words, calibration="platt").fit(TEXTS, LABELS)
 
 
-def test_zero_shot_pickles_without_the_model(tiny_llama):
-    clf = ZeroShotClassifier(model=tiny_llama, label_words={0: "negative", 1: "positive"}).fit(None, [0, 1])
+def test_zero_shot_pickles_without_the_model(tiny_chat_llama):
+    clf = ZeroShotClassifier(model=tiny_chat_llama, label_words={0: "negative", 1: "positive"}).fit(None, [0, 1])
     before = clf.predict_proba(TEXTS[:3])
     blob = pickle.dumps(clf)
     assert len(blob) < 10_000
     np.testing.assert_allclose(pickle.loads(blob).predict_proba(TEXTS[:3]), before)
 
 
-def test_zero_shot_bad_input(tiny_llama):
+def test_zero_shot_bad_input(tiny_chat_llama):
     with pytest.raises(ValueError, match="no entry for classes"):
-        ZeroShotClassifier(model=tiny_llama, label_words={0: "negative"}).fit(None, [0, 1])
+        ZeroShotClassifier(model=tiny_chat_llama, label_words={0: "negative"}).fit(None, [0, 1])
     with pytest.raises(ValueError, match="needs y"):
-        ZeroShotClassifier(model=tiny_llama).fit(TEXTS)
+        ZeroShotClassifier(model=tiny_chat_llama).fit(TEXTS)
     with pytest.raises(ValueError, match="single class"):
-        ZeroShotClassifier(model=tiny_llama).fit(TEXTS, [1] * len(TEXTS))
-    clf = ZeroShotClassifier(model=tiny_llama, label_words={0: "good", 1: "goodness"}).fit(None, [0, 1])
+        ZeroShotClassifier(model=tiny_chat_llama).fit(TEXTS, [1] * len(TEXTS))
+    clf = ZeroShotClassifier(model=tiny_chat_llama, label_words={0: "good", 1: "goodness"}).fit(None, [0, 1])
     with pytest.raises(ValueError, match="same token"):
         clf.predict(TEXTS[:1])
-    clf = ZeroShotClassifier(model=tiny_llama, label_words={0: "no", 1: "yes"}, template="no placeholder")
+    clf = ZeroShotClassifier(model=tiny_chat_llama, label_words={0: "no", 1: "yes"}, template="no placeholder")
     with pytest.raises(ValueError, match=r"\{text\}"):
         clf.fit(None, [0, 1]).predict(TEXTS[:1])
     with pytest.raises(ValueError, match="empty"):
-        ZeroShotClassifier(model=tiny_llama).fit(None, [0, 1]).predict([])
+        ZeroShotClassifier(model=tiny_chat_llama).fit(None, [0, 1]).predict([])
     from sklearn.exceptions import NotFittedError
 
     with pytest.raises(NotFittedError):
-        ZeroShotClassifier(model=tiny_llama).predict(TEXTS[:1])
-
+        ZeroShotClassifier(model=tiny_chat_llama).predict(TEXTS[:1])
 
 
 # --------------------------------------------------------------------------- real models
