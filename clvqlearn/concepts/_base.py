@@ -259,11 +259,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 data = self._validate_array(X, reset=reset)
             for array in {id(data.source): data.source, id(data.target): data.target}.values():
                 self._check_magnitude(array)
-        if fitting and data.n_tokens < self.k:
-            raise ValueError(
-                f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
-                f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
-            )
+        if fitting:
+            self._check_enough_tokens(data.n_tokens)
         return data
 
     def _open_store_input(self, X, stream: bool):
@@ -293,11 +290,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             self._record_or_check_pairs(X, widths, reset=reset)
         data = _stream().StreamData(pairs=X, source_role=source_role, target_role=target_role, offsets=offsets,
                                     dtype=dtype, widths=widths, check=self._check_magnitude)
-        if fitting and data.n_tokens < self.k:
-            raise ValueError(
-                f"X has {data.n_tokens} token row(s), but k={self.k} concepts need at least k token "
-                f"rows to fit (n_samples={data.n_tokens}). Use a smaller k or more texts."
-            )
+        if fitting:
+            self._check_enough_tokens(data.n_tokens)
         if fitting and data.buffer_tokens < self.k:
             raise ValueError(
                 f"the streaming buffer holds {data.buffer_tokens} token rows of this store, fewer than "
@@ -305,6 +299,14 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 f"{_stream().BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
             )
         return data
+
+    def _check_enough_tokens(self, n_tokens: int) -> None:
+        """Fitting k concepts needs at least k token rows."""
+        if n_tokens < self.k:
+            raise ValueError(
+                f"X has {n_tokens} token row(s), but k={self.k} concepts need at least k token "
+                f"rows to fit (n_samples={n_tokens}). Use a smaller k or more texts."
+            )
 
     def _record_or_check_pairs(self, X: LayerPairs, widths: tuple, *, reset: bool) -> None:
         """Record the widths and provenance of LayerPairs at fit, check them afterwards."""

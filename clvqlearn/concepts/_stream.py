@@ -34,7 +34,7 @@ from sklearn.utils import check_array
 
 from ..pairs import LayerPairs
 from ._base import _Data
-from ._training import ArrayDocuments, DocumentSource
+from ._training import ArrayDocuments, DocumentSource, sample_documents
 
 #: Default shuffle-buffer size of a streamed fit, in MiB.
 DEFAULT_BUFFER_MB = 256
@@ -179,11 +179,7 @@ class StreamData:
 
     def sample(self, max_tokens: int, rng) -> _Data:
         """Random whole documents, about ``min(max_tokens, buffer_tokens)`` tokens (in store order)."""
-        max_tokens = min(int(max_tokens), self.buffer_tokens)
-        lengths = self.lengths
-        order = rng.permutation(lengths.size)
-        n_docs = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
-        return self.take(np.sort(order[:n_docs]))
+        return self.take(sample_documents(self.lengths, min(int(max_tokens), self.buffer_tokens), rng))
 
     def blocks(self) -> list[tuple[int, int]]:
         """Contiguous document ranges ``[start, stop)`` of about ``buffer_tokens / BLOCKS_PER_BUFFER`` tokens."""

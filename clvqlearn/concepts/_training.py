@@ -76,6 +76,13 @@ def token_batches(n_rows: np.ndarray, batch_size: int, rng, shuffle: bool):
     return [rows[i : i + batch_size] for i in range(0, rows.size, batch_size)]
 
 
+def sample_documents(lengths: np.ndarray, max_tokens: int, rng) -> np.ndarray:
+    """Sorted indices of whole documents drawn at random until about ``max_tokens`` tokens."""
+    order = rng.permutation(lengths.size)
+    n_docs = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
+    return np.sort(order[:n_docs])
+
+
 def rows_of_documents(offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
     """Token rows of documents ``docs``, document after document."""
     starts, stops = offsets[docs], offsets[docs + 1]

@@ -17,7 +17,7 @@ from ._base import ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
 from ._stream import StreamData, initial_sample, training_source
 from ._training import (TrainConfig, as_float_tensor, estimator_config, predict_batches, rows_of_documents,
-                        train_module)
+                        sample_documents, train_module)
 
 #: Token rows per inference batch for per-token work (encoding, assignment).
 _TOKEN_BATCH = 8192
@@ -354,9 +354,7 @@ def _document_sample(data: _Data, max_tokens: int, rng) -> _Data:
     if data.n_tokens <= max_tokens:
         return data
     lengths = np.diff(data.offsets)
-    order = rng.permutation(lengths.size)
-    n_docs = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
-    docs = np.sort(order[:n_docs])
+    docs = sample_documents(lengths, max_tokens, rng)
     rows = rows_of_documents(data.offsets, docs)
     offsets = np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64)
     return _Data(source=data.source[rows], target=data.target[rows], offsets=offsets, dtype=data.dtype)
