@@ -34,7 +34,7 @@ from sklearn.utils import check_array
 
 from ..pairs import LayerPairs
 from ._base import _Data
-from ._training import ArrayDocuments, DocumentSource, sample_documents
+from ._training import ArrayDocuments, DocumentSource, sample_documents, validation_size
 
 #: Default shuffle-buffer size of a streamed fit, in MiB.
 DEFAULT_BUFFER_MB = 256
@@ -275,9 +275,9 @@ class StoreDocuments(DocumentSource):
     def split(self, validation_fraction, rng):
         data = self.data
         order = rng.permutation(data.n_docs)
-        n_val = int(np.floor(data.n_docs * validation_fraction))
+        n_val = validation_size(data.n_docs, validation_fraction)
         keep = np.ones(data.n_docs, dtype=bool)
-        if n_val < 2 or data.n_docs - n_val < 2:
+        if not n_val:
             empty = np.zeros((0, 1), np.float32)
             return StreamedPart(data, keep), ArrayDocuments(empty, empty, [0]).part([])
         candidates = order[:n_val]

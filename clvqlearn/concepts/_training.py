@@ -53,10 +53,17 @@ def split_documents(n_docs: int, validation_fraction: float, rng: np.random.Rand
     to validation or fewer than 2 would remain for training.
     """
     order = rng.permutation(n_docs)
-    n_val = int(math.floor(n_docs * validation_fraction))
-    if n_val < 2 or n_docs - n_val < 2:
+    n_val = validation_size(n_docs, validation_fraction)
+    if not n_val:
         return np.sort(order), np.zeros(0, dtype=np.int64)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def validation_size(n_docs: int, validation_fraction: float) -> int:
+    """Documents held out: ``floor(n_docs * validation_fraction)``, or 0 when
+    fewer than 2 would go to validation or fewer than 2 would remain."""
+    n_val = int(math.floor(n_docs * validation_fraction))
+    return 0 if n_val < 2 or n_docs - n_val < 2 else n_val
 
 
 def document_batches(lengths: np.ndarray, docs: np.ndarray, batch_size: int, rng, shuffle: bool):
