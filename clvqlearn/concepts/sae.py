@@ -19,7 +19,6 @@ import torch
 from .._linalg import orthonormalize
 from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
-from ..metrics import code_usage
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator, _Data
 from ._stream import StreamData, initial_sample, training_source
@@ -357,22 +356,10 @@ class SparseAutoencoder(ConceptEstimator):
         self._record_usage(data)
 
     def _record_usage(self, data: _Data) -> None:
-        if isinstance(data, StreamData):
-            self._record_streamed_usage(data)
-            return
-        latents, pre = self._forward(data.source)
-        ids = _most_active(latents, pre)
-        n = max(latents.shape[0], 1)
-        self.usage_ = code_usage(ids, self.k)
-        active = latents > 0
-        self.firing_rate_ = active.sum(axis=0).astype(np.float64) / n
-        self.l0_ = float(active.sum(axis=1).mean()) if latents.shape[0] else 0.0
-        self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
-
-    def _record_streamed_usage(self, data: StreamData) -> None:
-        """:meth:`_record_usage` accumulated over the store, one chunk at a time."""
+        """Usage, firing rates and L0, accumulated chunk by chunk (one chunk in memory, a store's blocks)."""
+        chunks = data.chunks() if isinstance(data, StreamData) else [data]
         top, fired, active, n = np.zeros(self.k), np.zeros(self.k), 0.0, 0
-        for chunk in data.chunks():
+        for chunk in chunks:
             latents, pre = self._forward(chunk.source)
             top += np.bincount(_most_active(latents, pre), minlength=self.k)
             fired += (latents > 0).sum(axis=0)
