@@ -209,12 +209,7 @@ class _VQEstimator(ConceptEstimator):
         self.best_epoch_ = result.best_epoch
         self.diverged_ = result.diverged is not None
         self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
-        if isinstance(data, StreamData):
-            self._record_streamed_statistics(data)
-            return
-        ids = self._assign(data)
-        self._record_usage(ids)
-        self._record_source_means(ids, data.source)
+        self._record_statistics(data)
 
     def _record_source_means(self, ids: np.ndarray, source: np.ndarray) -> None:
         """Per-code mean of the source layer, accumulated over fit / partial_fit calls."""
@@ -237,17 +232,14 @@ class _VQEstimator(ConceptEstimator):
             return self.source_means_[concept]
         return self.components_[concept]
 
-    def _record_streamed_statistics(self, data: StreamData) -> None:
-        """Usage and per-code source means of a streamed fit, one chunk of the store at a time."""
+    def _record_statistics(self, data) -> None:
+        """Usage and per-code source means, chunk by chunk (one chunk in memory, a store's blocks)."""
         counts = np.zeros(self.k)
-        for chunk in data.chunks():
+        for chunk in data.chunks() if isinstance(data, StreamData) else [data]:
             ids = self._assign(chunk)
             counts += np.bincount(ids, minlength=self.k)
             self._record_source_means(ids, chunk.source)
         self._record_counts(counts)
-
-    def _record_usage(self, ids: np.ndarray) -> None:
-        self._record_counts(np.bincount(ids, minlength=self.k).astype(np.float64))
 
     def _record_counts(self, counts: np.ndarray) -> None:
         self.usage_ = counts / max(counts.sum(), 1.0)
