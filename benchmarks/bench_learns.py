@@ -11,15 +11,18 @@ For one data set, MiniLM layers 4 -> 6, documents up to 128 tokens:
    AMI against k-means on the low layer, codebook use, epochs, seconds and
    peak RSS.
 
-torch runs with ONE thread per process (``OMP_NUM_THREADS=1``), the setting
-that is stable on a busy 2-core machine; the figures are wall-clock seconds.
+The fits run one after another, each with ``--threads`` torch threads
+(default 2: the two cores of the machine the issue's 5-minute target names;
+earlier runs, kept under ``results/learns/before_*``, used one thread per
+process with two data sets side by side).  The figures are wall-clock
+seconds; do not run anything else alongside.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_learns.py --dataset ag_news
-    OMP_NUM_THREADS=1 python benchmarks/bench_learns.py --dataset jigsaw
+    python benchmarks/bench_learns.py --dataset ag_news
+    python benchmarks/bench_learns.py --dataset jigsaw
 
-Writes ``benchmarks/results/learns/<dataset>_k<k>.{json,md,png}``.
+Writes ``benchmarks/results/learns/<dataset>_k<k>[_<tag>].{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -40,9 +44,14 @@ RESULTS = Path(__file__).parent / "results" / "learns"
 #: The configurations compared (constructor parameters of CrossLayerVQ on top of k and random_state).
 CONFIGS = {
     "default (transformer-codes)": {},
+    "transformer-codes, no positions": {"decoder_positions": 0.0},
+    "transformer-codes, positions x1.0": {"decoder_positions": 1.0},
+    "transformer-codes, 25 epochs, patience 6": {"max_epochs": 25, "early_stopping_patience": 6},
+    "transformer-codes, 4 layers, ff 2048, 12 epochs": {"decoder_layers": 4, "decoder_ff": 2048, "max_epochs": 12},
     "mlp": {"decoder": "mlp"},
     "transformer (bypass)": {"decoder": "transformer"},
     "transformer (bypass), 1 epoch": {"decoder": "transformer", "max_epochs": 1},
+    "transformer (bypass), no positions": {"decoder": "transformer", "decoder_positions": 0.0},
     "transformer-codes with skip": {"decoder_skip": True},
     "mlp with skip": {"decoder": "mlp", "decoder_skip": True},
     "mlp, encoder trained (straight-through)": {"decoder": "mlp", "encoder_learning_rate": None},
@@ -91,7 +100,8 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
                 ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps",
-                 "encoder_learning_rate", "decoder_skip")},
+                 "encoder_learning_rate", "decoder_skip", "decoder_positions", "decoder_layers",
+                 "decoder_ff", "early_stopping_patience")},
     )
 
 
@@ -137,9 +147,14 @@ def main():
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--tag", default="", help="suffix of the result files (default: none)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each fit (default: 2)")
     parser.add_argument("--fit-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
     cache = Path(os.environ.get("CLVQLEARN_CACHE", Path.home() / ".cache" / "clvqlearn")) / "bench_learns"
     cache.mkdir(parents=True, exist_ok=True)
     train_key, test_key = f"{args.dataset}_train_{args.n_train}", f"{args.dataset}_test_{args.n_test}"
@@ -150,16 +165,17 @@ def main():
     rows = references(train, test, args.k, cache, test_key)
     for name in args.configs:
         child = subprocess.run([sys.executable, __file__, "--dataset", args.dataset, "--k", str(args.k),
-                                "--n-train", str(args.n_train), "--n-test", str(args.n_test), "--fit-one", name],
+                                "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+                                "--threads", str(args.threads), "--fit-one", name],
                                check=True, capture_output=True, text=True)
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     setting = (f"MiniLM layers 4 -> 6, {args.dataset}: {len(train)} training documents ({train.n_tokens} tokens), "
                f"{len(test)} held-out documents ({test.n_tokens} tokens), max_length 128, k = {args.k}, "
-               "one torch thread per process")
+               f"{args.threads} torch thread(s) per fit, fits one after another")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{args.dataset}_k{args.k}"
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_learns.py " + " ".join(sys.argv[1:])
+    stem = RESULTS / (f"{args.dataset}_k{args.k}" + (f"_{args.tag}" if args.tag else ""))
+    command = "python benchmarks/bench_learns.py " + shlex.join(sys.argv[1:])
     stem.with_suffix(".json").write_text(json.dumps(dict(setting=setting, command=command, rows=rows), indent=1))
     import pandas as pd
 

@@ -49,7 +49,11 @@ from ..metrics import fraction_of_variance_explained
 from ..pairs import LayerPairs
 
 FORMAT_NAME = "clvqlearn.estimator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Parameters added after a format version, with the value that rebuilds a
+#: model saved before them exactly as it was (version 2: the decoder's skip
+#: read-out and position encodings, both absent before).
+_ADDED_PARAMS = {2: {"decoder_skip": False, "decoder_positions": 0.0}}
 _LAYER_NAMES = ("low", "high")
 #: float32 max ** 0.25: squares of squares of such values still fit float32.
 _FLOAT32_SAFE_ABS = float(np.finfo(np.float32).max) ** 0.25
@@ -107,6 +111,9 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return None
 
     # --------------------------------------------------------- sklearn glue
+    def _upgrade_loaded_state(self) -> None:
+        """Derive fitted attributes that a save of an older format lacks (none here)."""
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
@@ -755,8 +762,11 @@ def _read_tensors(tensor_file: Path) -> dict:
 
 def _build_estimator(cls, config: dict, config_file: Path):
     """The estimator of ``config['params']``; unknown or invalid params name the file."""
-    params = config["params"]
     allowed = set(cls().get_params(deep=False))
+    params = dict(config["params"])
+    for version, added in _ADDED_PARAMS.items():
+        if config["version"] < version:  # an older save: what it lacks is what it was built with
+            params = {**{k: v for k, v in added.items() if k in allowed}, **params}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"{config_file}: params {unknown} are not parameters of {cls.__name__} "
@@ -805,6 +815,7 @@ def _set_saved_state(estimator, config: dict, tensors: dict, config_file: Path, 
     for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_"):  # older saves
         if not hasattr(estimator, name):
             setattr(estimator, name, None)
+    estimator._upgrade_loaded_state()
 
 
 def _check_loaded_state(estimator, path: Path) -> None:

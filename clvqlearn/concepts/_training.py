@@ -276,11 +276,20 @@ class ArrayDocuments(DocumentSource):
 
 
 def as_float_tensor(array: np.ndarray) -> torch.Tensor:
-    """Zero-copy float32 CPU tensor view where possible."""
+    """Zero-copy float32 CPU tensor view where possible.
+
+    A read-only array (e.g. a memory-mapped ``LayerPairs.load``) is viewed
+    without torch's "non-writable" warning: training only reads its input.
+    """
     array = np.asarray(array)
     if array.dtype != np.float32:
         array = array.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(array)
 
 
 def train_module(

@@ -53,6 +53,7 @@ class _VQEstimator(ConceptEstimator):
         "decoder_hidden": [Interval(Integral, 1, None, closed="left")],
         "decoder_norm_first": ["boolean"],
         "decoder_skip": ["boolean", StrOptions({"auto"})],
+        "decoder_positions": [Interval(Real, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "commitment": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -70,6 +71,7 @@ class _VQEstimator(ConceptEstimator):
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
                  encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
                  decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_skip="auto",
+                 decoder_positions=0.3,
                  decoder_init="least-squares", dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
                  gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", device="auto",
@@ -91,6 +93,7 @@ class _VQEstimator(ConceptEstimator):
         self.decoder_hidden = decoder_hidden
         self.decoder_norm_first = decoder_norm_first
         self.decoder_skip = decoder_skip
+        self.decoder_positions = decoder_positions
         self.decoder_init = decoder_init
         self.dropout = dropout
         self.commitment = commitment
@@ -114,7 +117,9 @@ class _VQEstimator(ConceptEstimator):
             encoder=self.encoder, alpha=self.alpha, decoder=self.decoder,
             decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
             decoder_ff=self.decoder_ff, decoder_hidden=self.decoder_hidden,
-            decoder_norm_first=self.decoder_norm_first, decoder_skip=self._decoder_skip(), dropout=self.dropout,
+            decoder_norm_first=self.decoder_norm_first, decoder_skip=self._decoder_skip(),
+            decoder_positions=self.decoder_positions,
+            dropout=self.dropout,
             top_k=self.top_k, temperature=self.temperature, ema_decay=self.ema_decay,
             ema_update=self.ema_update, dead_code_threshold=self.dead_code_threshold,
         )
@@ -246,6 +251,12 @@ class _VQEstimator(ConceptEstimator):
         self.perplexity_ = usage_perplexity(self.usage_)
         self.n_active_codes_ = int((counts > 0).sum())
 
+    def _upgrade_loaded_state(self) -> None:
+        """A format-1 save has no ``n_target_features_``: read it off the output layer's bias."""
+        if not hasattr(self, "n_target_features_"):
+            bias = next(v for k, v in self.network_state_.items() if k in ("decoder.out.bias", "decoder.net.2.bias"))
+            self.n_target_features_ = int(bias.shape[0])
+
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> CLVQNetwork:
         """The torch network for the fitted state (a private, rebuilt cache)."""
@@ -330,6 +341,7 @@ RECIPES = {
         top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled", init="spherical",
         encoder="adaptive", alpha=0.2, encoder_init="identity", encoder_learning_rate=None, decoder="transformer",
         decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_norm_first=False, decoder_skip=False,
+        decoder_positions=0.0,
         decoder_init="random", dropout=0.1, commitment=0.1, max_epochs=100, batch_size=128,
         learning_rate=5e-3, weight_decay=1e-4, warmup_steps=0, early_stopping_patience=15,
         validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
@@ -428,6 +440,12 @@ class CrossLayerVQ(_VQEstimator):
         codes-only decoders it measured no better (``mlp``) or worse
         (``transformer-codes``), see ``docs/crosslayervq.md``.  The
         reference has no skip.
+    decoder_positions : float, default=0.3
+        Scale of the fixed sinusoidal position encodings added to the
+        transformer decoders' quantised input (unit-amplitude sines and
+        cosines times this; 0 = none, as in the reference).  Without them
+        self-attention over the codes sees a bag of codes and cannot tell a
+        neighbour from a distant token.  Ignored by ``decoder="mlp"``.
     decoder_init : {"least-squares", "random"}, default="least-squares"
         ``"least-squares"`` starts the decoder's output layer at the ridge
         read-out of its initial features on a sample of training tokens, so
@@ -437,8 +455,9 @@ class CrossLayerVQ(_VQEstimator):
     commitment : float, default=0.1
         Weight ``beta`` of the commitment loss.
     max_epochs : int, default=10
-        (The paper: 100.  Ten epochs of the default decoder take about five
-        minutes for 100k tokens on two CPU cores; raise it on a GPU.)
+        (The paper: 100.  Ten epochs of the default decoder take under four
+        minutes for 100k tokens on two CPU cores (docs/results.md); raise
+        it on a GPU.)
     batch_size : int, default=32
         Documents (sentences) per batch; rows of a plain array each count as
         a document.  (The paper: 128 for encoder models.)
@@ -532,6 +551,7 @@ class CrossLayerVQ(_VQEstimator):
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
                  encoder_learning_rate=0.0, decoder="transformer-codes", decoder_layers=2, decoder_heads=8,
                  decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_skip="auto",
+                 decoder_positions=0.3,
                  decoder_init="least-squares",
                  dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
@@ -542,6 +562,7 @@ class CrossLayerVQ(_VQEstimator):
             encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
             decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
             decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_skip=decoder_skip,
+            decoder_positions=decoder_positions,
             decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
@@ -633,7 +654,8 @@ class SingleLayerVQ(_VQEstimator):
                  ema_update="sampled", init="k-means++", encoder="linear", alpha=0.2,
                  encoder_init="regression", encoder_learning_rate=0.0, decoder="transformer-codes",
                  decoder_layers=2, decoder_heads=8, decoder_ff=1024, decoder_hidden=1024,
-                 decoder_norm_first=True, decoder_skip="auto", decoder_init="least-squares", dropout=0.1,
+                 decoder_norm_first=True, decoder_skip="auto", decoder_positions=0.3, decoder_init="least-squares",
+                 dropout=0.1,
                  commitment=0.1,
                  max_epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
                  early_stopping_patience=3, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
@@ -643,6 +665,7 @@ class SingleLayerVQ(_VQEstimator):
             encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
             decoder=decoder, decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_ff=decoder_ff,
             decoder_hidden=decoder_hidden, decoder_norm_first=decoder_norm_first, decoder_skip=decoder_skip,
+            decoder_positions=decoder_positions,
             decoder_init=decoder_init,
             dropout=dropout, commitment=commitment, max_epochs=max_epochs, batch_size=batch_size,
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,

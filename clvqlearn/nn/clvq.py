@@ -80,7 +80,7 @@ class CLVQNetwork(nn.Module):
     def __init__(self, d_low, d_high, k, *, encoder="adaptive", alpha=0.2, encoder_init="identity",
                  decoder="transformer",
                  decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1,
-                 decoder_norm_first=True, decoder_skip=False,
+                 decoder_norm_first=True, decoder_skip=False, decoder_positions=0.0,
                  top_k=5, temperature=1.0, ema_decay=0.99, ema_eps=1e-5, ema_update="sampled",
                  dead_code_threshold=None):
         super().__init__()
@@ -89,7 +89,8 @@ class CLVQNetwork(nn.Module):
                                     dead_code_threshold)
         self.decoder = make_decoder(decoder, d_low, d_high, n_layers=decoder_layers, n_heads=decoder_heads,
                                     ff=decoder_ff, dropout=dropout, hidden=decoder_hidden,
-                                    norm_first=decoder_norm_first, skip=decoder_skip)
+                                    norm_first=decoder_norm_first, skip=decoder_skip,
+                                    positions=decoder_positions)
 
     @property
     def out_features(self) -> int:

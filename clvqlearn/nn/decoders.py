@@ -15,6 +15,12 @@ Three forms (METHOD.md, "Decoder"):
 ``"mlp"``
     A per-token two-layer MLP on the code alone (no sequence context).
 
+Self-attention over codes alone cannot tell a neighbour from a distant
+token, so ``positions`` (a scale; 0 = none, as in the reference) adds
+fixed sinusoidal position encodings (Vaswani et al. 2017) to the
+transformer decoders' quantised input (and, for ``"transformer-codes"``, to
+the memory, which is that same sequence).
+
 With ``skip=True`` the output layer reads the decoder's input next to its
 hidden states (a linear skip read-out): the code for ``"mlp"`` and
 ``"transformer-codes"``, the code and the continuous encoder output for
@@ -33,6 +39,8 @@ torch.Size([3, 6])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -45,7 +53,7 @@ class SequenceDecoder(nn.Module):
     """Transformer decoder over padded sequences ``(B, T, d_low)``."""
 
     def __init__(self, d_low, d_high, n_layers=6, n_heads=8, ff=2048, dropout=0.1, codes_only=False,
-                 norm_first=False, skip=False):
+                 norm_first=False, skip=False, positions=0.0):
         super().__init__()
         if d_low % n_heads:
             raise ValueError(
@@ -57,16 +65,19 @@ class SequenceDecoder(nn.Module):
             norm_first=norm_first,
         )
         self.decoder = nn.TransformerDecoder(layer, num_layers=n_layers)
-        self.codes_only, self.skip = codes_only, skip
+        self.codes_only, self.skip, self.positions = codes_only, skip, float(positions)
         skip_width = (d_low if codes_only else 2 * d_low) if skip else 0
         self.out = nn.Linear(d_low + skip_width, d_high)
 
     def features(self, quantized, continuous, padding_mask):
         """What the output layer reads, (B, T, d_out_in): the hidden states
         (then, with ``skip``, the decoder's input)."""
-        memory = quantized if self.codes_only else continuous
+        target = quantized
+        if self.positions:
+            target = quantized + self.positions * sinusoidal_positions(*quantized.shape[1:], quantized)
+        memory = target if self.codes_only else continuous
         hidden = self.decoder(
-            quantized, memory, tgt_key_padding_mask=padding_mask, memory_key_padding_mask=padding_mask
+            target, memory, tgt_key_padding_mask=padding_mask, memory_key_padding_mask=padding_mask
         )
         if not self.skip:
             return hidden
@@ -75,6 +86,28 @@ class SequenceDecoder(nn.Module):
     def forward(self, quantized, continuous, padding_mask):
         """``quantized``/``continuous``: (B, T, d_low); ``padding_mask``: True on padding."""
         return self.out(self.features(quantized, continuous, padding_mask))
+
+
+def sinusoidal_positions(length: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Fixed sinusoidal position encodings, (length, width), on ``like``'s device and dtype.
+
+    Column ``2i`` is ``sin(p / 10000^(2i/width))``, column ``2i+1`` its cosine
+    (Vaswani et al. 2017), so a shift by a fixed offset is a linear map.
+
+    Examples
+    --------
+    >>> import torch
+    >>> pe = sinusoidal_positions(3, 4, torch.zeros(0))
+    >>> pe.shape, pe[0].tolist()
+    (torch.Size([3, 4]), [0.0, 1.0, 0.0, 1.0])
+    """
+    position = torch.arange(length, device=like.device, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, device=like.device, dtype=torch.float32)
+                          * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width, device=like.device)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : width // 2]
+    return table.to(like.dtype)
 
 
 class TokenDecoder(nn.Module):
@@ -131,11 +164,13 @@ def fit_output_layer(out: nn.Linear, features: torch.Tensor, target: torch.Tenso
 
 
 def make_decoder(kind, d_low, d_high, *, n_layers=6, n_heads=8, ff=2048, dropout=0.1, hidden=1024,
-                 norm_first=True, skip=False):
-    """Build a decoder by name (see the module docstring)."""
+                 norm_first=True, skip=False, positions=0.0):
+    """Build a decoder by name (see the module docstring); ``positions`` is
+    ignored by the per-token ``"mlp"``."""
     if kind in ("transformer", "transformer-codes"):
         return SequenceDecoder(d_low, d_high, n_layers, n_heads, ff, dropout,
-                               codes_only=kind == "transformer-codes", norm_first=norm_first, skip=skip)
+                               codes_only=kind == "transformer-codes", norm_first=norm_first, skip=skip,
+                               positions=positions)
     if kind == "mlp":
         return TokenDecoder(d_low, d_high, hidden, skip=skip)
     raise ValueError(f"decoder must be one of {DECODERS}; got {kind!r}")

@@ -130,6 +130,24 @@ def test_transformer_decoder_uses_context_of_the_sentence():
     assert seq.score(pairs) > tok.score(pairs) + 0.2
 
 
+def test_position_encodings_let_a_codes_only_decoder_see_where_a_token_is():
+    # 8 distinct token vectors; the target flips the sign of the last three
+    # tokens of each sentence.  Without positions, self-attention over codes
+    # sees the same thing at every position; with them it can tell.
+    rng = np.random.default_rng(0)
+    vocab = rng.normal(size=(8, 8)).astype(np.float32) * 3
+    tokens = rng.integers(0, 8, size=(120, 6))
+    sign = np.where(np.arange(6) < 3, 1.0, -1.0).astype(np.float32)
+    pairs = LayerPairs(low=vocab[tokens].reshape(-1, 8), high=(vocab[tokens] * sign[:, None]).reshape(-1, 8),
+                       offsets=np.arange(0, 721, 6))
+    common = dict(k=8, top_k=1, encoder="identity", decoder="transformer-codes", decoder_layers=1, decoder_heads=2,
+                  decoder_ff=64, max_epochs=40, batch_size=8, learning_rate=3e-3, warmup_steps=0, dropout=0.0,
+                  validation_fraction=0.0, random_state=0)
+    with_positions = CrossLayerVQ(decoder_positions=1.0, **common).fit(pairs).score(pairs)
+    without = CrossLayerVQ(decoder_positions=0.0, **common).fit(pairs).score(pairs)
+    assert with_positions > 0.6 and without < 0.2, (with_positions, without)
+
+
 @given(seed=st.integers(0, 50), n_docs=st.integers(8, 30))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_invariants(seed, n_docs):
@@ -337,6 +355,25 @@ def test_save_and_load_without_pickle(tmp_path):
     (tmp_path / "vq" / "config.json").write_text('{"format": "clvqlearn.estimator", "version": 99}')
     with pytest.raises(ValueError, match="newer|version"):
         CrossLayerVQ.load(tmp_path / "vq")
+
+
+def test_a_format_1_save_loads_as_it_was_built(tmp_path):
+    # format 1 had no decoder_skip / decoder_positions params and no n_target_features_
+    import json
+
+    pairs = _pairs()
+    vq = CrossLayerVQ(k=4, top_k=2, decoder="transformer", decoder_skip=False, decoder_positions=0.0,
+                      decoder_layers=1, decoder_heads=2, decoder_ff=16, max_epochs=1, random_state=0).fit(pairs)
+    vq.save(tmp_path / "vq")
+    config_file = tmp_path / "vq" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["version"] = 1
+    del config["params"]["decoder_skip"], config["params"]["decoder_positions"]
+    del config["attributes"]["n_target_features_"]
+    config_file.write_text(json.dumps(config))
+    loaded = CrossLayerVQ.load(tmp_path / "vq")
+    assert (loaded.decoder_skip, loaded.decoder_positions, loaded.n_target_features_) == (False, 0.0, 4)
+    np.testing.assert_allclose(loaded.reconstruct(pairs), vq.reconstruct(pairs), rtol=1e-6)
 
 
 def test_clone_gives_an_unfitted_copy():

@@ -284,3 +284,15 @@ def test_a_partial_fit_update_is_kept_even_when_the_start_scored_better():
     vq.partial_fit(pairs)
     changed = [k for k in before if not np.array_equal(before[k], vq.network_state_[k])]
     assert "decoder.net.0.weight" in changed
+
+
+def test_a_read_only_array_becomes_a_tensor_view_without_a_warning():
+    from clvqlearn.concepts._training import as_float_tensor
+
+    array = np.arange(6, dtype=np.float32).reshape(3, 2)
+    array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = as_float_tensor(array)
+    assert tensor.data_ptr() == array.ctypes.data  # a view, not a copy
+    np.testing.assert_array_equal(tensor.numpy(), array)
