@@ -16,10 +16,10 @@ from clvqlearn import CrossLayerVQ, LayerPairExtractor
 from clvqlearn.datasets import load_bbc_news
 from clvqlearn.report.descriptions import describe_concepts
 
-N_TEXTS = 120
+N_TEXTS = 450
 
 data = load_bbc_news().sample(N_TEXTS, random_state=0)
-train, test = data.texts[:100], data.texts[100:]
+train, test = data.texts[:400], data.texts[400:]  # about 25k training tokens
 
 pipe = Pipeline([
     ("extract", LayerPairExtractor("minilm", layers=(4, 6), max_length=64)),

@@ -30,8 +30,9 @@ def test_every_example_has_a_check():
 def _quickstart(names, out):
     vq, table = names["vq"], names["table"]
     fve = vq.score(names["held_out"])
-    # a held-out FVE, printed (3 epochs of a 2-layer decoder on 100 texts: about -0.07, below the mean)
-    assert np.isfinite(fve) and -1 < fve < 1
+    # a held-out FVE, printed, above predicting the mean (3 epochs on 400 texts: about 0.06; on the
+    # 100 texts it used before, the decoder's least-squares start overfitted to about -0.04)
+    assert 0 < fve < 1
     assert f"{fve:.3f}" in out
     assert 1 < vq.n_active_codes_ <= vq.k == 32 and len(table) == 32
     assert table["n_tokens"].sum() == names["held_out"].n_tokens
