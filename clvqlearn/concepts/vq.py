@@ -254,8 +254,11 @@ class _VQEstimator(ConceptEstimator):
     def _upgrade_loaded_state(self) -> None:
         """A format-1 save has no ``n_target_features_``: read it off the output layer's bias."""
         if not hasattr(self, "n_target_features_"):
-            bias = next(v for k, v in self.network_state_.items() if k in ("decoder.out.bias", "decoder.net.2.bias"))
-            self.n_target_features_ = int(bias.shape[0])
+            biases = [v for k, v in self.network_state_.items() if k in ("decoder.out.bias", "decoder.net.2.bias")]
+            if not biases:
+                raise ValueError("the saved network_state_ has no decoder output layer ('decoder.out.bias' or "
+                                 "'decoder.net.2.bias'); the save is damaged or not a CrossLayerVQ/SingleLayerVQ.")
+            self.n_target_features_ = int(biases[0].shape[0])
 
     # ------------------------------------------------------------ inference
     def _network(self, device=None) -> CLVQNetwork:

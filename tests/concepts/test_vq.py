@@ -374,6 +374,16 @@ def test_a_format_1_save_loads_as_it_was_built(tmp_path):
     loaded = CrossLayerVQ.load(tmp_path / "vq")
     assert (loaded.decoder_skip, loaded.decoder_positions, loaded.n_target_features_) == (False, 0.0, 4)
     np.testing.assert_allclose(loaded.reconstruct(pairs), vq.reconstruct(pairs), rtol=1e-6)
+    # a format-1 save without the output layer cannot say its width: a clear error, not StopIteration
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "vq" / "model.safetensors"))
+    del tensors["dict.network_state_.decoder.out.bias"]
+    save_file(tensors, str(tmp_path / "vq" / "model.safetensors"))
+    config["attributes"]["network_state_"]["__dict_of_arrays__"].remove("decoder.out.bias")
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no decoder output layer"):
+        CrossLayerVQ.load(tmp_path / "vq")
 
 
 def test_clone_gives_an_unfitted_copy():
