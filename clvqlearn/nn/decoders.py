@@ -104,9 +104,10 @@ def sinusoidal_positions(length: int, width: int, like: torch.Tensor) -> torch.T
     position = torch.arange(length, device=like.device, dtype=torch.float32)[:, None]
     frequency = torch.exp(torch.arange(0, width, 2, device=like.device, dtype=torch.float32)
                           * (-math.log(10000.0) / width))
+    angles = position * frequency
     table = torch.zeros(length, width, device=like.device)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency)[:, : width // 2]
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)[:, : width // 2]
     return table.to(like.dtype)
 
 
