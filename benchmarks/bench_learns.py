@@ -44,11 +44,13 @@ RESULTS = Path(__file__).parent / "results" / "learns"
 #: The configurations compared (constructor parameters of CrossLayerVQ on top of k and random_state).
 CONFIGS = {
     "default (transformer-codes)": {},
+    "linear encoder (the default before the MLP encoder)": {"encoder": "linear"},
     "transformer-codes, no positions": {"decoder_positions": 0.0},
     "transformer-codes, positions x1.0": {"decoder_positions": 1.0},
     "transformer-codes, 25 epochs, patience 6": {"max_epochs": 25, "early_stopping_patience": 6},
     "transformer-codes, 4 layers, ff 2048, 12 epochs": {"decoder_layers": 4, "decoder_ff": 2048, "max_epochs": 12},
     "mlp": {"decoder": "mlp"},
+    "mlp, linear encoder": {"decoder": "mlp", "encoder": "linear"},
     "transformer (bypass)": {"decoder": "transformer"},
     "transformer (bypass), 1 epoch": {"decoder": "transformer", "max_epochs": 1},
     "transformer (bypass), no positions": {"decoder": "transformer", "decoder_positions": 0.0},
@@ -101,7 +103,7 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
         params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
                 ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps",
                  "encoder_learning_rate", "decoder_skip", "decoder_positions", "decoder_layers",
-                 "decoder_ff", "early_stopping_patience")},
+                 "decoder_ff", "early_stopping_patience", "encoder_hidden")},
     )
 
 

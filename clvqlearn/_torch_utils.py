@@ -94,6 +94,33 @@ def seeded(seed: int, device: torch.device):
         yield
 
 
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module, active: bool = True):
+    """Turn ``requires_grad`` off for ``module``'s parameters inside the block (when ``active``).
+
+    A parameter the optimiser never updates (learning rate 0) then costs no
+    backward pass; each parameter's own setting is restored afterwards.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> with frozen(lin):
+    ...     lin(torch.ones(1, 2)).requires_grad
+    False
+    >>> lin.weight.requires_grad
+    True
+    """
+    params = [p for p in module.parameters() if p.requires_grad] if active else []
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for param in params:
+            param.requires_grad_(True)
+
+
 def to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
     """A module's state dict as CPU float32 numpy arrays (device-independent)."""
     return {k: v.detach().to("cpu").numpy().copy() for k, v in module.state_dict().items()}

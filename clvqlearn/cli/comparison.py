@@ -355,8 +355,8 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
 
     k, seed, device = config.k, config.seed, config.device
     single = "low" if table == "layer-matched" else "high"
-    # CrossLayerVQ's own defaults (regression-started, frozen linear encoder; see
-    # docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
+    # CrossLayerVQ's own defaults (a frozen encoder fitted as a regression of h on l;
+    # see docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
     vq = dict(top_k=min(5, k), decoder=config.clvq_decoder, decoder_hidden=512,
               max_epochs=config.concept_epochs, random_state=seed, device=device)
     if method == "CrossLayerVQ":

@@ -49,10 +49,12 @@ from ..metrics import fraction_of_variance_explained
 from ..pairs import LayerPairs
 
 FORMAT_NAME = "clvqlearn.estimator"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Parameters added after a format version, with the value that rebuilds a
 #: model saved before them exactly as it was (version 2: the decoder's skip
-#: read-out and position encodings, both absent before).
+#: read-out and position encodings, both absent before; version 3 adds
+#: ``encoder_hidden``, which only the new ``encoder="mlp"`` reads, so its
+#: default rebuilds every older save).
 _ADDED_PARAMS = {2: {"decoder_skip": False, "decoder_positions": 0.0}}
 _LAYER_NAMES = ("low", "high")
 #: float32 max ** 0.25: squares of squares of such values still fit float32.

@@ -69,22 +69,24 @@ class CLVQNetwork(nn.Module):
         Widths of the source and target layers.
     k : int
         Codebook size.
-    encoder : {"adaptive", "adaptive-fixed", "identity"}
+    encoder : {"adaptive", "adaptive-fixed", "linear", "mlp", "identity"}
     encoder_init : {"identity", "random"}
-        Start of the adaptive encoder's ``W`` (a regression start is
-        applied afterwards, see :meth:`AdaptiveResidualEncoder.init_regression`).
+        Start of the encoder's ``W`` (a regression start is applied
+        afterwards, see :meth:`AdaptiveResidualEncoder.init_regression`).
+    encoder_hidden : int, default=512
+        Hidden width of the ``"mlp"`` encoder.
     decoder : {"transformer", "transformer-codes", "mlp"}
     Other parameters are passed to the codebook and decoder.
     """
 
     def __init__(self, d_low, d_high, k, *, encoder="adaptive", alpha=0.2, encoder_init="identity",
-                 decoder="transformer",
+                 encoder_hidden=512, decoder="transformer",
                  decoder_layers=6, decoder_heads=8, decoder_ff=2048, decoder_hidden=1024, dropout=0.1,
                  decoder_norm_first=True, decoder_skip=False, decoder_positions=0.0,
                  top_k=5, temperature=1.0, ema_decay=0.99, ema_eps=1e-5, ema_update="sampled",
                  dead_code_threshold=None):
         super().__init__()
-        self.encoder = make_encoder(encoder, d_low, alpha, init=encoder_init)
+        self.encoder = make_encoder(encoder, d_low, alpha, init=encoder_init, hidden=encoder_hidden)
         self.codebook = EMACodebook(k, d_low, ema_decay, ema_eps, top_k, temperature, ema_update,
                                     dead_code_threshold)
         self.decoder = make_decoder(decoder, d_low, d_high, n_layers=decoder_layers, n_heads=decoder_heads,

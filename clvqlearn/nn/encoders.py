@@ -136,10 +136,71 @@ class LinearEncoder(nn.Module):
         ``benchmarks/results/learns/why_ag_news.md``.)
         """
         AdaptiveResidualEncoder.init_regression(self, source, target, ridge)
-        x = source.to(self.linear.weight)
-        scale = x.norm(dim=1).mean() / self.linear(x).norm(dim=1).mean().clamp_min(1e-12)
-        self.linear.weight.mul_(scale)
-        self.linear.bias.mul_(scale)
+        rescale_output(self, [self.linear], source)
+
+
+class MLPEncoder(nn.Module):
+    """``z = W x + b + V GELU(U x + c) + e``: the linear encoder plus a one-hidden-layer MLP.
+
+    A per-token NONLINEAR map into the code space.  :meth:`init_regression`
+    starts it as the :class:`LinearEncoder` (the ridge prediction of the
+    higher layer, rescaled to the source's norm) with the MLP branch at
+    zero; the estimator then fits the whole map to the higher layer by
+    gradient descent (``CrossLayerVQ(encoder="mlp")``), so the codes group
+    tokens by a better prediction of what they become in the higher layer.
+
+    Parameters
+    ----------
+    dim : int
+        Input and output width.
+    hidden : int, default=512
+        Width of the MLP branch.
+    init : {"identity", "random"}, default="identity"
+        Start of the linear branch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = MLPEncoder(3, hidden=8)
+    >>> x = torch.randn(2, 3)
+    >>> bool(torch.equal(enc(x), x))  # the MLP branch starts at zero
+    True
+    """
+
+    def __init__(self, dim: int, hidden: int = 512, init: str = "identity"):
+        super().__init__()
+        self.linear = square_linear(dim, init)
+        self.hidden = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, dim)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.out(nn.functional.gelu(self.hidden(x)))
+
+    @torch.no_grad()
+    def init_regression(self, source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> None:
+        """The :class:`LinearEncoder` start: ridge prediction, rescaled; the MLP branch at zero."""
+        self.out.weight.zero_()
+        self.out.bias.zero_()
+        LinearEncoder.init_regression(self, source, target, ridge)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def rescale(self, source: torch.Tensor) -> None:
+        """Rescale the output to the source vectors' mean norm (after the map was fitted)."""
+        rescale_output(self, [self.linear, self.out], source)
+
+
+@torch.no_grad()
+def rescale_output(encoder: nn.Module, layers: list, source: torch.Tensor) -> None:
+    """Multiply the affine ``layers`` that sum to ``encoder``'s output so that
+    its outputs have the source vectors' mean norm (one scalar)."""
+    x = source.to(layers[0].weight)
+    scale = x.norm(dim=1).mean() / encoder(x).norm(dim=1).mean().clamp_min(1e-12)
+    for layer in layers:
+        layer.weight.mul_(scale)
+        layer.bias.mul_(scale)
 
 
 def ridge_coefficients(source: torch.Tensor, target: torch.Tensor, ridge: float):
@@ -176,11 +237,12 @@ def reduced_rank(source: torch.Tensor, coef: torch.Tensor, width: int) -> torch.
     return weight
 
 
-ENCODERS = ("adaptive", "adaptive-fixed", "linear", "identity")
+ENCODERS = ("adaptive", "adaptive-fixed", "linear", "mlp", "identity")
 
 
-def make_encoder(kind: str, dim: int, alpha: float = 0.2, init: str = "identity") -> nn.Module:
-    """Build ``"adaptive"``, ``"adaptive-fixed"`` (alpha not learned), ``"linear"`` or ``"identity"``.
+def make_encoder(kind: str, dim: int, alpha: float = 0.2, init: str = "identity", hidden: int = 512) -> nn.Module:
+    """Build ``"adaptive"``, ``"adaptive-fixed"`` (alpha not learned), ``"linear"``, ``"mlp"``
+    (``hidden`` wide) or ``"identity"``.
 
     ``init`` ("identity" or "random") sets the adaptive encoder's ``W``; a
     regression start is applied afterwards with
@@ -192,6 +254,8 @@ def make_encoder(kind: str, dim: int, alpha: float = 0.2, init: str = "identity"
         return AdaptiveResidualEncoder(dim, alpha, learn_alpha=False, init=init)
     if kind == "linear":
         return LinearEncoder(dim, init=init)
+    if kind == "mlp":
+        return MLPEncoder(dim, hidden, init=init)
     if kind == "identity":
         return nn.Identity()
     raise ValueError(f"encoder must be one of {ENCODERS}; got {kind!r}")

@@ -225,7 +225,10 @@ def test_single_and_cross_layer_vq_are_siblings():
     shared = set(single_params) & set(cross_params)
     assert set(single_params) - shared == {"layer"}
     assert set(cross_params) - shared == {"n_low_features"}
-    assert {n: single_params[n] for n in shared} == {n: cross_params[n] for n in shared}  # same defaults
+    # same defaults, but the encoder: a layer regressed on itself needs no MLP branch
+    assert (single_params["encoder"], cross_params["encoder"]) == ("linear", "mlp")
+    same = shared - {"encoder"}
+    assert {n: single_params[n] for n in same} == {n: cross_params[n] for n in same}
     assert set(SingleLayerVQ._parameter_constraints) == set(single_params)
     assert set(CrossLayerVQ._parameter_constraints) == set(cross_params)
     assert hasattr(CrossLayerVQ, "from_recipe") and not hasattr(SingleLayerVQ, "from_recipe")

@@ -1,5 +1,6 @@
 """CrossLayerVQ training: float32 assignment under bf16, streaming state, divergence, warm starts."""
 
+import math
 import warnings
 
 import numpy as np
@@ -196,6 +197,53 @@ def test_regression_encoder_handles_other_target_widths():
     assert out.shape == (300, 4)
     # the image is the 2-D subspace the target depends on
     assert torch.linalg.matrix_rank(out - out.mean(0), rtol=1e-4) == 2
+
+
+def test_mlp_encoder_starts_as_the_rescaled_linear_encoder():
+    from clvqlearn.nn.encoders import LinearEncoder, MLPEncoder
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(400, 3)), dtype=torch.float32)
+    y = torch.tanh(x @ torch.as_tensor(rng.normal(size=(3, 3)), dtype=torch.float32))
+    linear, mlp = LinearEncoder(3), MLPEncoder(3, hidden=8)
+    linear.init_regression(x, y)
+    mlp.init_regression(x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), linear(x))
+        assert float(mlp(x).norm(dim=1).mean()) == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-4)
+        mlp.out.bias.fill_(1.0)  # a fitted MLP branch: rescale brings the norm back
+        mlp.rescale(x)
+        assert float(mlp(x).norm(dim=1).mean()) == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-4)
+
+
+def _absolute_value_pairs(n_docs, seed):
+    """high = |low|: no linear map of low predicts it (the best one is a constant)."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(size=(n_docs * 5, 2)).astype(np.float32)
+    high = (np.abs(low) + 0.02 * rng.normal(size=low.shape)).astype(np.float32)
+    return LayerPairs(low=low, high=high, offsets=np.arange(0, n_docs * 5 + 1, 5))
+
+
+def test_mlp_encoder_groups_tokens_by_a_target_that_a_linear_encoder_cannot_predict():
+    train, test = _absolute_value_pairs(400, 0), _absolute_value_pairs(100, 1)
+    fast = dict(k=8, top_k=1, decoder="mlp", decoder_hidden=16, max_epochs=2, batch_size=32, encoder_hidden=32,
+                random_state=0)
+    mlp = CrossLayerVQ(**fast).fit(train)
+    linear = CrossLayerVQ(encoder="linear", **fast).fit(train)
+    assert mlp.get_params()["encoder"] == "mlp"  # the default
+    # a linear map's bins along one direction catch part of |low| (0.31-0.42 over seeds 0-2); the MLP 0.79
+    assert mlp.score(test) > 0.7, mlp.score(test)
+    assert linear.score(test) < 0.5, linear.score(test)
+
+
+def test_encoder_fit_takes_enough_steps_on_small_samples_and_bounded_epochs_on_large_ones():
+    from clvqlearn.concepts.vq import _encoder_fit_config
+
+    for n_tokens in (50, 400, 5_000, 100_000, 10_000_000):
+        config = _encoder_fit_config(n_tokens)
+        steps = config.max_epochs * math.ceil(n_tokens * 0.9 / config.batch_size)
+        assert 4 <= config.max_epochs <= 100 and 32 <= config.batch_size <= 1024
+        assert steps >= 300 or config.max_epochs == 100, (n_tokens, config)
 
 
 # ------------------------------------------------------------ recipes and options
