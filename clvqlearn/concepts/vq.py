@@ -287,9 +287,9 @@ class _VQEstimator(ConceptEstimator):
 
     def _concept_vector(self, concept: int) -> np.ndarray:
         # The adaptive and identity encoders keep codes in the source layer's
-        # space (the paper: the codebook vector is the concept).  A linear
-        # encoder's codes live in the space of the predicted target layer, so
-        # the concept's direction in the source layer is its tokens' mean.
+        # space (the paper: the codebook vector is the concept).  A linear or
+        # MLP encoder's codes live in the space of the predicted target layer,
+        # so the concept's direction in the source layer is its tokens' mean.
         if self.encoder in ("linear", "mlp"):
             return self.source_means_[concept]
         return self.components_[concept]
