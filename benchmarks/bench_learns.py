@@ -9,7 +9,8 @@ For one data set, MiniLM layers 4 -> 6, documents up to 128 tokens:
 3. every CrossLayerVQ configuration fitted in its OWN process (so that its
    wall time and peak resident memory are its own), reporting held-out FVE,
    AMI against k-means on the low layer, codebook use, epochs, seconds and
-   peak RSS.
+   peak RSS (``peak_rss_fit_mib`` when ``fit`` returns, the memory target's
+   figure; ``peak_rss_mib`` after scoring both parts as well).
 
 The fits run one after another, each with ``--threads`` torch threads
 (default 2: the two cores of the machine the issue's 5-minute target names;
@@ -94,12 +95,13 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
     start = time.perf_counter()
     vq = CrossLayerVQ(k=k, random_state=0, **CONFIGS[name]).fit(train)
     seconds = time.perf_counter() - start
+    peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before any scoring
     return dict(
         method=f"CrossLayerVQ {name}", fve=float(vq.score(test)), fve_train=float(vq.score(train)),
         ami_vs_kmeans_low=concept_agreement(vq, kmeans_ids, test), seconds=seconds,
         epochs=int(vq.n_iter_), steps=int(vq.n_steps_), best_epoch=int(vq.best_epoch_),
         active_codes=int(vq.n_active_codes_), perplexity=float(vq.perplexity_), diverged=bool(vq.diverged_),
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_fit_mib=peak_fit, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         params={key: value for key, value in vq.get_params().items() if key in CONFIGS[name] or key in
                 ("decoder", "encoder", "init", "batch_size", "learning_rate", "max_epochs", "warmup_steps",
                  "encoder_learning_rate", "decoder_skip", "decoder_positions", "decoder_layers",

@@ -10,6 +10,7 @@ torch RNG (``nn.Dropout``, ``nn.Linear`` initialisation) runs inside
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import numpy as np
@@ -220,3 +221,49 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
             tensor = tensor.pin_memory()
         return tensor.to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free memory back to the operating system (glibc's ``malloc_trim``).
+
+    Training allocates CPU tensors of many sizes (every batch has its own
+    number of tokens and its own longest document); glibc keeps the freed
+    blocks in its heap, so the resident set of a fit grew epoch after
+    epoch while the memory was free.  Called after every epoch and fit:
+    MiniLM 4 -> 6 on Jigsaw, the default 10 epochs, peak 3,080 -> 2,637
+    MiB, resident after the fit 2,773 -> 860 MiB, at no cost in time
+    (``benchmarks/results/learns/memory_jigsaw.md``).  It frees nothing
+    that is in use and changes no allocator setting; where the C library
+    has no ``malloc_trim`` (macOS, Windows, musl) it does nothing.
+
+    Returns
+    -------
+    bool
+        True when memory was handed back.
+
+    Examples
+    --------
+    >>> isinstance(release_free_memory(), bool)
+    True
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` through ctypes, or None where the C library lacks it."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim

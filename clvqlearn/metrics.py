@@ -67,8 +67,7 @@ def fraction_of_variance_explained(target, prediction) -> float:
     >>> fraction_of_variance_explained(t, np.array([[0.5], [1.5]]))
     0.75
     """
-    target = np.asarray(target, dtype=np.float64)
-    prediction = np.asarray(prediction, dtype=np.float64)
+    target, prediction = np.asarray(target), np.asarray(prediction)
     if target.shape != prediction.shape or target.ndim not in (1, 2):
         raise ValueError(
             "target and prediction must be 1-D or 2-D arrays of the same shape; got "
@@ -76,15 +75,41 @@ def fraction_of_variance_explained(target, prediction) -> float:
         )
     # The ratio is scale-free: dividing both by one power of two (exact) keeps
     # huge (but finite) values from overflowing when squared.
-    largest = max(float(np.abs(target).max(initial=0.0)), float(np.abs(prediction).max(initial=0.0)))
-    if np.isfinite(largest) and largest > 0:
-        scale = float(np.ldexp(1.0, int(np.frexp(largest)[1])))
-        target, prediction = target / scale, prediction / scale
-    sst = float(((target - target.mean(axis=0)) ** 2).sum())
-    sse = float(((target - prediction) ** 2).sum())
+    scale = _power_of_two_above(target, prediction)
+    # float64 sums over row chunks, never a float64 copy of the whole arrays
+    # (100k tokens x 384 features: 300 MB each, and several were made)
+    total = sum((t.sum(axis=0) for (t,) in _scaled_chunks(scale, target)), np.float64(0.0))
+    mean = total / max(target.shape[0], 1)
+    sst = sse = 0.0
+    for t, p in _scaled_chunks(scale, target, prediction):
+        sst += float(((t - mean) ** 2).sum())
+        sse += float(((t - p) ** 2).sum())
     if sst == 0:
         return 1.0 if sse == 0 else 0.0
     return 1.0 - sse / sst
+
+
+#: Rows per float64 chunk in :func:`fraction_of_variance_explained`.
+_FVE_CHUNK_ROWS = 8192
+
+
+def _scaled_chunks(scale: float, *arrays):
+    """Tuples of the same rows of ``arrays``, ``_FVE_CHUNK_ROWS`` at a time, in float64 divided by ``scale``."""
+    for start in range(0, arrays[0].shape[0], _FVE_CHUNK_ROWS):
+        rows = slice(start, start + _FVE_CHUNK_ROWS)
+        yield tuple(np.asarray(a[rows], dtype=np.float64) / scale for a in arrays)
+
+
+def _power_of_two_above(*arrays) -> float:
+    """A power of two at most the largest finite magnitude in ``arrays``, within a factor 2 of it (1.0 when all are 0).
+
+    Dividing by it is exact and leaves every magnitude below 2; it never
+    overflows (the power just above ``1.7e308`` would be infinite).
+    """
+    largest = max((max(float(a.max()), -float(a.min())) for a in arrays if a.size), default=0.0)
+    if not np.isfinite(largest) or largest <= 0:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(largest)[1]) - 1))
 
 
 def code_usage(ids, k) -> np.ndarray:

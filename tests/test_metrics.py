@@ -50,6 +50,19 @@ def test_fve_ignores_a_common_scale_and_shift(case, scale, shift):
     assert moved == pytest.approx(fraction_of_variance_explained(target, prediction), rel=1e-6, abs=1e-6)
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_fve_over_several_row_chunks_is_the_whole_array_formula(chunks, seed):
+    # more rows than one float64 chunk, in float32 as the estimators pass them
+    rng = np.random.default_rng(seed)
+    n = chunks * metrics._FVE_CHUNK_ROWS + int(rng.integers(1, 500))
+    target = (rng.normal(size=(n, 3)) * [1.0, 5.0, 0.1] + 7).astype(np.float32)
+    prediction = (target + rng.normal(scale=0.5, size=(n, 3))).astype(np.float32)
+    t, p = target.astype(np.float64), prediction.astype(np.float64)
+    expected = 1 - ((t - p) ** 2).sum() / ((t - t.mean(axis=0)) ** 2).sum()
+    assert fraction_of_variance_explained(target, prediction) == pytest.approx(expected, rel=1e-10)
+
+
 def test_fve_reference_values_and_edge_cases():
     target = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 8.0]])
     mean = np.broadcast_to(target.mean(axis=0), target.shape)
@@ -61,6 +74,8 @@ def test_fve_reference_values_and_edge_cases():
     assert fraction_of_variance_explained(constant, constant + 1) == 0.0
     huge = np.array([[1e300], [-1e300]])  # squares would overflow without the exact rescaling
     assert fraction_of_variance_explained(huge, huge / 2) == pytest.approx(0.75)
+    largest = np.array([[1.7e308], [-1.7e308]])  # the power of two above it is infinite
+    assert fraction_of_variance_explained(largest, largest / 2) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(("target", "prediction"), [

@@ -44,7 +44,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions, _fit_context, validate_data
-from .._torch_utils import resolve_device
+from .._torch_utils import release_free_memory, resolve_device
 from ..metrics import fraction_of_variance_explained
 from ..pairs import LayerPairs
 
@@ -431,6 +431,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         except BaseException:
             _restore_state(self, before)
             raise
+        release_free_memory()  # what the fit freed goes back to the system, not to a fragmented heap
         return self
 
     def partial_fit(self, X, y=None):
@@ -579,8 +580,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         data = self._validate_input(X, reset=False, stream=True)
         if isinstance(data, _stream().StreamData):  # an activation store: chunk by chunk
             return _stream().streamed_fve(data, self._reconstruct_data)
-        pred = np.asarray(self._reconstruct_data(data), dtype=np.float64)
-        return fraction_of_variance_explained(data.target, pred)
+        return fraction_of_variance_explained(data.target, self._reconstruct_data(data))
 
     # ------------------------------------------------------------ concepts
     def concept_directions(self, concept: int) -> np.ndarray:

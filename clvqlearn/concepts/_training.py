@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._batching import length_batches
-from .._torch_utils import host_to_device, parameter_groups
+from .._torch_utils import host_to_device, parameter_groups, release_free_memory
 
 
 @dataclass
@@ -363,6 +363,7 @@ def train_module(
         else:
             val_loss = train_loss
         reason = reason or tracker.explosion(train_loss, val_loss)
+        release_free_memory()  # the epoch's freed batch tensors (see its docstring)
         if reason is not None:
             result.diverged = f"{reason} at epoch {epoch + 1}"
             break

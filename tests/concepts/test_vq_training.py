@@ -344,3 +344,40 @@ def test_a_read_only_array_becomes_a_tensor_view_without_a_warning():
         tensor = as_float_tensor(array)
     assert tensor.data_ptr() == array.ctypes.data  # a view, not a copy
     np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+# ------------------------------------------------------------ free memory
+def test_free_memory_is_released_after_every_epoch_and_fit(monkeypatch):
+    import clvqlearn.concepts._base as base_module
+    import clvqlearn.concepts._training as training_module
+
+    calls = []
+    monkeypatch.setattr(training_module, "release_free_memory", lambda: calls.append("epoch"))
+    monkeypatch.setattr(base_module, "release_free_memory", lambda: calls.append("fit"))
+    vq = CrossLayerVQ(k=6, random_state=0, encoder="linear", **{**FAST, "early_stopping_patience": 100}).fit(_pairs())
+    # one per epoch of the main training, then one when fit returns
+    assert calls == ["epoch"] * vq.n_iter_ + ["fit"]
+
+
+def test_release_free_memory_does_nothing_without_glibc(monkeypatch):
+    import sys
+
+    from clvqlearn import _torch_utils
+
+    if sys.platform.startswith("linux") and _glibc():  # CI and the development machines
+        assert _torch_utils._malloc_trim() is not None
+    _torch_utils._malloc_trim.cache_clear()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    try:
+        assert _torch_utils.release_free_memory() is False
+    finally:
+        _torch_utils._malloc_trim.cache_clear()
+
+
+def _glibc() -> bool:
+    import os
+
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError, AttributeError):
+        return False
