@@ -103,7 +103,7 @@ def main():
         return
     lines = [f"MiniLM 4 -> 6, {args.dataset}, 2000 training documents, k = 100, {args.epochs} epochs, 2 torch "
              "threads; peak / current resident MiB of the fitting process at each stage, and the wall-clock seconds "
-             "since the data were loaded (runs one after another, nothing else running).", "",
+             "since the data were loaded (runs one after another).", "",
              "Command: `python benchmarks/bench_learns_memory.py " + shlex.join(sys.argv[1:]) + "`", ""]
     for name, (_, env, _) in RUNS.items():
         child = subprocess.run([sys.executable, __file__, "--dataset", args.dataset, "--epochs", str(args.epochs),

@@ -229,10 +229,12 @@ def release_free_memory() -> bool:
     Training allocates CPU tensors of many sizes (every batch has its own
     number of tokens and its own longest document); glibc keeps the freed
     blocks in its heap, so the resident set of a fit grew epoch after
-    epoch while the memory was free.  Called after every epoch and fit:
-    MiniLM 4 -> 6 on Jigsaw, the default 10 epochs, peak 3,080 -> 2,637
-    MiB, resident after the fit 2,773 -> 860 MiB, at no cost in time
-    (``benchmarks/results/learns/memory_jigsaw.md``).  It frees nothing
+    epoch while the memory was free.  Called after every epoch and at the
+    end of ``fit``: MiniLM 4 -> 6 on Jigsaw, the default 10 epochs, peak
+    3,080 -> 2,637 MiB, resident after the fit 2,773 -> 860 MiB, at no
+    cost in time (``benchmarks/results/learns/memory_jigsaw.md``).  A
+    streamed fit also calls it before each read of a shuffle buffer or
+    chunk, which keeps its resident set nearly flat.  It frees nothing
     that is in use and changes no allocator setting; where the C library
     has no ``malloc_trim`` (macOS, Windows, musl) it does nothing.
 
@@ -254,13 +256,12 @@ def release_free_memory() -> bool:
 def _malloc_trim():
     """glibc's ``malloc_trim`` through ctypes, or None where the C library lacks it."""
     import ctypes
-    import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the C library the process already runs on (no ldconfig lookup)
     except OSError:
         return None
     trim = getattr(libc, "malloc_trim", None)

@@ -67,7 +67,7 @@ def fraction_of_variance_explained(target, prediction) -> float:
     >>> fraction_of_variance_explained(t, np.array([[0.5], [1.5]]))
     0.75
     """
-    target, prediction = np.asarray(target), np.asarray(prediction)
+    target, prediction = _numeric(target), _numeric(prediction)
     if target.shape != prediction.shape or target.ndim not in (1, 2):
         raise ValueError(
             "target and prediction must be 1-D or 2-D arrays of the same shape; got "
@@ -75,8 +75,8 @@ def fraction_of_variance_explained(target, prediction) -> float:
         )
     # The ratio is scale-free: dividing both by one power of two (exact) keeps
     # huge (but finite) values from overflowing when squared.
-    scale = _power_of_two_above(target, prediction)
-    # float64 sums over row chunks, never a float64 copy of the whole arrays
+    scale = _exact_scale(target, prediction)
+    # float64 sums over chunks of rows, never a float64 copy of the whole arrays
     # (100k tokens x 384 features: 300 MB each, and several were made)
     total = sum((t.sum(axis=0) for (t,) in _scaled_chunks(scale, target)), np.float64(0.0))
     mean = total / max(target.shape[0], 1)
@@ -89,22 +89,32 @@ def fraction_of_variance_explained(target, prediction) -> float:
     return 1.0 - sse / sst
 
 
-#: Rows per float64 chunk in :func:`fraction_of_variance_explained`.
-_FVE_CHUNK_ROWS = 8192
+#: Bytes of one float64 chunk in :func:`fraction_of_variance_explained` (32 MiB).
+_FVE_CHUNK_BYTES = 32 * 2**20
+
+
+def _numeric(array) -> np.ndarray:
+    """``array`` as a numpy array; anything not numeric (e.g. strings) converted to float64."""
+    array = np.asarray(array)
+    return array if np.issubdtype(array.dtype, np.number) or array.dtype == bool else array.astype(np.float64)
 
 
 def _scaled_chunks(scale: float, *arrays):
-    """Tuples of the same rows of ``arrays``, ``_FVE_CHUNK_ROWS`` at a time, in float64 divided by ``scale``."""
-    for start in range(0, arrays[0].shape[0], _FVE_CHUNK_ROWS):
-        rows = slice(start, start + _FVE_CHUNK_ROWS)
+    """Tuples of the same rows of ``arrays``, about 32 MiB of float64 each, divided by ``scale``."""
+    width = int(np.prod(arrays[0].shape[1:]))
+    step = max(1, _FVE_CHUNK_BYTES // (8 * max(width, 1)))
+    for start in range(0, arrays[0].shape[0], step):
+        rows = slice(start, start + step)
         yield tuple(np.asarray(a[rows], dtype=np.float64) / scale for a in arrays)
 
 
-def _power_of_two_above(*arrays) -> float:
-    """A power of two at most the largest finite magnitude in ``arrays``, within a factor 2 of it (1.0 when all are 0).
+def _exact_scale(*arrays) -> float:
+    """A power of two that brings every finite magnitude in ``arrays`` below 2 (1.0 when all are 0).
 
-    Dividing by it is exact and leaves every magnitude below 2; it never
-    overflows (the power just above ``1.7e308`` would be infinite).
+    It is the largest power of two not above the largest magnitude, so
+    dividing by it is exact and cannot overflow (the power of two just
+    above ``1.7e308`` would be infinite).  With an infinite or NaN value
+    it is 1.0 (the result is then not finite anyway).
     """
     largest = max((max(float(a.max()), -float(a.min())) for a in arrays if a.size), default=0.0)
     if not np.isfinite(largest) or largest <= 0:

@@ -1,5 +1,7 @@
 """clvqlearn.metrics: reconstruction and codebook-usage metrics."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -51,16 +53,30 @@ def test_fve_ignores_a_common_scale_and_shift(case, scale, shift):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(1, 3), st.integers(0, 2**32 - 1))
-def test_fve_over_several_row_chunks_is_the_whole_array_formula(chunks, seed):
-    # more rows than one float64 chunk, in float32 as the estimators pass them
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_fve_over_several_row_chunks_is_the_whole_array_formula(chunks, width, seed):
+    # chunks of 500 bytes (a few rows), in float32 as the estimators pass them
     rng = np.random.default_rng(seed)
-    n = chunks * metrics._FVE_CHUNK_ROWS + int(rng.integers(1, 500))
-    target = (rng.normal(size=(n, 3)) * [1.0, 5.0, 0.1] + 7).astype(np.float32)
-    prediction = (target + rng.normal(scale=0.5, size=(n, 3))).astype(np.float32)
+    rows_per_chunk = max(1, 500 // (8 * width))
+    n = chunks * rows_per_chunk + int(rng.integers(1, rows_per_chunk + 1))
+    target = (rng.normal(size=(n, width)) * np.linspace(0.1, 5.0, width) + 7).astype(np.float32)
+    prediction = (target + rng.normal(scale=0.5, size=(n, width))).astype(np.float32)
     t, p = target.astype(np.float64), prediction.astype(np.float64)
     expected = 1 - ((t - p) ** 2).sum() / ((t - t.mean(axis=0)) ** 2).sum()
-    assert fraction_of_variance_explained(target, prediction) == pytest.approx(expected, rel=1e-10)
+    with mock.patch.object(metrics, "_FVE_CHUNK_BYTES", 500):
+        assert len(list(metrics._scaled_chunks(1.0, target))) == -(-n // rows_per_chunk) > chunks
+        assert fraction_of_variance_explained(target, prediction) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fve_chunks_hold_about_32_mib_whatever_the_width():
+    wide = np.zeros((3, 2**20), dtype=np.float32)  # 8 MiB per float64 row: 4 rows per chunk
+    assert [c.shape for (c,) in metrics._scaled_chunks(1.0, wide)] == [(3, 2**20)]
+    narrow = np.zeros((2**20 + 1, 4), dtype=np.float32)
+    assert [c.shape[0] for (c,) in metrics._scaled_chunks(1.0, narrow)] == [2**20, 1]
+
+
+def test_fve_reads_numeric_strings_as_before():
+    assert fraction_of_variance_explained(np.array(["0", "2"]), np.array(["0.5", "1.5"])) == pytest.approx(0.75)
 
 
 def test_fve_reference_values_and_edge_cases():

@@ -431,7 +431,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         except BaseException:
             _restore_state(self, before)
             raise
-        release_free_memory()  # what the fit freed goes back to the system, not to a fragmented heap
+        finally:
+            release_free_memory()  # what the fit freed goes back to the system, not to a fragmented heap
         return self
 
     def partial_fit(self, X, y=None):

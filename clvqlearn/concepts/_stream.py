@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 from sklearn.utils import check_array
 
+from .._torch_utils import release_free_memory
 from ..pairs import LayerPairs
 from ._base import _Data
 from ._training import ArrayDocuments, DocumentSource, sample_documents, validation_size
@@ -210,35 +211,6 @@ class StreamData:
             docs = docs[keep[docs]]
             if docs.size:
                 yield self.take(docs)
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
-
-    Each buffer of a streamed fit allocates and frees many mid-sized blocks
-    (batches, activations); glibc keeps freed heap pages mapped, so the
-    resident set creeps up with the number of buffers although the data are
-    gone.  Trimming before each read keeps it nearly flat.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim():
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is False:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
-            _MALLOC_TRIM = None
-    return _MALLOC_TRIM
-
-
-_MALLOC_TRIM = False
 
 
 class StreamedPart:

@@ -354,12 +354,15 @@ def test_free_memory_is_released_after_every_epoch_and_fit(monkeypatch):
     calls = []
     monkeypatch.setattr(training_module, "release_free_memory", lambda: calls.append("epoch"))
     monkeypatch.setattr(base_module, "release_free_memory", lambda: calls.append("fit"))
+    # the linear encoder has no fit of its own, so only the main training's epochs count
     vq = CrossLayerVQ(k=6, random_state=0, encoder="linear", **{**FAST, "early_stopping_patience": 100}).fit(_pairs())
     # one per epoch of the main training, then one when fit returns
     assert calls == ["epoch"] * vq.n_iter_ + ["fit"]
 
 
-def test_release_free_memory_does_nothing_without_glibc(monkeypatch):
+@pytest.mark.parametrize("without", ["another platform", "no C library", "a C library without malloc_trim"])
+def test_release_free_memory_does_nothing_without_glibc(monkeypatch, without):
+    import ctypes
     import sys
 
     from clvqlearn import _torch_utils
@@ -367,8 +370,15 @@ def test_release_free_memory_does_nothing_without_glibc(monkeypatch):
     if sys.platform.startswith("linux") and _glibc():  # CI and the development machines
         assert _torch_utils._malloc_trim() is not None
     _torch_utils._malloc_trim.cache_clear()
-    monkeypatch.setattr(sys, "platform", "darwin")
+    if without == "another platform":
+        monkeypatch.setattr(sys, "platform", "darwin")
+    elif without == "no C library":
+        monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libc")))
+    else:
+        monkeypatch.setattr(ctypes, "CDLL", lambda name: object())
+        monkeypatch.setattr(sys, "platform", "linux")
     try:
+        assert _torch_utils._malloc_trim() is None
         assert _torch_utils.release_free_memory() is False
     finally:
         _torch_utils._malloc_trim.cache_clear()
