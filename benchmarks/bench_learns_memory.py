@@ -42,14 +42,11 @@ RUNS = {
 }
 
 
-def _mib() -> tuple[float, float, float]:
-    """Peak and current resident MiB, and the seconds since the data were loaded."""
+def _mib(start: float) -> tuple[float, float, float]:
+    """Peak and current resident MiB, and the seconds since ``start`` (``time.perf_counter``)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    return round(peak), round(now), round(time.perf_counter() - _START, 1)
-
-
-_START = time.perf_counter()
+    return round(peak), round(now), round(time.perf_counter() - start, 1)
 
 
 def fit_one(dataset: str, epochs: int, params: dict, release: bool) -> list:
@@ -67,15 +64,14 @@ def fit_one(dataset: str, epochs: int, params: dict, release: bool) -> list:
         training_module.release_free_memory = base_module.release_free_memory = lambda: False
     cache = Path(os.environ.get("CLVQLEARN_CACHE", Path.home() / ".cache" / "clvqlearn")) / "bench_learns"
     train = LayerPairs.load(cache / f"{dataset}_train_2000")
-    global _START
-    _START = time.perf_counter()
-    stages = [("data loaded", *_mib())]
+    start = time.perf_counter()
+    stages = [("data loaded", *_mib(start))]
 
     def watch(name, function):
         def wrapped(*args, **kwargs):
-            stages.append((f"before {name}", *_mib()))
+            stages.append((f"before {name}", *_mib(start)))
             out = function(*args, **kwargs)
-            stages.append((f"after {name}", *_mib()))
+            stages.append((f"after {name}", *_mib(start)))
             return out
         return wrapped
 
@@ -85,9 +81,9 @@ def fit_one(dataset: str, epochs: int, params: dict, release: bool) -> list:
     original = vq_module.train_module
     vq_module.train_module = lambda *a, **k: watch(k["config"].description, original)(*a, **k)
     vq = CrossLayerVQ(k=100, random_state=0, max_epochs=epochs, **params).fit(train)
-    stages.append(("fitted", *_mib()))
+    stages.append(("fitted", *_mib(start)))
     vq.score(train)
-    stages.append(("scored on the training documents", *_mib()))
+    stages.append(("scored on the training documents", *_mib(start)))
     return stages
 
 

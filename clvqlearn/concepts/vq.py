@@ -229,7 +229,7 @@ class _VQEstimator(ConceptEstimator):
         """
         readout = torch.nn.Linear(encoder.linear.out_features, init_sample.target.shape[1])
         with torch.no_grad():
-            start = _rows_through(encoder, as_float_tensor(init_sample.source), device)
+            start = _rows_through(encoder, as_float_tensor(init_sample.source), device).float()
         fit_output_layer(readout, start, as_float_tensor(init_sample.target))
         readout.requires_grad_(False)
         sample = _document_sample(data, ENCODER_FIT["max_tokens"], rng)
@@ -338,18 +338,15 @@ class _VQEstimator(ConceptEstimator):
         network.eval()
         if source.shape[0] == 0:
             return np.zeros((0, source.shape[1]), np.float32)
-        return _rows_through(network.encode, as_float_tensor(source), device).numpy()
+        return _rows_through(network.encode, as_float_tensor(source), device).float().numpy()
 
     @torch.no_grad()
     def _assign(self, data) -> np.ndarray:
         device = self._resolve_device()
         network = self._network(device)
         network.eval()
-        source_t = as_float_tensor(data.source)
-        ids = []
-        for start in range(0, source_t.shape[0], _TOKEN_BATCH):
-            ids.append(network.quantize(source_t[start:start + _TOKEN_BATCH].to(device))[1].indices.cpu())
-        return torch.cat(ids).numpy().astype(np.int64)
+        ids = _rows_through(lambda rows: network.quantize(rows)[1].indices, as_float_tensor(data.source), device)
+        return ids.numpy().astype(np.int64)
 
     def _predict_ids(self, data) -> np.ndarray:
         return self._assign(data)
@@ -409,8 +406,8 @@ RECIPES["paper-decoder-lm"] = {**RECIPES["paper"], "learning_rate": 1e-3, "batch
 
 
 def _rows_through(function, rows: torch.Tensor, device) -> torch.Tensor:
-    """``function`` of token rows, ``_TOKEN_BATCH`` rows at a time on ``device``; float32 on the CPU."""
-    return torch.cat([function(rows[i:i + _TOKEN_BATCH].to(device)).float().cpu()
+    """``function`` of token rows, ``_TOKEN_BATCH`` rows at a time on ``device``, concatenated on the CPU."""
+    return torch.cat([function(rows[i:i + _TOKEN_BATCH].to(device)).cpu()
                       for i in range(0, rows.shape[0], _TOKEN_BATCH)])
 
 
