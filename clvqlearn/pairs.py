@@ -26,10 +26,11 @@ class LayerPairs:
     stored.  The tokens of document ``i`` are rows
     ``offsets[i]:offsets[i + 1]``.
 
-    ``len(pairs)`` is the number of DOCUMENTS (so scikit-learn's
-    cross-validation splits documents, not tokens), while
-    ``np.asarray(pairs)`` is the ``(n_tokens, d_low + d_high)`` matrix
-    ``[low | high]``.
+    Samples are DOCUMENTS for scikit-learn: ``len(pairs)`` and
+    ``pairs.shape[0]`` count documents, and ``pairs[docs]`` selects them, so
+    ``GridSearchCV(est, grid, cv=5).fit(pairs)`` and ``cross_val_score``
+    split documents, never the tokens of one document.  The token matrix
+    ``np.asarray(pairs)`` is ``(n_tokens, d_low + d_high)``: ``[low | high]``.
 
     Parameters
     ----------
@@ -59,8 +60,8 @@ class LayerPairs:
     >>> rng = np.random.default_rng(0)
     >>> pairs = LayerPairs(low=rng.normal(size=(5, 3)), high=rng.normal(size=(5, 3)),
     ...                    offsets=np.array([0, 2, 5]))
-    >>> len(pairs), pairs.n_tokens, np.asarray(pairs).shape
-    (2, 5, (5, 6))
+    >>> len(pairs), pairs.shape, pairs.n_tokens, np.asarray(pairs).shape
+    (2, (2, 6), 5, (5, 6))
     >>> pairs[1].n_tokens
     3
     """
@@ -144,12 +145,23 @@ class LayerPairs:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """Shape of ``np.asarray(self)``: (n_tokens, d_low + d_high)."""
-        return (self.n_tokens, self.low.shape[1] + self.high.shape[1])
+        """(n_docs, d_low + d_high): scikit-learn's (n_samples, n_features), samples being documents.
+
+        scikit-learn counts samples through ``shape[0]`` (``KFold``,
+        ``GridSearchCV``, ``cross_val_score``) and then selects them with
+        ``pairs[indices]``, which takes documents; both must count the same
+        thing.  ``np.asarray(pairs).shape`` is ``(n_tokens, d_low + d_high)``.
+        """
+        return (self.n_docs, self.low.shape[1] + self.high.shape[1])
 
     # --------------------------------------------------------------- slicing
     def __getitem__(self, index) -> "LayerPairs":
-        """Select documents (int, slice, integer array or boolean mask)."""
+        """Select documents (int, slice, integer array or boolean mask).
+
+        ``pairs[indices, ...]`` (how scikit-learn indexes array-likes) is the same.
+        """
+        if isinstance(index, tuple) and len(index) == 2 and index[1] is Ellipsis:
+            index = index[0]
         docs = np.arange(self.n_docs)[index]
         docs = np.atleast_1d(docs)
         return self.take(docs)

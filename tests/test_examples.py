@@ -45,6 +45,11 @@ def _grid_search(names, out):
     assert names["best_k"] == [8, 32][int(np.argmax(scores))]  # the best k is the best-scoring one
     assert search.best_estimator_.named_steps["concepts"].k == names["best_k"]
     assert f"best k: {names['best_k']}" in out
+    # the sweep on extracted pairs: 5 folds of the 90 documents
+    pairs, pairs_search = names["pairs"], names["pairs_search"]
+    assert len(pairs) == 90 and pairs.n_tokens > 90
+    assert pairs_search.n_splits_ == 5 and np.isfinite(pairs_search.cv_results_["mean_test_score"]).all()
+    assert pairs_search.best_params_["k"] == [8, 32][int(np.argmax(pairs_search.cv_results_["mean_test_score"]))]
 
 
 def _concept_removal(names, out):

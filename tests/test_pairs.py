@@ -49,7 +49,7 @@ def test_sizes_and_the_token_matrix():
     assert pairs.lengths.tolist() == [2, 0, 3, 1]
     assert pairs.doc_index.tolist() == [0, 0, 2, 2, 2, 3]
     matrix = np.asarray(pairs)
-    assert matrix.shape == pairs.shape == (6, 5)
+    assert matrix.shape == (6, 5) and pairs.shape == (4, 5)  # samples are documents
     np.testing.assert_array_equal(matrix, np.hstack([pairs.low, pairs.high]))
     assert np.asarray(pairs, dtype=np.float64).dtype == np.float64
 
@@ -233,3 +233,68 @@ def test_bad_input_is_refused_with_a_clear_error(kwargs, error, match):
 def test_numpy_integer_layers_are_stored_as_ints():
     pairs = LayerPairs(low=np.zeros((1, 1)), high=np.zeros((1, 1)), offsets=[0, 1], layers=(np.int64(3), 4))
     assert pairs.layers == (3, 4) and all(type(v) is int for v in pairs.layers)
+
+
+# ------------------------------------------------------- scikit-learn model selection
+def _corpus(n_docs=30, seed=0, layers=(1, 2), model="toy"):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 9, size=n_docs)
+    n = int(lengths.sum())
+    low = (rng.normal(size=(4, 3)) * 3)[rng.integers(0, 4, size=n)] + rng.normal(size=(n, 3))
+    return LayerPairs(low=low.astype(np.float32), high=np.tanh(low @ rng.normal(size=(3, 2))).astype(np.float32),
+                      offsets=np.concatenate([[0], np.cumsum(lengths)]), layers=layers, model_name=model)
+
+
+@settings(max_examples=30)
+@given(lengths=st.lists(st.integers(0, 5), min_size=1, max_size=12), data=st.data())
+def test_scikit_learn_counts_and_selects_documents(lengths, data):
+    from sklearn.utils import _safe_indexing
+    from sklearn.utils.validation import _num_samples
+
+    pairs = _pairs(lengths=tuple(lengths))
+    assert _num_samples(pairs) == len(pairs) == pairs.n_docs
+    docs = data.draw(st.lists(st.integers(0, len(lengths) - 1), max_size=8))
+    _assert_same(_safe_indexing(pairs, np.asarray(docs, dtype=np.int64)), pairs.take(docs))
+    mask = np.asarray(data.draw(st.lists(st.booleans(), min_size=len(lengths), max_size=len(lengths))))
+    _assert_same(_safe_indexing(pairs, mask), pairs.take(np.flatnonzero(mask)))
+
+
+def _document_fold_scores(estimator, pairs, n_splits):
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold
+
+    folds = KFold(n_splits).split(np.arange(pairs.n_docs))
+    return np.array([clone(estimator).fit(pairs.take(tr)).score(pairs.take(te)) for tr, te in folds])
+
+
+@pytest.mark.parametrize("kind", ["memory", "store"])
+def test_grid_search_and_cross_val_score_with_integer_cv_give_document_folds(kind, tmp_path):
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    from clvqlearn import KMeansConcepts
+    from clvqlearn.store import StoreSpec, texts_fingerprint, write_store
+
+    pairs = _corpus()
+    if kind == "store":
+        spec = StoreSpec(model_name="toy", layers=(1, 2), widths=(3, 2), n_docs=pairs.n_docs, shard_size=7,
+                         texts_sha256=texts_fingerprint(map(str, range(pairs.n_docs))))
+        X = write_store(tmp_path / "store", lambda a, b: pairs[a:b], spec)
+        X = LayerPairs.open(tmp_path / "store")
+    else:
+        X = pairs
+    estimator = KMeansConcepts(k=3, n_init=1, random_state=0)
+    expected = _document_fold_scores(estimator, pairs, 5)
+    np.testing.assert_allclose(cross_val_score(estimator, X, cv=5), expected, rtol=1e-6)
+    search = GridSearchCV(estimator, {"k": [2, 3]}, cv=5).fit(X)
+    np.testing.assert_allclose([search.cv_results_[f"split{i}_test_score"][1] for i in range(5)], expected, rtol=1e-6)
+    assert search.best_estimator_.n_features_in_ == 5
+
+
+def test_a_path_string_split_into_characters_is_named_as_such(tmp_path):
+    from sklearn.model_selection import GridSearchCV
+
+    from clvqlearn import KMeansConcepts
+
+    search = GridSearchCV(KMeansConcepts(k=2), {"k": [2]}, cv=2, error_score="raise")
+    with pytest.raises(TypeError, match=r"splits a string, such as a store path.*LayerPairs.open\(path\)"):
+        search.fit(str(tmp_path / "store"))

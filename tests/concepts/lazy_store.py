@@ -52,7 +52,7 @@ class NpyStore:
 
     @property
     def shape(self):
-        return (self.n_tokens, self.low.shape[1] + self.high.shape[1])
+        return (len(self), self.low.shape[1] + self.high.shape[1])
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.take(np.arange(len(self))), dtype=dtype)
