@@ -5,6 +5,7 @@ If a scikit-learn release moves one of these, only this file changes.
 
 from sklearn.base import _fit_context  # noqa: F401
 from sklearn.utils._param_validation import (  # noqa: F401
+    HasMethods,
     Hidden,
     Interval,
     Options,

@@ -21,13 +21,22 @@ Two questions decide whether a cross-layer concept model earns its keep:
    ``"ridge low -> high"``
        A per-token linear map: the continuous ceiling that a decoder with a
        bypass of the bottleneck should approach.
+   ``"k-means(encoder z) -> mean(high)"`` (with ``encoder=``)
+       The two-stage baseline: k-means on a fitted :class:`CrossLayerVQ`'s
+       own encoder output ``z`` (its regression of the higher layer), each
+       token predicted as its cluster's mean higher-layer vector.  Joint
+       training earns its place only if the model's codes beat this
+       "regress, then cluster" reading of its own encoder.
 
 2. **Agreement of concept ids.** :func:`concept_agreement` is the adjusted
    mutual information (AMI) between two assignments of the same tokens;
    :func:`kmeans_seed_agreement` is its yardstick, the AMI between two
    k-means runs that differ only in their seed.  A concept model whose
    AMI with k-means on layer ``l`` is as high as that yardstick has found
-   the k-means clusters of layer ``l`` again.
+   the k-means clusters of layer ``l`` again.  With ``encoder=`` the
+   yardstick clusters the encoder's output ``z`` instead: a model whose
+   ids agree with k-means on its own ``z`` as well as two k-means seeds do
+   is the two-stage baseline again.
 
 Examples
 --------
@@ -54,7 +63,7 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 from sklearn.metrics import adjusted_mutual_info_score
 
-from .._sklearn_compat import Interval, StrOptions, validate_params
+from .._sklearn_compat import HasMethods, Interval, StrOptions, validate_params
 from ..metrics import fraction_of_variance_explained
 from ..concepts.kmeans import KMeansConcepts
 from ..pairs import LayerPairs
@@ -91,12 +100,24 @@ def cluster_means(ids: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     return means
 
 
+def _check_encoder(encoder) -> None:
+    """``encoder`` must be fitted (its type is checked by ``validate_params``)."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(encoder, msg="encoder must be a fitted CrossLayerVQ; call fit first.")
+
+
+def _encoded_kmeans(encoder, train, k, random_state):
+    """k-means (:class:`KMeansConcepts`) on ``encoder.encode(train)``: the two-stage clustering."""
+    return KMeansConcepts(k, random_state=random_state).fit(encoder.encode(train))
+
+
 @validate_params(
     {"train": [LayerPairs], "test": [LayerPairs], "k": [Interval(Integral, 1, None, closed="left")],
-     "estimators": [dict, None], "random_state": ["random_state"]},
+     "estimators": [dict, None], "encoder": [None, HasMethods(["encode", "predict"])], "random_state": ["random_state"]},
     prefer_skip_nested_validation=True,
 )
-def reference_ladder(train, test, k, *, estimators=None, random_state=0) -> pd.DataFrame:
+def reference_ladder(train, test, k, *, estimators=None, encoder=None, random_state=0) -> pd.DataFrame:
     """Held-out FVE of the higher layer for the references and any fitted estimators.
 
     Parameters
@@ -107,6 +128,10 @@ def reference_ladder(train, test, k, *, estimators=None, random_state=0) -> pd.D
         Number of clusters of the k-means references (use the estimators' k).
     estimators : dict of str to fitted estimator, optional
         Extra rows: ``name -> estimator`` whose ``score(test)`` is the FVE.
+    encoder : fitted CrossLayerVQ, optional
+        Adds the two-stage row ``"k-means(encoder z) -> mean(high)"``:
+        k-means on ``encoder.encode(train)``, each held-out token predicted
+        as its cluster's mean higher-layer vector.
     random_state : int, RandomState or None, default=0
         Seed of the k-means references.
 
@@ -114,8 +139,11 @@ def reference_ladder(train, test, k, *, estimators=None, random_state=0) -> pd.D
     -------
     pandas.DataFrame
         Columns ``method``, ``fve`` (held out) and ``seconds`` (fit time of
-        the reference; NaN for estimators fitted elsewhere).
+        the reference; NaN for estimators fitted elsewhere; for the
+        two-stage row, the clustering's time, not the encoder's).
     """
+    if encoder is not None:
+        _check_encoder(encoder)
     rows = []
     start = time.perf_counter()
     low = KMeansConcepts(k, layer="low", random_state=random_state).fit(train)
@@ -129,6 +157,13 @@ def reference_ladder(train, test, k, *, estimators=None, random_state=0) -> pd.D
     ridge = Ridge(alpha=1.0).fit(train.low, train.high)
     rows.append(("ridge low -> high", fraction_of_variance_explained(test.high, ridge.predict(test.low)),
                  time.perf_counter() - start))
+    if encoder is not None:
+        start = time.perf_counter()
+        clusters = _encoded_kmeans(encoder, train, k, random_state)
+        means = cluster_means(clusters.labels_, train.high, k)
+        rows.append(("k-means(encoder z) -> mean(high)",
+                     fraction_of_variance_explained(test.high, means[clusters.predict(encoder.encode(test))]),
+                     time.perf_counter() - start))
     for name, estimator in (estimators or {}).items():
         rows.append((name, float(estimator.score(test)), float("nan")))
     return pd.DataFrame(rows, columns=["method", "fve", "seconds"])
@@ -171,10 +206,10 @@ def concept_agreement(a, b, X=None) -> float:
 
 @validate_params(
     {"train": [LayerPairs], "test": [LayerPairs], "k": [Interval(Integral, 1, None, closed="left")],
-     "layer": [StrOptions({"low", "high"})], "seeds": [tuple, list]},
+     "layer": [StrOptions({"low", "high"})], "seeds": [tuple, list], "encoder": [None, HasMethods(["encode", "predict"])]},
     prefer_skip_nested_validation=True,
 )
-def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1)) -> float:
+def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1), encoder=None) -> float:
     """AMI between k-means runs that differ only in their seed (the agreement yardstick).
 
     Parameters
@@ -183,13 +218,32 @@ def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1)) -> float
         k-means is fitted on ``train`` and compared on ``test``.
     k : int
     layer : {"low", "high"}, default="low"
+        The layer clustered (ignored with ``encoder``).
     seeds : pair of int, default=(0, 1)
+    encoder : fitted CrossLayerVQ, optional
+        Cluster ``encoder.encode(X)`` (the two-stage baseline's space)
+        instead of a layer.
 
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn.pairs import LayerPairs
+    >>> rng = np.random.default_rng(0)
+    >>> low = (5 * rng.normal(size=(4, 2)))[rng.integers(0, 4, 400)] + rng.normal(size=(400, 2))
+    >>> pairs = LayerPairs(low=low, high=low, offsets=np.arange(401))
+    >>> round(kmeans_seed_agreement(pairs[:300], pairs[300:], 4), 2)  # four clear clusters: found twice
+    1.0
     """
     if len(seeds) != 2:
         raise ValueError(f"seeds must hold exactly two seeds; got {seeds!r}.")
-    fits = [KMeansConcepts(k, layer=layer, random_state=seed).fit(train) for seed in seeds]
-    return concept_agreement(fits[0], fits[1], test)
+    if encoder is None:
+        fits = [KMeansConcepts(k, layer=layer, random_state=seed).fit(train) for seed in seeds]
+        return concept_agreement(fits[0], fits[1], test)
+    _check_encoder(encoder)
+    held_out = encoder.encode(test)
+    fits = [_encoded_kmeans(encoder, train, k, seed) for seed in seeds]
+    return concept_agreement(fits[0], fits[1], held_out)

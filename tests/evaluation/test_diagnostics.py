@@ -77,3 +77,59 @@ def test_seed_agreement_rejects_a_bad_layer_name():
     pairs = _pairs()
     with pytest.raises(ValueError, match="layer"):
         kmeans_seed_agreement(pairs, pairs, 3, layer="middle")
+
+
+def _clustered_pairs(n=900, seed=0):
+    """Low vectors in 6 clusters; high is a nonlinear map of low (so the encoder matters)."""
+    rng = np.random.default_rng(seed)
+    low = (4 * rng.normal(size=(6, 4)))[rng.integers(0, 6, size=n)] + 0.5 * rng.normal(size=(n, 4))
+    high = np.tanh(low @ rng.normal(size=(4, 3)) / 2)
+    return LayerPairs(low=low.astype(np.float32), high=high.astype(np.float32), offsets=np.arange(n + 1))
+
+
+def _small_vq(**params):
+    base = dict(k=6, decoder="mlp", decoder_hidden=16, max_epochs=2, encoder_hidden=16, random_state=0)
+    return CrossLayerVQ(**{**base, **params})
+
+
+def test_two_stage_rung_is_kmeans_on_the_encoder_output_with_cluster_means():
+    pairs = _clustered_pairs()
+    train, test = pairs[:700], pairs[700:]
+    vq = _small_vq().fit(train)
+    ladder = reference_ladder(train, test, k=6, encoder=vq).set_index("method")["fve"]
+    clusters = KMeansConcepts(6, random_state=0).fit(vq.encode(train))
+    means = cluster_means(clusters.labels_, train.high, 6)
+    expected = 1 - ((test.high - means[clusters.predict(vq.encode(test))]) ** 2).sum() / (
+        (test.high - test.high.mean(axis=0)) ** 2).sum()
+    assert ladder["k-means(encoder z) -> mean(high)"] == pytest.approx(expected, rel=1e-5)
+    # six clear clusters that the encoder keeps apart: the two-stage rung finds them
+    assert ladder["k-means(encoder z) -> mean(high)"] > 0.8
+
+
+def test_encoder_seed_agreement_clusters_the_encoder_output():
+    pairs = _clustered_pairs()
+    vq = _small_vq().fit(pairs[:700])
+    assert kmeans_seed_agreement(pairs[:700], pairs[700:], 6, encoder=vq) > 0.9
+    with pytest.raises(ValueError, match="'encoder' parameter .* must be None or an object implementing 'encode'"):
+        kmeans_seed_agreement(pairs, pairs, 3, encoder=KMeansConcepts(3))
+    with pytest.raises(ValueError, match="fitted CrossLayerVQ"):
+        reference_ladder(pairs, pairs, k=3, encoder=_small_vq())
+
+
+def test_two_stage_recipe_keeps_the_kmeans_codes_and_trains_only_the_decoder():
+    pairs = _pairs(n=900)  # unclustered, so sampled EMA updates would move the codes
+    # no validation split and a high rate, so trained epochs are kept (best_epoch_ > 0)
+    settings = dict(k=6, decoder="mlp", decoder_hidden=16, max_epochs=3, encoder_hidden=16, random_state=0,
+                    validation_fraction=0.0, learning_rate=1e-2)
+
+    def code_drift(model):
+        """Largest distance of a used code from the mean of the training tokens it is nearest to."""
+        z, ids = model.encode(pairs[:700]), model.predict(pairs[:700])
+        return max(np.abs(model.components_[c] - z[ids == c].mean(axis=0)).max() for c in np.unique(ids))
+
+    two_stage = CrossLayerVQ.from_recipe("two-stage", **settings).fit(pairs[:700])
+    joint = CrossLayerVQ(**settings).fit(pairs[:700])
+    assert two_stage.best_epoch_ > 0 and joint.best_epoch_ > 0
+    assert code_drift(two_stage) < 1e-4  # the k-means centres of z, kept through training
+    assert code_drift(joint) > 1e-2  # the default's sampled EMA moves them
+    assert (two_stage.top_k, two_stage.ema_decay, two_stage.encoder) == (1, 1.0, joint.encoder)
