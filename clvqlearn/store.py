@@ -13,6 +13,19 @@ fingerprint of the input texts, the number of documents and the shard size.
 Once every shard is finished, the rank that writes shard 0 adds a ``shards``
 summary (documents and tokens per shard); the sidecars stay authoritative.
 
+A sidecar records the shard's number, its documents, its token count, the
+size and SHA-256 of its safetensors bytes, and (under ``"store"``) the
+manifest fields the shard was written with.  Opening a store checks, without
+reading the shards, that every sidecar sits at its own place, that the
+shards cover the documents contiguously, that no shard lies beyond
+``n_shards`` and that the manifest agrees with what the shards recorded; a
+disagreement of the manifest is reported as a manifest problem, a misplaced
+shard as one.  The first read of a shard hashes its bytes against the
+sidecar (:meth:`ShardedLayerPairs.verify` hashes them all).  Stores of format
+version 1 (sidecars without checksum and ``"store"``) are still read: their
+shards' safetensors headers provide the model name and layers, and their
+bytes are not checked.
+
 Every shard holds the documents ``k * shard_size`` up to
 ``(k + 1) * shard_size`` as safetensors tensors ``low``, ``high`` (float32,
 float16 or bfloat16), ``offsets`` (document boundaries inside the shard),
@@ -22,7 +35,9 @@ cut by ``token_offsets``).
 Why a sidecar per shard instead of one manifest listing the shards: with
 ``torchrun`` several processes finish shards at the same time, and one
 shared file would need locking or a collective; a sidecar is written by the
-one process that owns the shard.  Every file is written under a temporary
+one process that owns the shard.  Each rank holds a lock file
+(``.writer-rank-00000.lock``, :mod:`filelock`) while it writes, so a second
+process writing the same store as the same rank is refused at once.  Every file is written under a temporary
 name (``.shard-00003.safetensors.tmp-...``), flushed to disk and renamed, and
 the sidecar is renamed into place only after its shard: a shard without its
 sidecar is unfinished, is never read as valid, and is redone on resume.
@@ -51,6 +66,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from filelock import FileLock, Timeout
 from sklearn.utils import check_random_state
 
 from .pairs import LayerPairs
@@ -68,7 +84,7 @@ __all__ = [
 ]
 
 STORE_FORMAT = "clvqlearn.LayerPairStore"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: sidecars record the shard's SHA-256 and the store fields it was written with
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 _CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -84,6 +100,9 @@ _TENSORS = {  # name -> (allowed codes, number of dimensions)
 }
 _MAX_OPEN_SHARDS = 64  # memory maps kept open at once (each holds a file descriptor)
 _POLL_S = 1.0  # how often a rank that is done looks for the other ranks' shards
+_ABANDONED_S = 300.0  # a rank whose lock is free this long while its shards are missing has stopped
+_LOCK_WAIT_S = 1.0  # a writer waits this long for its lock (a waiting rank probes it for an instant)
+_HASH_CHUNK = 1 << 22  # bytes read at a time when hashing a shard
 
 
 def shard_name(k: int) -> str:
@@ -93,6 +112,10 @@ def shard_name(k: int) -> str:
 
 def _sidecar_name(k: int) -> str:
     return f"shard-{k:05d}.json"
+
+
+def _lock_name(rank: int) -> str:
+    return f".writer-rank-{rank:05d}.lock"
 
 
 # ----------------------------------------------------------------------------- identity
@@ -293,8 +316,67 @@ def _write_file(path: Path, data: bytes) -> None:
         raise
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the store folder, or check that it is a store or empty (nothing is written if not)."""
+    if (folder / MANIFEST).is_file():
+        return
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"the store path {folder} exists and is not a folder.")
+    if folder.is_dir() and any(not p.name.startswith(".") and p.name != MANIFEST for p in folder.iterdir()):
+        raise FileExistsError(
+            f"{folder} is not empty and holds no {MANIFEST}, so it is not an activation store; "
+            "refusing to write shards into it. Use a new or empty folder."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, MANIFEST, folder) from exc
+
+
+@contextlib.contextmanager
+def _writer_lock(folder: Path, rank: int):
+    """Hold this rank's lock file while writing; refuse at once if another process holds it.
+
+    The operating system releases the lock when its process ends, so a
+    crashed writer leaves no stale lock.  A folder where no lock file can be
+    created (a read-only file system) has no other writer either: it is
+    written without a lock, and any write fails with its own clear error.
+    """
+    path = folder / _lock_name(rank)
+    lock = FileLock(str(path), timeout=_LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RuntimeError(
+            f"another process is writing the activation store {folder} as rank {rank}; two writers would "
+            "redo and delete each other's shards. Nothing was written. Wait until it has finished (then run "
+            f"again to resume or open the store), or write to another folder. Its lock is {path}; the "
+            "system releases it when that process ends."
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise _write_error(exc, path.name, folder) from exc
+        lock = None  # not writable: no other process can write it either
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rank_running(folder: Path, rank: int) -> bool:
+    """Whether a process holds ``rank``'s writer lock (True when that cannot be told)."""
+    lock = FileLock(str(folder / _lock_name(rank)), timeout=0)
+    try:
+        lock.acquire()
+    except OSError:  # Timeout (an OSError) when held; any other error: cannot tell, assume it runs
+        return True
+    lock.release()
+    return False
+
+
 def _prepare(folder: Path, spec: StoreSpec) -> None:
-    """Create the store or check that it was written with the same spec (nothing is written if not)."""
+    """Write the manifest, or check that the store was written with the same spec (nothing is written if not)."""
     wanted = spec.manifest()
     manifest = folder / MANIFEST
     if manifest.is_file():
@@ -306,16 +388,12 @@ def _prepare(folder: Path, spec: StoreSpec) -> None:
                 f"or appended to: {'; '.join(diffs)}. Nothing was written. Use another folder, or delete "
                 "this one to start over."
             )
+        _check_shard_files(folder, stored)
+        sidecars = {k: _read_sidecar(folder, k) for k in range(stored["n_shards"])}
+        _check_identity(folder, stored, {k: info["store"] for k, info in sidecars.items()
+                                         if info is not None and isinstance(info.get("store"), dict)})
         return
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"the store path {folder} exists and is not a folder.")
-    if folder.is_dir() and any(not p.name.startswith(".") and p.name != MANIFEST for p in folder.iterdir()):
-        raise FileExistsError(
-            f"{folder} is not empty and holds no {MANIFEST}, so it is not an activation store; "
-            "refusing to write shards into it. Use a new or empty folder."
-        )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         _write_file(manifest, json.dumps(wanted, indent=1).encode())
     except OSError as exc:
         raise _write_error(exc, MANIFEST, folder) from exc
@@ -372,10 +450,13 @@ def _write_shard(folder: Path, spec: StoreSpec, k: int, pairs: LayerPairs, texts
     _check_shard_pairs(pairs, spec, k)
     data = _shard_bytes(pairs, spec, k)
     start, stop = spec.doc_range(k)
+    manifest = spec.manifest()
     sidecar = {
-        "shard": k, "file": shard_name(k), "bytes": len(data), "doc_start": start, "doc_stop": stop,
+        "format_version": STORE_VERSION, "shard": k, "file": shard_name(k), "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(), "doc_start": start, "doc_stop": stop,
         "n_docs": stop - start, "n_tokens": pairs.n_tokens, "texts_sha256": texts_sha256,
         "n_outliers": int(pairs.extra.get("n_outliers", 0)),
+        "store": {key: manifest[key] for key in _IDENTITY},
     }
     try:
         _write_file(folder / shard_name(k), data)
@@ -413,8 +494,8 @@ def _shard_finished(folder: Path, spec: StoreSpec, k: int, texts_sha256: str | N
     except OSError:
         return False
     return (
-        info.get("doc_start") == start and info.get("doc_stop") == stop and info.get("bytes") == size
-        and (texts_sha256 is None or info.get("texts_sha256") == texts_sha256)
+        info.get("shard", k) == k and info.get("doc_start") == start and info.get("doc_stop") == stop
+        and info.get("bytes") == size and (texts_sha256 is None or info.get("texts_sha256") == texts_sha256)
     )
 
 
@@ -469,29 +550,56 @@ def write_store(path, make_shard: Callable[[int, int], LayerPairs], spec: StoreS
         world_size = info.world_size if world_size is None else world_size
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
         raise ValueError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}.")
-    _prepare(folder, spec)
-    for k in range(rank, spec.n_shards, world_size):
-        start, stop = spec.doc_range(k)
-        sha = texts_fingerprint(texts[start:stop]) if texts is not None else None
-        if _shard_finished(folder, spec, k, sha):
-            continue
-        _discard_shard(folder, k)
-        _write_shard(folder, spec, k, make_shard(start, stop), sha or "")
-    if not wait:
-        return None
-    _wait_for_shards(folder, spec)
-    if rank == 0:
-        _summarise(folder, spec)
+    _make_folder(folder)
+    with _writer_lock(folder, rank):
+        _prepare(folder, spec)
+        for k in range(rank, spec.n_shards, world_size):
+            start, stop = spec.doc_range(k)
+            sha = texts_fingerprint(texts[start:stop]) if texts is not None else None
+            if _shard_finished(folder, spec, k, sha):
+                continue
+            _discard_shard(folder, k)
+            _write_shard(folder, spec, k, make_shard(start, stop), sha or "")
+        if not wait:
+            return None
+        _wait_for_shards(folder, spec, rank, world_size)
+        if rank == 0:
+            _summarise(folder, spec)
     return open_store(folder)
 
 
-def _wait_for_shards(folder: Path, spec: StoreSpec) -> None:
-    """Poll until every shard is finished (other ranks are still writing theirs)."""
-    pending = list(range(spec.n_shards))
+def _wait_for_shards(folder: Path, spec: StoreSpec, rank: int, world_size: int) -> None:
+    """Poll until every shard is finished (other ranks are still writing theirs).
+
+    Never waits forever: a missing shard of this rank (finished, then
+    deleted or rewritten by another process) is an error at once, and so is
+    a missing shard of a rank whose writer lock has been free for
+    ``_ABANDONED_S`` seconds (that rank stopped, or was never started).
+    """
+    pending, free_since = list(range(spec.n_shards)), {}
     while True:
         pending = [k for k in pending if not _shard_finished(folder, spec, k)]
         if not pending:
             return
+        own = [k for k in pending if k % world_size == rank]
+        if own:
+            raise RuntimeError(
+                f"the shard {shard_name(own[0])} of the activation store {folder} was finished by this process "
+                "but is now missing or changed: another process deleted or rewrote it. Run the same extraction "
+                "again (one writer at a time) to redo it."
+            )
+        now = time.monotonic()
+        for r in sorted({k % world_size for k in pending}):
+            if _rank_running(folder, r):
+                free_since.pop(r, None)
+            elif now - free_since.setdefault(r, now) >= _ABANDONED_S:
+                missing = [shard_name(k) for k in pending if k % world_size == r]
+                raise RuntimeError(
+                    f"the activation store {folder} waits for the shards of rank {r} ({', '.join(missing[:3])}"
+                    f"{' ...' if len(missing) > 3 else ''}), but no process has been writing as rank {r} for "
+                    f"{_ABANDONED_S:g} s: it stopped or was never started. The finished shards are kept; run "
+                    "the same extraction again (with any number of processes) to resume."
+                )
         time.sleep(_POLL_S)
 
 
@@ -597,7 +705,106 @@ def _read_manifest(folder: Path) -> dict:
             f"the store {folder} has format version {version!r}; this clvqlearn reads up to "
             f"{STORE_VERSION}. Upgrade clvqlearn."
         )
+    _check_manifest(manifest, stored)
     return stored
+
+
+def _manifest_error(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"the store manifest {path} is damaged or was edited: {why}. The shards are not at fault, do not "
+        f"delete them: restore {path.name} (each shard's sidecar, shard-NNNNN.json, records under \"store\" "
+        "what it should say), or extract again into a new folder."
+    )
+
+
+def _is_int(value, low: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
+def _check_manifest(path: Path, stored: dict) -> None:
+    """Every field the reader relies on must be there with the right type (ValueError naming it if not)."""
+    def pair(low):
+        return lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x, low) for x in v)
+
+    rules = [
+        ("model_name", lambda v: isinstance(v, str) and v != "", "a model name"),
+        ("layers", pair(None), "a [low, high] pair of integers"),
+        ("widths", pair(1), "a [low, high] pair of positive integers"),
+        ("dtype", lambda v: v in STORAGE_DTYPES, f"one of {list(STORAGE_DTYPES)}"),
+        ("n_docs", lambda v: _is_int(v, 1), "a positive integer"),
+        ("shard_size", lambda v: _is_int(v, 1), "a positive integer"),
+        ("texts_sha256", lambda v: isinstance(v, str), "a hex string"),
+    ]
+    for key, valid, expected in rules:
+        if key not in stored:
+            raise _manifest_error(path, f"the field {key!r} is missing")
+        if not valid(stored[key]):
+            raise _manifest_error(path, f"the field {key!r} is {stored[key]!r}, expected {expected}")
+    if not isinstance(stored.get("settings", {}), dict):
+        raise _manifest_error(path, f"the field 'settings' is {stored['settings']!r}, expected a JSON object")
+    n_shards = math.ceil(stored["n_docs"] / stored["shard_size"])
+    if stored.get("n_shards") != n_shards:
+        raise _manifest_error(
+            path, f"the field 'n_shards' is {stored.get('n_shards')!r}, but n_docs={stored['n_docs']} and "
+                  f"shard_size={stored['shard_size']} make {n_shards} shards"
+        )
+
+
+def _check_shard_files(folder: Path, manifest: dict) -> None:
+    """No shard file may lie beyond the manifest's ``n_shards``."""
+    beyond = sorted(p.name for p in folder.glob("shard-*.*")
+                    if p.suffix in (".safetensors", ".json") and p.stem[6:].isdigit()
+                    and int(p.stem[6:]) >= manifest["n_shards"])
+    if beyond:
+        raise _manifest_error(
+            folder / MANIFEST,
+            f"it says n_shards={manifest['n_shards']} (n_docs={manifest['n_docs']}, shard_size="
+            f"{manifest['shard_size']}), but the folder also holds {', '.join(beyond[:4])}"
+            f"{' ...' if len(beyond) > 4 else ''}",
+        )
+
+
+def _disagreements(manifest: dict, recorded: dict) -> list[str]:
+    """The store fields on which the manifest and a shard's record differ."""
+    out = []
+    for key in _IDENTITY:
+        if key in recorded and manifest.get(key) != recorded[key]:
+            if key == "texts_sha256":
+                out.append("the input texts (texts_sha256) differ")
+            else:
+                out.append(f"{key}: the manifest says {manifest.get(key)!r}, the shards were written with "
+                           f"{recorded[key]!r}")
+    return out
+
+
+def _check_identity(folder: Path, manifest: dict, recorded: dict) -> None:
+    """The manifest must agree with what the finished shards recorded (``recorded``: shard -> fields).
+
+    When every shard disagrees, the manifest is at fault; when only some
+    do, those shards come from another store.
+    """
+    wrong = {k: d for k, d in ((k, _disagreements(manifest, rec)) for k, rec in sorted(recorded.items())) if d}
+    if not wrong:
+        return
+    first = wrong[min(wrong)]
+    if len(wrong) == len(recorded):
+        raise _manifest_error(folder / MANIFEST, "it disagrees with what its shards recorded when they were "
+                                                 f"written: {'; '.join(first)}")
+    names = ", ".join(shard_name(k) for k in sorted(wrong)[:4]) + (" ..." if len(wrong) > 4 else "")
+    raise ValueError(
+        f"the activation store {folder} holds shards written for another store: {names} "
+        f"({'; '.join(first).replace('the shards were', 'they were')}). Delete these shards and their .json "
+        "sidecars, then run the same extraction again to redo them."
+    )
+
+
+def _misplaced(folder: Path, name: str, k: int, recorded) -> ValueError:
+    return ValueError(
+        f"{name} in the activation store {folder} records shard {recorded!r}, but it is at the place of shard {k}: "
+        "shard files were renamed, swapped or copied over one another. Give each shard-NNNNN.safetensors and "
+        "its shard-NNNNN.json the number they record; where a pair is a copy of another shard, delete that "
+        "pair and run the same extraction again to redo it."
+    )
 
 
 def _damaged(path: Path, why: str) -> ValueError:
@@ -605,6 +812,15 @@ def _damaged(path: Path, why: str) -> ValueError:
         f"the shard {path.name} of the activation store {path.parent} is damaged: {why}. Delete it and "
         f"its sidecar {path.stem}.json, then run the same extraction again to redo this shard."
     )
+
+
+def _header_record(header: dict) -> dict:
+    """What a shard's safetensors metadata recorded at write time (shard, documents, model, layers)."""
+    try:
+        record = json.loads(header.get("__metadata__", {}).get("clvqlearn", "{}"))
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _read_header(path: Path, size: int) -> tuple[dict, int]:
@@ -633,19 +849,69 @@ class _Shard:
     n_tokens: int
     layout: dict  # name -> (numpy dtype, shape, byte offset from the start of the file)
     code: str  # storage code of low/high: F32, F16 or BF16
+    sha256: str | None = None  # of the whole file, as its sidecar recorded it (None: format version 1)
 
 
-def _load_shard(folder: Path, k: int, spec: dict) -> _Shard:
-    """Check shard ``k`` against its sidecar and the manifest; read its header."""
+@dataclass
+class _Found:
+    """A finished shard as found on disk: its sidecar, its safetensors header, its size."""
+
+    info: dict
+    header: dict
+    data_start: int
+    size: int
+
+
+def _find_shard(folder: Path, k: int) -> _Found:
+    """Read shard ``k``'s sidecar and header; check that both are at their place and its size."""
     path = folder / shard_name(k)
     info = _read_sidecar(folder, k)
     if info is None or not path.is_file():
         raise _Unfinished(k)
+    if info.get("shard", k) != k:
+        raise _misplaced(folder, _sidecar_name(k), k, info.get("shard"))
     size = path.stat().st_size
+    header, data_start = _read_header(path, size)
+    if _header_record(header).get("shard", k) != k:
+        raise _misplaced(folder, path.name, k, _header_record(header).get("shard"))
     if size != info.get("bytes"):
         raise _damaged(path, f"it has {size} bytes on disk but {info.get('bytes')} were written "
                              "(truncated or changed after it was finished)")
-    header, data_start = _read_header(path, size)
+    return _Found(info, header, data_start, size)
+
+
+def _recorded_identity(found: _Found) -> dict:
+    """The store fields a shard recorded: its sidecar's ``store``, else (version 1) its header's model and layers."""
+    meta = _header_record(found.header)
+    record = {key: meta[key] for key in ("model_name", "layers") if key in meta}
+    if isinstance(found.info.get("store"), dict):
+        record.update(found.info["store"])
+    return record
+
+
+def _check_documents(folder: Path, k: int, found: _Found, manifest: dict) -> None:
+    """The sidecar's documents and tokens must be those the manifest gives shard ``k``."""
+    start, stop = k * manifest["shard_size"], min((k + 1) * manifest["shard_size"], manifest["n_docs"])
+    if (found.info.get("doc_start"), found.info.get("doc_stop")) != (start, stop):
+        raise _manifest_error(
+            folder / MANIFEST,
+            f"{_sidecar_name(k)} records documents {found.info.get('doc_start')} to {found.info.get('doc_stop')} "
+            f"(exclusive), but n_docs={manifest['n_docs']} and shard_size={manifest['shard_size']} give shard {k} "
+            f"documents {start} to {stop}",
+        )
+    summary = manifest.get("shards")
+    if summary is not None:
+        entry = summary[k] if isinstance(summary, list) and len(summary) == manifest["n_shards"] else None
+        n_tokens = entry.get("n_tokens") if isinstance(entry, dict) else None
+        if n_tokens != found.info.get("n_tokens"):
+            raise _manifest_error(folder / MANIFEST, f"its 'shards' summary gives shard {k} {n_tokens!r} tokens, "
+                                                     f"its sidecar {found.info.get('n_tokens')!r}")
+
+
+def _load_shard(folder: Path, k: int, found: _Found, spec: dict) -> _Shard:
+    """Check the tensors of shard ``k`` against its sidecar and the manifest."""
+    path, info, header, data_start, size = (folder / shard_name(k), found.info, found.header, found.data_start,
+                                            found.size)
     start, stop = k * spec["shard_size"], min((k + 1) * spec["shard_size"], spec["n_docs"])
     n_tok, layout = int(info.get("n_tokens", -1)), {}
     expected = {"low": (n_tok, spec["widths"][0]), "high": (n_tok, spec["widths"][1]),
@@ -664,7 +930,24 @@ def _load_shard(folder: Path, k: int, spec: dict) -> _Shard:
     code = header["low"]["dtype"]
     if code != _CODES[spec["dtype"]] or header["high"]["dtype"] != code:
         raise _damaged(path, f"its activations are {code}, but the store holds {spec['dtype']}")
-    return _Shard(path, start, stop - start, n_tok, layout, code)
+    sha = info.get("sha256")
+    return _Shard(path, start, stop - start, n_tok, layout, code, sha if isinstance(sha, str) else None)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gone(path: Path, exc: OSError) -> OSError:
+    err = type(exc)(exc.errno, f"could not read the shard {path.name} of the activation store {path.parent}: "
+                               f"{exc.strerror or exc}. It was deleted or moved after the store was opened; "
+                               "open the store again.")
+    err.__cause__ = exc
+    return err
 
 
 class _Unfinished(Exception):
@@ -682,6 +965,7 @@ class _Reader:
         self.shards = shards
         self.row_starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in shards])]).astype(np.int64)
         self._open: OrderedDict = OrderedDict()
+        self._verified: set = set()
 
     def __getstate__(self):
         return {"shards": self.shards, "row_starts": self.row_starts}
@@ -689,14 +973,44 @@ class _Reader:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._open = OrderedDict()
+        self._verified = set()
+
+    def verify(self, i: int) -> None:
+        """Hash shard ``i`` against its sidecar's SHA-256, once (format-version-1 shards have none)."""
+        shard = self.shards[i]
+        if i in self._verified or shard.sha256 is None:
+            return
+        try:
+            actual = _file_sha256(shard.path)
+        except OSError as exc:
+            raise _gone(shard.path, exc) from exc
+        if actual != shard.sha256:
+            raise _damaged(shard.path, "its bytes differ from the SHA-256 its sidecar recorded when it was "
+                                       "written (it was changed on disk after it was finished)")
+        self._verified.add(i)
+
+    def tensor(self, i: int, name: str) -> np.ndarray:
+        """One tensor of shard ``i``, read without opening (or verifying) the whole shard."""
+        if i in self._open:
+            return self._open[i][name]
+        dtype, shape, offset = self.shards[i].layout[name]
+        path = self.shards[i].path
+        try:
+            return np.fromfile(path, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        except OSError as exc:
+            raise _gone(path, exc) from exc
 
     def arrays(self, i: int) -> dict:
-        """Read-only arrays (views into one memory map) of shard ``i``."""
+        """Read-only arrays (views into one memory map) of shard ``i``, its bytes verified the first time."""
         if i in self._open:
             self._open.move_to_end(i)
             return self._open[i]
         shard = self.shards[i]
-        raw = np.memmap(shard.path, dtype=np.uint8, mode="r")
+        self.verify(i)
+        try:
+            raw = np.memmap(shard.path, dtype=np.uint8, mode="r")
+        except OSError as exc:
+            raise _gone(shard.path, exc) from exc
         out = {}
         for name, (dtype, shape, offset) in shard.layout.items():
             count = math.prod(shape)
@@ -893,7 +1207,7 @@ class ShardedLayerPairs(LayerPairs):
         self.tokens = _ShardedArray(self._reader, "tokens", None, object)
         offsets = [np.zeros(1, dtype=np.int64)]
         for i, (shard, row_start) in enumerate(zip(shards, self._reader.row_starts)):
-            local = np.asarray(self._reader.arrays(i)["offsets"])
+            local = np.asarray(self._reader.tensor(i, "offsets"))
             if local[0] != 0 or local[-1] != shard.n_tokens or np.any(np.diff(local) < 0):
                 raise _damaged(shard.path, "its document offsets do not cover its token rows")
             offsets.append(local[1:] + row_start)
@@ -920,13 +1234,35 @@ class ShardedLayerPairs(LayerPairs):
         return len(self._reader.shards)
 
     def __array__(self, dtype=None, copy=None):
-        out = np.empty(self.shape, dtype=self.low.dtype if dtype is None else dtype)
         width, starts = self.low.shape[1], self._reader.row_starts
+        shape = (self.n_tokens, width + self.high.shape[1])  # one row per token (``shape`` counts documents)
+        out = np.empty(shape, dtype=self.low.dtype if dtype is None else dtype)
         for i in range(self.n_shards):  # shard by shard into one matrix: no temporary [low], [high] copies
             rows = slice(int(starts[i]), int(starts[i + 1]))
             out[rows, :width] = self.low._part(i, slice(None))
             out[rows, width:] = self.high._part(i, slice(None))
         return out
+
+    def verify(self) -> ShardedLayerPairs:
+        """Check the bytes of every shard against the SHA-256 its sidecar recorded.
+
+        Reading a shard the first time does the same for that shard; this
+        method checks the whole store at once (it reads every byte).
+
+        Returns
+        -------
+        ShardedLayerPairs
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            When a shard was changed on disk after it was written (the
+            message names it).
+        """
+        for i in range(self.n_shards):
+            self._reader.verify(i)
+        return self
 
     def to_memory(self) -> LayerPairs:
         """Read the whole store into an in-memory :class:`~clvqlearn.LayerPairs`."""
@@ -1071,7 +1407,12 @@ def open_store(path) -> ShardedLayerPairs:
         When the folder or its ``manifest.json`` is missing.
     ValueError
         When a shard is unfinished (an interrupted extraction: run it again
-        to resume), truncated or otherwise damaged (the message names it).
+        to resume), truncated or otherwise damaged (the message names it),
+        misplaced (renamed, swapped or copied), or when the manifest is
+        damaged or disagrees with what its shards recorded (a manifest
+        problem; the message names the field).  These checks read only the
+        sidecars and headers; a shard's bytes are checked against its
+        SHA-256 when it is first read (or by :meth:`ShardedLayerPairs.verify`).
 
     Examples
     --------
@@ -1083,12 +1424,18 @@ def open_store(path) -> ShardedLayerPairs:
     """
     folder = Path(path).expanduser()
     manifest = _read_manifest(folder)
-    shards, unfinished = [], []
-    for k in range(int(manifest["n_shards"])):
+    _check_shard_files(folder, manifest)
+    found, unfinished = {}, []
+    for k in range(manifest["n_shards"]):
         try:
-            shards.append(_load_shard(folder, k, manifest))
+            found[k] = _find_shard(folder, k)
         except _Unfinished as exc:
             unfinished.append(exc.k)
+    _check_identity(folder, manifest, {k: _recorded_identity(f) for k, f in found.items()})
+    shards = []
+    for k, shard in found.items():
+        _check_documents(folder, k, shard, manifest)
+        shards.append(_load_shard(folder, k, shard, manifest))
     if unfinished:
         listed = ", ".join(shard_name(k) for k in unfinished[:5]) + (" ..." if len(unfinished) > 5 else "")
         raise ValueError(

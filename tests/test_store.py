@@ -65,8 +65,13 @@ def _assert_same(a, b, exact=True):
     assert (a.layers, a.model_name) == (b.layers, b.model_name)
 
 
+def _names(folder):
+    """The store's files, without the writers' lock files (kept: the system releases the lock itself)."""
+    return sorted(p.name for p in folder.iterdir() if not (p.name.startswith(".writer-") and p.suffix == ".lock"))
+
+
 def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {name: (folder / name).read_bytes() for name in _names(folder)}
 
 
 # ----------------------------------------------------------------------------- format and reading
@@ -88,7 +93,7 @@ def test_round_trip_slicing_and_iteration(tmp_path):
     _assert_same(store.to_memory(), pairs)
     _assert_same(LayerPairs.load(store.save(tmp_path / "saved"), mmap_mode=None), pairs)
     _assert_same(LayerPairs.concatenate([store, store[:2]]), LayerPairs.concatenate([pairs, pairs[:2]]))
-    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [
+    assert _names(tmp_path / "s") == ["manifest.json"] + [
         f"shard-0000{k}.{ext}" for k in range(4) for ext in ("json", "safetensors")
     ]
 
@@ -183,7 +188,7 @@ def test_manifest_records_what_the_store_holds(tmp_path):
     pairs = _corpus(6)
     write_store(tmp_path, Maker(pairs), _spec(pairs, model_revision="abc", settings={"max_length": 7}))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["format"] == "clvqlearn.LayerPairStore" and manifest["format_version"] == 1
+    assert manifest["format"] == "clvqlearn.LayerPairStore" and manifest["format_version"] == 2
     assert (manifest["model_name"], manifest["model_revision"], manifest["layers"]) == ("toy", "abc", [1, 2])
     assert (manifest["widths"], manifest["dtype"], manifest["settings"]) == ([5, 4], "float32", {"max_length": 7})
     assert (manifest["n_docs"], manifest["shard_size"], manifest["n_shards"]) == (N_DOCS, SHARD, 4)
@@ -311,7 +316,7 @@ def test_make_shard_must_fit_the_spec(tmp_path):
         write_store(tmp_path, lambda a, b: pairs[a : b + 1], _spec(pairs))
     with pytest.raises(TypeError, match="must return LayerPairs"):
         write_store(tmp_path, lambda a, b: np.zeros((3, 9)), _spec(pairs))
-    assert not list(tmp_path.glob("shard-*")) and not list(tmp_path.glob(".*"))
+    assert _names(tmp_path) == ["manifest.json"]
 
 
 # ----------------------------------------------------------------------------- damaged stores, full disks
@@ -373,8 +378,7 @@ def test_full_disk_mid_shard_leaves_nothing_half_written(tmp_path, monkeypatch):
         write_store(tmp_path, Maker(pairs), _spec(pairs))
     assert info.value.errno == errno.ENOSPC
     assert any(".shard-00001.safetensors.tmp-" in s for s in seen)  # a real temporary file existed
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard-00000.json",
-                                                          "shard-00000.safetensors"]
+    assert _names(tmp_path) == ["manifest.json", "shard-00000.json", "shard-00000.safetensors"]
     with pytest.raises(ValueError, match="incomplete"):
         open_store(tmp_path)
     monkeypatch.setattr(store_mod.os, "fsync", real_fsync)
@@ -395,7 +399,7 @@ def test_sidecar_failure_discards_the_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod.os, "replace", replace)
     with pytest.raises(OSError, match="shard-00000.*Input/output error"):
         write_store(tmp_path, Maker(pairs), _spec(pairs))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    assert _names(tmp_path) == ["manifest.json"]
 
 
 def test_read_only_store_folder(tmp_path, monkeypatch):
@@ -410,7 +414,7 @@ def test_read_only_store_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "open", read_only, raising=False)
     with pytest.raises(OSError, match=r"manifest.json.*Read-only file system \(the store folder is read-only"):
         write_store(tmp_path / "s", Maker(pairs), _spec(pairs))
-    assert list((tmp_path / "s").iterdir()) == []
+    assert _names(tmp_path / "s") == []
     maker = Maker(pairs)  # a finished store on a read-only disk: resuming writes nothing, reading works
     _assert_same(write_store(tmp_path / "done", maker, _spec(pairs)), pairs)
     assert maker.calls == []
