@@ -9,6 +9,8 @@ the evaluation code need the container without pulling in transformers.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,21 +234,53 @@ class LayerPairs:
         return pd.DataFrame(np.hstack(parts), index=index, columns=names)
 
     # ----------------------------------------------------------- persistence
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         """Write to a folder of ``.npy`` files plus ``meta.json`` (no pickle).
+
+        The files are written into a new folder beside ``path`` and moved into
+        place at the end, so an interrupted save leaves no half-written
+        folder, and an overwritten save leaves no file of the earlier one
+        (such as its ``token_ids.npy``).  A ``LayerPairs.load`` that still
+        memory-maps the earlier files keeps reading them.
 
         Parameters
         ----------
         path : str or path-like
-            Folder to create (or overwrite files in).
+            Folder to create.
+        overwrite : bool, default=False
+            Replace a folder that already holds files; without it such a
+            folder is refused (``FileExistsError``) and left as it is.
 
         Returns
         -------
         pathlib.Path
             The folder.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> pairs = LayerPairs(low=np.zeros((2, 3)), high=np.ones((2, 3)), offsets=[0, 2])
+        >>> folder = pairs.save(tempfile.mkdtemp() + "/pairs")
+        >>> pairs.save(folder)
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... already holds files; pass overwrite=True to replace them.
+        >>> LayerPairs.load(pairs.save(folder, overwrite=True)).n_tokens
+        2
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        _check_save_target(path, overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+        try:
+            self._write_files(staging)
+            _replace_folder(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return path
+
+    def _write_files(self, path: Path) -> None:
         np.save(path / "low.npy", np.asarray(self.low), allow_pickle=False)
         np.save(path / "high.npy", np.asarray(self.high), allow_pickle=False)
         np.save(path / "offsets.npy", self.offsets, allow_pickle=False)
@@ -263,7 +297,6 @@ class LayerPairs:
             "extra": {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, list))},
         }
         (path / "meta.json").write_text(json.dumps(meta))
-        return path
 
     @classmethod
     def load(cls, path, mmap_mode: str | None = "r") -> "LayerPairs":
@@ -369,3 +402,21 @@ class LayerPairs:
             model_name=parts[0].model_name,
         )
 
+
+def _check_save_target(path: Path, overwrite: bool) -> None:
+    """``path`` must be absent, an empty folder, or (with ``overwrite``) a folder."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; LayerPairs.save writes a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already holds files; pass overwrite=True to replace them.")
+
+
+def _replace_folder(staging: Path, path: Path) -> None:
+    """Move the finished ``staging`` folder to ``path``, replacing what was there."""
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        path.rename(old / path.name)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(path)

@@ -298,3 +298,22 @@ def test_a_path_string_split_into_characters_is_named_as_such(tmp_path):
     search = GridSearchCV(KMeansConcepts(k=2), {"k": [2]}, cv=2, error_score="raise")
     with pytest.raises(TypeError, match=r"splits a string, such as a store path.*LayerPairs.open\(path\)"):
         search.fit(str(tmp_path / "store"))
+
+
+def test_save_refuses_a_folder_with_files_and_overwrite_leaves_nothing_of_the_earlier_save(tmp_path):
+    first = _pairs(seed=1)  # with token_ids and positions
+    folder = first.save(tmp_path / "p")
+    mapped = LayerPairs.load(folder)  # memory-maps the first save's files
+    with pytest.raises(FileExistsError, match="already holds files; pass overwrite=True"):
+        _pairs(seed=2).save(folder)
+    _assert_same(LayerPairs.load(folder, mmap_mode=None), first)  # the refused save changed nothing
+    second = _pairs(seed=2, metadata=False)
+    second.save(folder, overwrite=True)
+    loaded = LayerPairs.load(folder, mmap_mode=None)
+    assert loaded.token_ids is None and loaded.positions is None  # no stale files of the first save
+    _assert_same(loaded, second)
+    np.testing.assert_array_equal(mapped.low, first.low)  # a live reader keeps the earlier data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no staging or old folders left
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        first.save(tmp_path / "f", overwrite=True)

@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import re
+import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ _ADDED_PARAMS = {2: {"decoder_skip": False, "decoder_positions": 0.0}}
 _LAYER_NAMES = ("low", "high")
 #: float32 max ** 0.25: squares of squares of such values still fit float32.
 _FLOAT32_SAFE_ABS = float(np.finfo(np.float32).max) ** 0.25
+#: dtypes of a saved statistic (counts, rates): float64, or float32 in older saves.
+_STATISTIC_DTYPES = ("float64", "float32")
 
 
 @dataclass
@@ -91,6 +94,12 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     #: Largest input magnitude the estimator computes with safely (None = any
     #: finite value); see ``_check_magnitude``.
     _max_abs_input: float | None = _FLOAT32_SAFE_ABS
+    #: dtypes :meth:`load` accepts for a saved array, by attribute name
+    #: (``"network_state_.<key>"`` for an entry of a dict of arrays); every
+    #: other saved array must be float32, as ``save`` writes it.
+    _saved_dtypes: dict = {"usage_": _STATISTIC_DTYPES}
+    #: Saved arrays that may hold infinities (none here; see ``_check_saved_tensors``).
+    _saved_nonfinite: frozenset = frozenset()
 
     # ------------------------------------------------------------ hooks
     def _layer_roles(self) -> tuple[str, str]:  # pragma: no cover - abstract
@@ -107,6 +116,20 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _predict_ids(self, data: _Data) -> np.ndarray:
         return np.asarray(self._activations(data)).argmax(axis=1)
+
+    def _structure(self) -> dict:
+        """The settings that fix the fitted state's shapes and architecture (a hook).
+
+        Recorded by ``fit`` and the first ``partial_fit``; a later
+        ``partial_fit``, inference or ``save`` refuses to run once one of
+        them has changed (:meth:`_check_fitted`).  Settings that only
+        steer training or inference are not part of it.
+        """
+        return {"k": self.k}
+
+    def _components_width(self) -> int | None:
+        """Columns of ``components_``: the source layer's width (None when unknown)."""
+        return self._layer_width(self._source_layer())
 
     def _inverse_bias(self):
         """Added by ``inverse_transform`` (None when there is no bias)."""
@@ -185,6 +208,38 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 "Refit, or set n_low_features back."
             )
         return int(recorded[0])
+
+    def _layer_width(self, role: str) -> int | None:
+        """Fitted width of layer ``role`` ("low" / "high"); None when the fit did not record it."""
+        widths = getattr(self, "layer_widths_", None)
+        if widths is not None:
+            return int(widths[_LAYER_NAMES.index(role)])
+        return None if self._is_cross_layer() else int(self.n_features_in_)
+
+    def _check_fitted(self) -> None:
+        """``check_is_fitted``, then refuse settings changed since fit that shape the fitted state.
+
+        The estimator counterpart of the extractor's "changed since fit"
+        check: ``set_params(k=6)`` on a fitted model would otherwise meet
+        arrays of the old shape deep inside the computation.
+        """
+        check_is_fitted(self)
+        fitted = getattr(self, "_fitted_structure", None)
+        if fitted is None:  # unpickled from a version that did not record it
+            return
+        now = self._structure()
+        changed = [name for name in now if name not in fitted or fitted[name] != now[name]]
+        changed += [name for name in fitted if name not in now]
+        if not changed:
+            return
+        was = ", ".join(f"{name}={fitted.get(name)!r}" for name in changed)
+        is_now = ", ".join(f"{name}={now.get(name)!r}" for name in changed)
+        raise ValueError(
+            f"{', '.join(changed)} changed since fit: {type(self).__name__} was fitted with {was}, and "
+            f"set_params has set {is_now} since; the fitted state has the shape and architecture of the old "
+            f"setting. Call fit (not partial_fit, which continues the fitted model) to start over with the "
+            f"new setting, or set_params({was}) to go on with the fitted one."
+        )
 
     def _fitted_layer_width(self) -> int | None:
         """Width of the one layer a single-layer estimator fitted on LayerPairs reads."""
@@ -356,6 +411,13 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _validate_array(self, X, *, reset: bool) -> _Data:
         """Validate a plain 2-D array (no provenance: any model is accepted)."""
         source_role, target_role = self._layer_roles()
+        if isinstance(X, (list, tuple)) and X and all(isinstance(x, str) and len(x) <= 1 for x in X):
+            raise TypeError(
+                f"{type(self).__name__} received single characters as X: "
+                "scikit-learn's model selection splits a string, such as a store path, into its "
+                "characters. Pass the store as LayerPairs.open(path), which counts documents and "
+                "pickles as its path."
+            )
         if isinstance(X, (list, tuple)) and X and isinstance(X[0], str):
             raise TypeError(
                 f"{type(self).__name__} received raw texts as X. Put a LayerPairExtractor in front "
@@ -425,6 +487,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             for name in list(vars(self)):
                 if name.endswith("_") and not name.startswith("__"):
                     delattr(self, name)
+            self._fitted_structure = self._structure()
             data = self._validate_input(X, reset=True, fitting=True, stream=True)
             self._drop_caches()
             self._fit_data(data, partial=False)
@@ -444,7 +507,10 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         plateau schedule and the warm-up position; it is not pickled).  If
         a call fails (bad input, or an error during the update) the fitted
         state, the optimiser state included, is left exactly as it was
-        before the call.
+        before the call.  A setting that shapes the fitted state (``k``,
+        the layer, the network's architecture) cannot change between calls:
+        after ``set_params`` changed one, ``partial_fit`` raises a
+        ValueError naming it, before any work; ``fit`` starts over.
 
         Parameters
         ----------
@@ -460,8 +526,12 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         first = not hasattr(self, "components_")
         if first:
             self._validate_params()
+        else:
+            self._check_fitted()
         snapshot = copy.deepcopy({k: v for k, v in vars(self).items() if not k.startswith("_cache")})
         try:
+            if first:
+                self._fitted_structure = self._structure()
             data = self._validate_input(X, reset=first, fitting=first)
             self._fit_data(data, partial=True)
         except BaseException:
@@ -496,7 +566,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             One-hot rows for the VQ models and k-means, non-negative latents
             for the sparse autoencoder; same float dtype as the input.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         data = self._validate_input(X, reset=False)
         return np.asarray(self._activations(data), dtype=data.dtype)
 
@@ -511,7 +581,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         ndarray of shape (n_tokens,), dtype int64
         """
-        check_is_fitted(self)
+        self._check_fitted()
         data = self._validate_input(X, reset=False)
         return np.asarray(self._predict_ids(data), dtype=np.int64)
 
@@ -527,7 +597,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         ndarray of shape (n_tokens, d)
         """
-        check_is_fitted(self)
+        self._check_fitted()
         with _naming_argument("X"):
             codes = check_array(X, dtype=[np.float64, np.float32], input_name="X")
         if codes.shape[1] != self.k:
@@ -557,7 +627,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         ndarray of shape (n_tokens, d_target)
         """
-        check_is_fitted(self)
+        self._check_fitted()
         data = self._validate_input(X, reset=False)
         return np.asarray(self._reconstruct_data(data), dtype=data.dtype)
 
@@ -577,7 +647,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         float
         """
-        check_is_fitted(self)
+        self._check_fitted()
         data = self._validate_input(X, reset=False, stream=True)
         if isinstance(data, _stream().StreamData):  # an activation store: chunk by chunk
             return _stream().streamed_fve(data, self._reconstruct_data)
@@ -597,7 +667,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ndarray of shape (n_directions, d)
             Orthonormal rows in the space named by ``concept_space_``.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         concept = self._check_concept(concept)
         vector = np.asarray(self._concept_vector(concept), dtype=np.float64)
         norm = np.linalg.norm(vector)
@@ -624,23 +694,53 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         # torch modules and the optimiser's streaming state stay out of pickles
         return {k: v for k, v in state.items() if not k.startswith("_cache") and k != "_train_state"}
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite=False) -> Path:
         """Save a fitted estimator without pickle: safetensors + JSON.
 
         Parameters
         ----------
         path : str or path-like
             A folder; ``model.safetensors`` and ``config.json`` are written.
+        overwrite : bool, default=False
+            Allow a folder that already holds files; its ``config.json`` and
+            ``model.safetensors`` are replaced (other files are left alone).
 
         Returns
         -------
         pathlib.Path
+
+        Raises
+        ------
+        FileExistsError
+            When ``path`` is a non-empty folder and ``overwrite`` is False,
+            or is a file.
+        ValueError
+            When a setting that shapes the fitted state changed since fit.
+
+        Notes
+        -----
+        Both files are written under temporary names in the folder and then
+        moved into place, so a failed save leaves an earlier save whole.
         """
         from safetensors.numpy import save_file
 
-        check_is_fitted(self)
+        self._check_fitted()
+        tensors, config = self._saved_content()
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        created = _check_save_folder(path, overwrite)
+        try:
+            _replace_files(path, {
+                "model.safetensors": lambda file: save_file(tensors, str(file)),
+                "config.json": lambda file: file.write_text(json.dumps(config, indent=1)),
+            })
+        except BaseException:
+            if created and not any(path.iterdir()):
+                path.rmdir()
+            raise
+        return path
+
+    def _saved_content(self) -> tuple[dict, dict]:
+        """``(tensors, config)`` that :meth:`save` writes: every fitted array, and the rest as JSON."""
         tensors, attributes = {}, {}
         for name, value in vars(self).items():
             if not name.endswith("_") or name.startswith("_"):
@@ -660,9 +760,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             "params": {k: _jsonable(v, k) for k, v in self.get_params(deep=False).items()},
             "attributes": attributes,
         }
-        save_file(tensors, str(path / "model.safetensors"))
-        (path / "config.json").write_text(json.dumps(config, indent=1))
-        return path
+        return tensors, config
 
     @classmethod
     def load(cls, path):
@@ -685,10 +783,20 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             format, when ``config.json`` breaks its schema (JSON types,
             required keys, parameters the class accepts, fitted-attribute
             names), when the parameters disagree with the tensors' shapes
-            (e.g. ``k`` and ``components_``), or when ``model.safetensors``
-            is truncated or foreign.  The message names the file.
+            (e.g. ``components_`` is not ``(k, d)``), when a tensor holds NaN
+            or infinity or has another dtype than ``save`` writes, or when
+            ``model.safetensors`` is truncated or foreign.  The message
+            names the file (and the tensor).
         FileNotFoundError
             When the folder or its files are missing.
+
+        Warns
+        -----
+        UserWarning
+            When the saved ``device`` (e.g. ``"cuda"``) is not available on
+            this machine: the estimator is loaded with ``device="cpu"``
+            (its fitted state is device independent); ``set_params(device=...)``
+            chooses another.
         """
         path = Path(path)
         config_file, tensor_file = path / "config.json", path / "model.safetensors"
@@ -699,8 +807,11 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 )
         config = _read_config(config_file, cls)
         tensors = _read_tensors(tensor_file)
+        _check_saved_tensors(cls, tensors, tensor_file)
         estimator = _build_estimator(cls, config, config_file)
+        _use_available_device(estimator, config_file)
         _set_saved_state(estimator, config, tensors, config_file, tensor_file)
+        estimator._fitted_structure = estimator._structure()  # save refuses a state its params do not describe
         _check_loaded_state(estimator, path)
         return estimator
 
@@ -761,6 +872,74 @@ def _read_tensors(tensor_file: Path) -> dict:
             f"{tensor_file} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be "
             "truncated or written by another program. Save the estimator again."
         ) from None
+
+
+def _saved_name(key: str) -> str:
+    """The attribute a saved tensor restores: ``attr.x_`` -> ``x_``, ``dict.x_.key`` -> ``x_.key``."""
+    return key.partition(".")[2]
+
+
+def _check_saved_tensors(cls, tensors: dict, tensor_file: Path) -> None:
+    """Refuse tensors of another dtype than ``save`` writes, and NaN or infinity (naming the tensor)."""
+    for key, array in tensors.items():
+        name = _saved_name(key)
+        allowed = cls._saved_dtypes.get(name, ("float32",))
+        if array.dtype.name not in allowed:
+            raise ValueError(
+                f"{tensor_file}: tensor {key!r} has dtype {array.dtype.name}, expected "
+                f"{' or '.join(allowed)} ({cls.__name__}.save writes it so). The file was edited or written "
+                "by another program; save the estimator again."
+            )
+        if array.dtype.kind == "f" and name not in cls._saved_nonfinite and not np.isfinite(array).all():
+            what = "NaN" if np.isnan(array).any() else "infinity"
+            raise ValueError(
+                f"{tensor_file}: tensor {key!r} holds {what}; a fitted {cls.__name__} has finite values only. "
+                "The file is damaged or was edited; fit and save the estimator again."
+            )
+
+
+def _use_available_device(estimator, config_file: Path) -> None:
+    """A saved device this machine lacks (``"cuda"`` on a CPU-only one) becomes ``"cpu"``, with a warning."""
+    device = getattr(estimator, "device", "auto")
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        warnings.warn(
+            f"{config_file}: the estimator was saved with device={device!r}, which this machine cannot use "
+            f"({exc}); it is loaded with device='cpu' (the fitted state does not depend on the device). "
+            "Call set_params(device=...) to choose another.",
+            UserWarning,
+            stacklevel=3,
+        )
+        estimator.set_params(device="cpu")
+
+
+def _check_save_folder(path: Path, overwrite: bool) -> bool:
+    """Refuse a file or (unless ``overwrite``) a non-empty folder; create the folder. True when created."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; save() writes a folder. Choose another path.")
+    if path.is_dir():
+        if not overwrite and any(path.iterdir()):
+            raise FileExistsError(
+                f"{path} already exists and is not empty; pass overwrite=True to replace the saved estimator "
+                "in it (config.json and model.safetensors), or choose another folder."
+            )
+        return False
+    path.mkdir(parents=True)
+    return True
+
+
+def _replace_files(folder: Path, writers: dict) -> None:
+    """Write every file under a temporary name in ``folder``, then move them all into place."""
+    temporary = {name: folder / f".{name}.{uuid.uuid4().hex}.tmp" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(temporary[name])
+        for name, file in temporary.items():
+            os.replace(file, folder / name)
+    finally:
+        for file in temporary.values():
+            file.unlink(missing_ok=True)
 
 
 def _build_estimator(cls, config: dict, config_file: Path):
@@ -827,6 +1006,7 @@ def _check_loaded_state(estimator, path: Path) -> None:
     n_features = estimator.n_features_in_
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
         raise ValueError(f"{path / 'config.json'}: n_features_in_ must be a positive integer; got {n_features!r}.")
+    _check_components_shape(estimator, path)
     for name in _PER_CONCEPT:
         array = getattr(estimator, name, None)
         if isinstance(array, np.ndarray) and (array.ndim == 0 or array.shape[0] != k):
@@ -858,6 +1038,27 @@ def _check_loaded_state(estimator, path: Path) -> None:
         estimator._drop_caches()
     if codes_out.shape != (1, k):
         raise ValueError(f"{path}: the saved model gives {codes_out.shape[1]} concepts, but config.json says k={k}.")
+
+
+def _check_components_shape(estimator, path: Path) -> None:
+    """``components_`` (and KMeans' ``cluster_centers_``) must be (k, d) for the fitted layer width d."""
+    try:
+        width = estimator._components_width()
+    except (TypeError, ValueError, IndexError):
+        width = None  # a damaged layer_widths_: the test prediction reports it
+    expected = (estimator.k, width)
+    for name in ("components_", "cluster_centers_"):
+        array = getattr(estimator, name, None)
+        if array is None and name == "cluster_centers_":
+            continue
+        shape = np.shape(array)
+        if len(shape) != 2 or shape[0] != expected[0] or width is not None and shape[1] != width:
+            shown = f"({expected[0]}, {width if width is not None else 'd'})"
+            raise ValueError(
+                f"{path / 'model.safetensors'}: {name} has shape {shape}, expected {shown}: config.json says "
+                f"k={estimator.k}" + (f" and the fitted layer is {width} features wide" if width is not None else "")
+                + ". The folder's two files do not belong together; save the estimator again."
+            )
 
 
 @contextmanager

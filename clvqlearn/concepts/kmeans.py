@@ -21,7 +21,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
-from ._base import ConceptEstimator, _Data
+from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES
 from ._stream import StreamData
 
@@ -272,10 +272,17 @@ class KMeansConcepts(ConceptEstimator):
 
     #: Any finite input is clustered: the data are standardised first.
     _max_abs_input = None
+    #: The centres keep the dtype of the data they were fitted on.
+    _saved_dtypes = {**ConceptEstimator._saved_dtypes, "counts_": _STATISTIC_DTYPES,
+                     "input_shift_": _STATISTIC_DTYPES, "labels_": ("int64",),
+                     "components_": ("float32", "float64"), "cluster_centers_": ("float32", "float64")}
 
     # ------------------------------------------------------------ hooks
     def _layer_roles(self):
         return (self.layer, self.layer)
+
+    def _structure(self) -> dict:
+        return {"k": self.k, "layer": self.layer}
 
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_device()

@@ -20,7 +20,7 @@ from .._linalg import orthonormalize
 from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
-from ._base import ConceptEstimator, _Data
+from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
 from ._stream import StreamData, initial_sample, training_source
 from ._training import TrainConfig, as_float_tensor, estimator_config, train_module
 
@@ -250,11 +250,25 @@ class SparseAutoencoder(ConceptEstimator):
         self.device = device
         self.verbose = verbose
 
+    _saved_dtypes = {**ConceptEstimator._saved_dtypes, "firing_rate_": _STATISTIC_DTYPES,
+                     "tokens_since_fired_": _STATISTIC_DTYPES}
+
     # ------------------------------------------------------------ hooks
     def _layer_roles(self):
         if self.layer is None:
             return ("low", "high")
         return (self.layer, self.layer)
+
+    def _structure(self) -> dict:
+        return {"k": self.k, "layer": self.layer}
+
+    def _components_width(self) -> int | None:
+        """Decoder rows live in the target layer."""
+        return self._layer_width(self._layer_roles()[1])
+
+    def _network_settings(self) -> tuple:
+        """What the torch network is built with besides its shapes (the cache is rebuilt when it changes)."""
+        return (self.activation, self.top_k if self.activation == "topk" else None)
 
     @property
     def concept_space_(self) -> str:
@@ -343,7 +357,7 @@ class SparseAutoencoder(ConceptEstimator):
                 config=config, rng=rng, device=device, after_step=after_step,
                 state=getattr(self, "_train_state", None),
             )
-        self._cache_network = (device, network)
+        self._cache_network = (device, self._network_settings(), network)
         for attr, value in to_numpy_state(network).items():
             setattr(self, _attribute_of(attr), value)
         self.tokens_since_fired_ = np.asarray(self.tokens_since_fired_, dtype=np.float64)
@@ -375,8 +389,8 @@ class SparseAutoencoder(ConceptEstimator):
         """The torch network for the fitted state (a private, rebuilt cache)."""
         device = device or self._resolve_device()
         cached = getattr(self, "_cache_network", None)
-        if cached is not None and cached[0] == device:
-            return cached[1]
+        if cached is not None and cached[:2] == (device, self._network_settings()):
+            return cached[2]
         k, d_in = self.encoder_weights_.shape
         with seeded(0, device):  # weights are overwritten below
             network = SparseAutoencoderNet(
@@ -386,7 +400,7 @@ class SparseAutoencoder(ConceptEstimator):
         network.to(device)
         load_numpy_state(network, {param: getattr(self, attr) for attr, param in _STATE.items()})
         network.eval()
-        self._cache_network = (device, network)
+        self._cache_network = (device, self._network_settings(), network)
         return network
 
     @torch.no_grad()
@@ -449,9 +463,7 @@ class SparseAutoencoder(ConceptEstimator):
             Orthonormal rows; fewer than ``ablation_rank`` when the chosen
             rows are linearly dependent.
         """
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
+        self._check_fitted()
         concept = self._check_concept(concept)
         if self.ablation == "decoder_row":
             return super().concept_directions(concept)

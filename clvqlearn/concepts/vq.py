@@ -16,7 +16,7 @@ from ..metrics import usage_perplexity
 from ..nn.clvq import CLVQNetwork
 from ..nn.decoders import DECODERS, fit_output_layer
 from ..nn.encoders import ENCODERS, MLPEncoder
-from ._base import ConceptEstimator, _Data
+from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
 from ._stream import StreamData, initial_sample, training_source
 from ._training import (TrainConfig, as_float_tensor, estimator_config, predict_batches, rows_of_documents,
@@ -80,6 +80,10 @@ class _VQEstimator(ConceptEstimator):
         "dead_code_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
     }
+    _saved_dtypes = {**ConceptEstimator._saved_dtypes, "source_counts_": _STATISTIC_DTYPES,
+                     "network_state_.codebook.n_replaced": ("int64",)}
+    #: ``alpha=inf`` is the adaptive encoder's fixed ``m = 0.5`` (one reference version).
+    _saved_nonfinite = frozenset({"network_state_.encoder.alpha"})
 
     def __init__(self, k=400, *, top_k=5, temperature=1.0, ema_decay=0.99, ema_update="sampled",
                  init="k-means++", encoder="linear", alpha=0.2, encoder_init="regression",
@@ -139,6 +143,20 @@ class _VQEstimator(ConceptEstimator):
             top_k=self.top_k, temperature=self.temperature, ema_decay=self.ema_decay,
             ema_update=self.ema_update, dead_code_threshold=self.dead_code_threshold,
         )
+
+    def _structure(self) -> dict:
+        """k, the encoder and the decoder architecture (each size only where that kind reads it)."""
+        structure = {"k": self.k, "encoder": self.encoder, "decoder": self.decoder,
+                     "decoder_skip": self._decoder_skip()}
+        if self.encoder == "mlp":
+            structure["encoder_hidden"] = self.encoder_hidden
+        if self.decoder == "mlp":
+            structure["decoder_hidden"] = self.decoder_hidden
+        else:
+            structure.update(decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
+                             decoder_ff=self.decoder_ff, decoder_norm_first=self.decoder_norm_first,
+                             decoder_positions=self.decoder_positions)
+        return structure
 
     def _decoder_skip(self) -> bool:
         """``decoder_skip="auto"``: a skip read-out for the bypass transformer only."""
@@ -260,7 +278,7 @@ class _VQEstimator(ConceptEstimator):
                                device=device, compute_dtype=compute_dtype)
 
     def _store_fitted(self, network, result, data, device) -> None:
-        self._cache_network = (device, network)
+        self._cache_network = (device, self._network_kwargs(), network)
         self.network_state_ = to_numpy_state(network)
         self.n_target_features_ = network.out_features
         self.components_ = network.codebook.codes.detach().cpu().numpy().astype(np.float32)
@@ -322,15 +340,15 @@ class _VQEstimator(ConceptEstimator):
         """The torch network for the fitted state (a private, rebuilt cache)."""
         device = device or self._resolve_device()
         cached = getattr(self, "_cache_network", None)
-        if cached is not None and cached[0] == device:
-            return cached[1]
+        if cached is not None and cached[:2] == (device, self._network_kwargs()):
+            return cached[2]  # rebuilt when set_params changed a setting it is built with (temperature, ...)
         with seeded(0, device):  # construction draws from the global RNG; weights are overwritten
             network = CLVQNetwork(self.components_.shape[1], self.n_target_features_, self.k,
                                   **self._network_kwargs())
         network.to(device)
         load_numpy_state(network, self.network_state_)
         network.eval()
-        self._cache_network = (device, network)
+        self._cache_network = (device, self._network_kwargs(), network)
         return network
 
     @staticmethod
@@ -375,9 +393,7 @@ class _VQEstimator(ConceptEstimator):
         -------
         ndarray of shape (n_tokens, d_source)
         """
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
+        self._check_fitted()
         data = self._validate_input(X, reset=False)
         device = self._resolve_device()
         with torch.no_grad():
@@ -403,6 +419,14 @@ RECIPES = {
     ),
 }
 RECIPES["paper-decoder-lm"] = {**RECIPES["paper"], "learning_rate": 1e-3, "batch_size": 64}
+#: ``"two-stage"`` is the default with the VQ training switched off, the
+#: baseline joint training must beat (issue 22): the same fitted regression
+#: encoder, codes placed by k-means on its output (``init="k-means++"``: up
+#: to 20k tokens, one k-means run) and then frozen (``ema_decay=1.0``: the EMA
+#: keeps them), the nearest code in training as at inference (``top_k=1``),
+#: and the same decoder trained on these fixed codes.
+RECIPES["two-stage"] = dict(init="k-means++", ema_decay=1.0, top_k=1, encoder_learning_rate=0.0,
+                            dead_code_threshold=None)
 
 
 def _rows_through(function, rows: torch.Tensor, device) -> torch.Tensor:
@@ -664,8 +688,9 @@ class CrossLayerVQ(_VQEstimator):
 
         Parameters
         ----------
-        recipe : {"paper", "paper-decoder-lm"}
-            See :data:`RECIPES`.
+        recipe : {"paper", "paper-decoder-lm", "two-stage"}
+            See :data:`RECIPES`; ``"two-stage"`` is the default without VQ
+            training (k-means on its regression encoder's output, frozen).
         **params
             Any constructor parameter (e.g. ``k``, ``device``, ``random_state``).
 
@@ -764,3 +789,6 @@ class SingleLayerVQ(_VQEstimator):
 
     def _layer_roles(self):
         return (self.layer, self.layer)
+
+    def _structure(self) -> dict:
+        return {**super()._structure(), "layer": self.layer}

@@ -118,7 +118,8 @@ def _set(path, value):
 
 
 CONFIG_EDITS = {
-    "k disagrees with tensors": (_set(["params", "k"], 5), r"k=5.*components_.*\(3, 5\)"),
+    "k disagrees with tensors": (_set(["params", "k"], 5),
+                                 r"components_ has shape \(3, 5\), expected \(5, 5\): config.json says k=5"),
     "missing params": (lambda c: c.pop("params"), r"missing key\(s\) \['params'\]"),
     "params not an object": (_set(["params"], [1, 2]), "'params' must be a JSON dict"),
     "unknown param": (_set(["params", "n_clusters"], 3), r"params \['n_clusters'\] are not parameters"),

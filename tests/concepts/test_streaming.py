@@ -217,3 +217,68 @@ def test_a_streamed_fit_on_the_gpu_matches_the_cpu_one(name, corpus, small_buffe
     gpu = ESTIMATORS[name]().set_params(device="cuda").fit(NpyStore(folder))
     assert abs(gpu.score(test) - cpu.score(test)) < 0.05
     np.testing.assert_allclose(gpu.usage_.sum(), 1.0)
+
+
+# ------------------------------------------------------------------ partial_fit after set_params (issue 23, item 4)
+SMALL = {
+    "CrossLayerVQ": lambda: CrossLayerVQ(k=4, **{**FAST_VQ, "decoder_hidden": 8, "encoder_hidden": 8, "top_k": 2}),
+    "SingleLayerVQ": lambda: SingleLayerVQ(k=4, **{**FAST_VQ, "decoder_hidden": 8, "top_k": 2}),
+    "KMeansConcepts": lambda: KMeansConcepts(k=4, batch_size=64, random_state=0),
+    "SparseAutoencoder": lambda: SparseAutoencoder(k=4, batch_size=64, device="cpu", random_state=0),
+}
+#: A setting that shapes the fitted state, changed after the first call: (estimator, change, fitted value).
+STRUCTURAL_CHANGES = [
+    *[(name, {"k": 6}, "k=4") for name in sorted(SMALL)],
+    ("SingleLayerVQ", {"layer": "low"}, "layer='high'"),
+    ("KMeansConcepts", {"layer": "low"}, "layer='high'"),
+    ("SparseAutoencoder", {"layer": "high"}, "layer=None"),
+    ("CrossLayerVQ", {"decoder_hidden": 16}, "decoder_hidden=8"),
+    ("CrossLayerVQ", {"encoder_hidden": 16}, "encoder_hidden=8"),
+    ("CrossLayerVQ", {"decoder": "transformer-codes", "decoder_heads": 2}, "decoder='mlp'"),
+    ("SingleLayerVQ", {"encoder": "mlp"}, "encoder='linear'"),
+    ("CrossLayerVQ", {"decoder_skip": True}, "decoder_skip=False"),
+]
+
+
+@pytest.mark.parametrize("name, change, fitted", STRUCTURAL_CHANGES,
+                         ids=[f"{n}-{'-'.join(c)}" for n, c, _ in STRUCTURAL_CHANGES])
+def test_partial_fit_refuses_a_structural_setting_changed_since_fit(name, change, fitted):
+    first, second = _pairs(30, 0), _pairs(30, 1)
+    est = SMALL[name]().partial_fit(first)
+    before = {key: value.copy() for key, value in vars(est).items() if isinstance(value, np.ndarray)}
+    n_iter, params = est.n_iter_, est.get_params()
+    est.set_params(**change)
+    changed = sorted(change)[0]
+    with pytest.raises(ValueError, match=rf"{changed}.* changed since fit: {name} was fitted with .*{fitted}"
+                                         r".*Call fit \(not partial_fit"):
+        est.partial_fit(second)
+    assert est.n_iter_ == n_iter  # nothing was done
+    for key, value in before.items():
+        np.testing.assert_array_equal(getattr(est, key), value)
+    est.set_params(**params).partial_fit(second)  # set back, the stream goes on
+    assert est.n_iter_ > n_iter
+    est.set_params(**change).fit(first)  # fit starts over with the new setting
+    est.partial_fit(second)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_inference_refuses_a_k_changed_since_fit(name):
+    est = SMALL[name]().fit(_pairs(30, 0))
+    est.set_params(k=5)
+    for method in ("predict", "transform", "reconstruct", "score"):
+        with pytest.raises(ValueError, match=r"k changed since fit: .* fitted with k=4"):
+            getattr(est, method)(_pairs(10, 1))
+    with pytest.raises(ValueError, match="k changed since fit"):
+        est.concept_directions(0)
+
+
+def test_a_behavioural_setting_changed_since_fit_takes_effect_at_once():
+    pairs = _pairs(40, 0)
+    sae = SMALL["SparseAutoencoder"]().fit(pairs)
+    assert (sae.transform(pairs) > 0).sum(axis=1).max() > 1
+    sae.set_params(activation="topk", top_k=1)  # same shapes: allowed, and no longer ignored by the cached network
+    latents = sae.transform(pairs)
+    assert (latents > 0).sum(axis=1).max() == 1
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(sae)).transform(pairs), latents)
+    sae.partial_fit(pairs)
+    assert (sae.transform(pairs) > 0).sum(axis=1).max() == 1
