@@ -6,9 +6,10 @@ rubric (3 = plausibly explains the model's prediction) with guidance written
 for the data set.  Method names are hidden (the concepts are "Concept A",
 "Concept B", ...) and their order is shuffled per item with a seed.  The
 answer is JSON, parsed leniently; an unreadable answer is retried, then
-recorded as missing (the run never stops on one bad answer).  Every result
-is appended to a JSONL file at once, so an interrupted run resumes where it
-stopped.
+recorded as missing (the run never stops on one bad answer; only a refused
+API key stops it at once).  Every result is appended to a JSONL file at
+once, so an interrupted run resumes where it stopped, and asks again the
+items that are missing because the backend failed.
 
 Outputs: :func:`rating_summary` (mean rating and rank-first share per method,
 bootstrap CIs) and :func:`judge_agreement` (Krippendorff's alpha on the
@@ -39,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .llm import BackendError
+from ..report.study import check_representation
+from .llm import BackendAuthError, BackendError
 
 __all__ = ["GUIDANCE", "JudgeItem", "concept_representations", "judge_agreement", "judge_prompt",
            "make_judge_items", "parse_ratings", "rating_summary", "read_judgments", "run_judge"]
@@ -128,15 +130,46 @@ def make_judge_items(sentences, predictions, concepts: dict, *, item_ids=None) -
     Returns
     -------
     list of JudgeItem
+
+    Raises
+    ------
+    TypeError
+        When ``concepts`` or a representation has the wrong shape.
+    ValueError
+        When lengths differ, ids repeat, or no sentence has a concept.
     """
+    if not isinstance(concepts, dict) or not concepts:
+        raise TypeError(f"concepts must be a non-empty dict {{method: one representation per sentence}}; got "
+                        f"{type(concepts).__name__}.")
     n = len(sentences)
+    for method, reps in concepts.items():
+        if isinstance(reps, (str, dict)) or not hasattr(reps, "__len__"):
+            raise TypeError(f"concepts[{method!r}] must be a list with one representation per sentence; "
+                            f"got {type(reps).__name__}.")
     if len(predictions) != n or any(len(v) != n for v in concepts.values()):
         raise ValueError("sentences, predictions and every method's concepts must have the same length.")
     ids = [str(i) for i in range(n)] if item_ids is None else [str(i) for i in item_ids]
     if len(set(ids)) != n:
         raise ValueError("item_ids must be unique.")
-    return [JudgeItem(ids[i], str(sentences[i]), str(predictions[i]),
-                      {m: reps[i] for m, reps in concepts.items()}) for i in range(n)]
+    items = [JudgeItem(ids[i], str(sentences[i]), str(predictions[i]),
+                       {m: reps[i] for m, reps in concepts.items()}) for i in range(n)]
+    _check_items(items)
+    return items
+
+
+def _check_items(items: list) -> None:
+    """Every item a JudgeItem with well-formed concepts, and at least one concept to show."""
+    for item in items:
+        if not isinstance(item, JudgeItem):
+            raise TypeError(f"items must be JudgeItem objects (see make_judge_items); got {type(item).__name__}.")
+        if not isinstance(item.concepts, dict):
+            raise TypeError(f"item {item.item_id!r}: concepts must be a dict {{method: representation}}; got "
+                            f"{type(item.concepts).__name__}.")
+        for method, rep in item.concepts.items():
+            check_representation(rep, f"item {item.item_id!r}, method {method!r}: the concept")
+    if not any(_shown(item) for item in items):
+        raise ValueError("No item has a concept to show (every representation is None or has no data): "
+                         "nothing to judge.")
 
 
 def _shown(item: JudgeItem) -> list:
@@ -270,8 +303,18 @@ def fingerprint(*parts) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _failed(record: dict) -> bool:
+    """A missing answer caused by the backend (timeout, rate limit, server error): worth asking again."""
+    return record.get("status") == "missing" and bool(record.get("errors"))
+
+
 def _done(path: Path, judge: str) -> dict:
-    """item_id -> fingerprint of the records this judge already has in ``path``."""
+    """item_id -> fingerprint of the records this judge already has in ``path``.
+
+    Items whose latest record is missing because of backend errors are left
+    out, so a rerun asks them again; items the judge answered unreadably
+    stay done (the same judge would answer the same).
+    """
     done = {}
     if not path.exists():
         return done
@@ -281,7 +324,11 @@ def _done(path: Path, judge: str) -> dict:
         except json.JSONDecodeError:
             continue  # a line cut by an interruption: that item is judged again
         if isinstance(rec, dict) and rec.get("judge") == judge:
-            done[str(rec.get("item_id"))] = rec.get("fingerprint")
+            item_id = str(rec.get("item_id"))
+            if _failed(rec):
+                done.pop(item_id, None)
+            else:
+                done[item_id] = rec.get("fingerprint")
     return done
 
 
@@ -300,6 +347,8 @@ def ask(backend, prompt: str, parse, *, n_attempts: int, seed: int, schema=None)
 
     With ``schema=(keys, options)`` and a backend whose ``constrained`` is
     true, the backend's ``choose`` writes the JSON (guided decoding).
+    A :class:`~clvqlearn.evaluation.llm.BackendAuthError` is raised at once;
+    other backend errors are collected and the question asked again.
     """
     raw, errors = [], []
     guided = schema is not None and getattr(backend, "constrained", False)
@@ -307,6 +356,8 @@ def ask(backend, prompt: str, parse, *, n_attempts: int, seed: int, schema=None)
         try:
             text = prompt + (_RETRY_NOTE if attempt else "")
             answer = backend.choose(text, *schema) if guided else backend.complete(text, seed=seed + attempt)
+        except BackendAuthError:
+            raise  # every further request would be refused too
         except BackendError as exc:
             errors.append(str(exc))
             continue
@@ -330,7 +381,9 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
     path : str or Path
         The JSONL file (created, or appended to).  Items this judge already
         has in it, with the same prompt and order, are skipped; an item whose
-        content changed is judged again (the newer record wins).
+        content changed, or that is missing because the backend failed
+        (timeout, rate limit, server error), is judged again (the newer
+        record wins).
     guidance : str
         Data-set guidance (:data:`GUIDANCE`).
     random_state : int
@@ -347,10 +400,20 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
     -------
     pandas.DataFrame
         :func:`read_judgments` of the file, this judge only.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any request, when the items or their concepts have the wrong
+        shape, or no item has a concept to show.
+    BackendAuthError
+        At once, when the endpoint refuses the API key; the items judged
+        before stay in the file.
     """
     items = list(items)
     if not items:
         raise ValueError("run_judge got no items to judge.")
+    _check_items(items)
     path = Path(path)
     judge = judge or backend.name
     done = _done(path, judge)

@@ -11,20 +11,48 @@ Two interchangeable backends with one method, ``complete(prompt, *, seed)``
   and exponential back-off on rate limits, server errors and timeouts.
 
 Failures are raised as :class:`BackendError`; the callers record them as
-missing answers instead of stopping.
+missing answers instead of stopping, except :class:`BackendAuthError` (the
+endpoint refused the API key: HTTP 401 or 403), which stops a run at once,
+as every further request would fail the same way.  No message of either
+holds the API key.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
-__all__ = ["BackendError", "HFChatBackend", "OpenAIBackend"]
+__all__ = ["BackendAuthError", "BackendError", "HFChatBackend", "OpenAIBackend"]
 
 
 class BackendError(RuntimeError):
     """A backend could not produce an answer (timeout, HTTP error, ...)."""
+
+
+class BackendAuthError(BackendError, PermissionError):
+    """The endpoint refused the credentials (HTTP 401 or 403): no request can succeed, so runs stop."""
+
+
+#: What a server may echo of a credential: ``Bearer <token>``, ``api_key=<token>``, ``sk-...`` keys.
+_CREDENTIAL = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+|\bsk-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` with ``secret`` and anything that looks like a credential replaced by ``***``.
+
+    Examples
+    --------
+    >>> redact("401: Incorrect key Bearer abc.def for https://x/v1", "abc.def")
+    '401: Incorrect key Bearer *** for https://x/v1'
+    >>> redact("key sk-proj-0123456789abcdef rejected")
+    'key *** rejected'
+    """
+    text = str(text)
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "***", text)
 
 
 class HFChatBackend:
@@ -330,16 +358,31 @@ class OpenAIBackend:
         return self._client
 
     def complete(self, prompt: str, *, seed: int = 0) -> str:
-        """The model's reply to one user message."""
+        """The model's reply to one user message.
+
+        Raises
+        ------
+        BackendAuthError
+            The endpoint refused the API key (HTTP 401 or 403).
+        BackendError
+            Any other failure (timeout, rate limit or server error once the
+            retries are spent, no message content).
+        """
         import openai
 
         kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        client = self._get_client()
         try:
-            response = self._get_client().chat.completions.create(
+            response = client.chat.completions.create(
                 model=self.model, messages=[{"role": "user", "content": prompt}], temperature=self.temperature,
                 max_tokens=self.max_tokens, seed=int(seed), **kwargs)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            # ``from None``: the chained exception would show the server's message, which may echo the key
+            raise BackendAuthError(
+                f"{self.name}: the endpoint {client.base_url} refused the API key (HTTP {exc.status_code}, "
+                f"{redact(exc.message, client.api_key)}); check api_key or OPENAI_API_KEY.") from None
         except openai.OpenAIError as exc:
-            raise BackendError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"{self.name}: {type(exc).__name__}: {redact(exc, client.api_key)}") from None
         choices = getattr(response, "choices", None) or []
         content = choices[0].message.content if choices else None
         if content is None:

@@ -1,4 +1,7 @@
-"""The HTML, CSS and JavaScript of the concept browser (no external resources)."""
+"""The HTML, CSS and JavaScript of the concept browser (no external resources).
+
+The code builds the page with DOM calls and ``textContent``: no user string is ever parsed as HTML.
+"""
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -63,7 +66,16 @@ const D = JSON.parse(document.getElementById("clvq-data").textContent);
 const PAGE = 25;
 const S = {shown: D.methods.map((m, i) => i < 4), page: 0, docs: null, query: "", filter: null, listMethod: 0, sel: null};
 const $ = (id) => document.getElementById(id);
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+// every user string (token, sentence, name) goes in as text, never as markup
+function el(tag, props, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "class") e.className = v; else if (k === "style") e.style.cssText = v; else e.setAttribute(k, v);
+  }
+  for (const kid of kids.flat()) if (kid !== null && kid !== undefined) e.append(kid instanceof Node ? kid : String(kid));
+  return e;
+}
+const marked = (s) => String(s).split(/\[\[(.*?)\]\]/).map((part, i) => (i % 2 ? el("mark", null, part) : part));
 const colour = (c) => "hsl(" + ((c * 137.508) % 360).toFixed(1) + ",70%,84%)";
 let docText = null;
 function textOf(d) {
@@ -87,71 +99,94 @@ function applyFilters() {
   const q = S.query.trim().toLowerCase();
   if (q) docs = docs.filter((d) => textOf(d).includes(q));
   S.docs = docs; S.page = 0;
-  $("filter-info").innerHTML = (S.filter ? "Sentences with concept " + S.filter.c + " of " + esc(D.methods[S.filter.m].name) +
-    ' <button id="clear-filter">show all</button> · ' : "") + docs.length + " sentences";
-  if (S.filter) $("clear-filter").onclick = () => { S.filter = null; applyFilters(); };
+  const info = $("filter-info");
+  info.replaceChildren();
+  if (S.filter) {
+    const clear = el("button", {id: "clear-filter"}, "show all");
+    clear.onclick = () => { S.filter = null; applyFilters(); };
+    info.append("Sentences with concept " + S.filter.c + " of " + D.methods[S.filter.m].name + " ", clear, " · ");
+  }
+  info.append(docs.length + " sentences");
   renderDocs();
 }
 function labelName(v) { return v === null || v === undefined ? "" : (D.label_names ? D.label_names[v] : v); }
+function tokens(m, mi, d) {
+  const out = el("span");
+  for (let r = D.docs.offsets[d]; r < D.docs.offsets[d + 1]; r++) {
+    const c = m.ids[r], sal = D.docs.salient && D.docs.salient[d] === r;
+    if (D.docs.space[r] && r > D.docs.offsets[d]) out.append(" ");
+    const t = el("span", {class: "tok" + (sal ? " sal" : ""), "data-m": mi, "data-c": c, style: "background:" + colour(c)},
+      D.docs.vocab[D.docs.tok[r]]);
+    if (sal) t.title = "salient token";
+    out.append(t);
+  }
+  return out;
+}
 function renderDocs() {
   const n = S.docs.length, pages = Math.max(1, Math.ceil(n / PAGE));
   $("page-info").textContent = "page " + (S.page + 1) + " / " + pages;
-  const parts = [];
+  const shown = [];
   for (const d of S.docs.slice(S.page * PAGE, (S.page + 1) * PAGE)) {
     let head = "#" + d;
-    if (D.docs.labels) head += " · label: " + esc(labelName(D.docs.labels[d]));
-    if (D.docs.preds) head += " · prediction: " + esc(labelName(D.docs.preds[d]));
-    parts.push('<div class="doc" data-doc="' + d + '"><div class="dochead">' + head + "</div>");
+    if (D.docs.labels) head += " · label: " + labelName(D.docs.labels[d]);
+    if (D.docs.preds) head += " · prediction: " + labelName(D.docs.preds[d]);
+    const doc = el("div", {class: "doc", "data-doc": d}, el("div", {class: "dochead"}, head));
     D.methods.forEach((m, mi) => {
-      if (!S.shown[mi]) return;
-      parts.push('<div class="mrow"><span class="mname">' + esc(m.name) + "</span><span>");
-      for (let r = D.docs.offsets[d]; r < D.docs.offsets[d + 1]; r++) {
-        const c = m.ids[r], sal = D.docs.salient && D.docs.salient[d] === r;
-        parts.push((D.docs.space[r] && r > D.docs.offsets[d] ? " " : "") + '<span class="tok' + (sal ? " sal" : "") + '" data-m="' + mi +
-          '" data-c="' + c + '" style="background:' + colour(c) + '"' + (sal ? ' title="salient token"' : "") + ">" + esc(D.docs.vocab[D.docs.tok[r]]) + "</span>");
-      }
-      parts.push("</span></div>");
+      if (S.shown[mi]) doc.append(el("div", {class: "mrow"}, el("span", {class: "mname"}, m.name), tokens(m, mi, d)));
     });
-    parts.push("</div>");
+    shown.push(doc);
   }
-  $("docs").innerHTML = parts.join("") || '<div class="muted">No sentence matches.</div>';
+  $("docs").replaceChildren(...(shown.length ? shown : [el("div", {class: "muted"}, "No sentence matches.")]));
 }
 function conceptOf(mi, c) { return D.methods[mi].concepts[D.methods[mi].index[c]]; }
+function labelBox(k) {
+  const tot = k.labels.reduce((a, b) => a + b, 0);
+  const box = el("div", {class: "labels"}, el("b", null, "Labels where salient"), " (" + tot + " sentences)");
+  D.label_names.forEach((name, j) => {
+    box.append(el("br"), name + " ", el("span", {class: "bar", style: "width:" + (tot ? (120 * k.labels[j] / tot) : 0) + "px"}), " " + k.labels[j]);
+  });
+  return box;
+}
 function showCard(mi, c) {
   const m = D.methods[mi], k = conceptOf(mi, c);
   S.sel = {m: mi, c: c};
   document.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
   document.querySelectorAll('.tok[data-m="' + mi + '"][data-c="' + c + '"]').forEach((e) => e.classList.add("sel"));
-  let h = '<h2><span class="tok" style="background:' + colour(c) + '">' + esc(m.name) + " · concept " + c + "</span></h2>";
-  if (!k) { $("card").innerHTML = h + '<div class="muted">This concept has no tokens.</div>'; return; }
-  h += '<div class="size">' + k.n + " tokens" + (k.kind === "sentences" ? " · mostly special tokens, shown by sentences" : "") + "</div>";
-  h += '<div class="words">' + k.words.map((w) => "<span>" + esc(w[0]) + " <b>" + w[1] + "</b></span>").join("") + "</div>";
-  h += "<div><b>Examples</b><ul>" + k.sentences.map((s) => "<li>" + esc(s).replace(/\[\[(.*?)\]\]/g, "<mark>$1</mark>") + "</li>").join("") + "</ul></div>";
-  if (k.labels && D.label_names) {
-    const tot = k.labels.reduce((a, b) => a + b, 0);
-    h += '<div class="labels"><b>Labels where salient</b> (' + tot + " sentences)<br>" + D.label_names.map((name, j) =>
-      esc(name) + ' <span class="bar" style="width:' + (tot ? (120 * k.labels[j] / tot) : 0) + 'px"></span> ' + k.labels[j]).join("<br>") + "</div>";
-  }
-  h += '<button id="filter-concept">sentences with this concept</button>';
-  $("card").innerHTML = h;
-  $("filter-concept").onclick = () => { S.filter = {m: mi, c: c}; applyFilters(); };
+  const parts = [el("h2", null, el("span", {class: "tok", style: "background:" + colour(c)}, m.name + " · concept " + c))];
+  if (!k) { $("card").replaceChildren(...parts, el("div", {class: "muted"}, "This concept has no tokens.")); return; }
+  parts.push(el("div", {class: "size"}, k.n + " tokens" + (k.kind === "sentences" ? " · mostly special tokens, shown by sentences" : "")));
+  parts.push(el("div", {class: "words"}, k.words.map((w) => el("span", null, w[0] + " ", el("b", null, w[1])))));
+  parts.push(el("div", null, el("b", null, "Examples"), el("ul", null, k.sentences.map((s) => el("li", null, marked(s))))));
+  if (k.labels && D.label_names) parts.push(labelBox(k));
+  const filter = el("button", {id: "filter-concept"}, "sentences with this concept");
+  filter.onclick = () => { S.filter = {m: mi, c: c}; applyFilters(); };
+  $("card").replaceChildren(...parts, filter);
 }
 function renderList() {
   const mi = S.listMethod, m = D.methods[mi], q = $("concept-search").value.trim().toLowerCase();
-  let rows = m.concepts.filter((k) => !q || String(k.id) === q || k.words.some((w) => w[0].toLowerCase().includes(q)));
+  let rows = m.concepts.filter((k) => !q || String(k.id) === q || k.words.some((w) => String(w[0]).toLowerCase().includes(q)));
   const key = $("concept-sort").value;
   const cmp = {size: (a, b) => b.n - a.n, salient: (a, b) => (b.ns || 0) - (a.ns || 0), id: (a, b) => a.id - b.id,
     word: (a, b) => String(a.words.length ? a.words[0][0] : "~").localeCompare(String(b.words.length ? b.words[0][0] : "~"))}[key];
   rows = rows.slice().sort(cmp);
   $("concept-count").textContent = rows.length + " of " + m.concepts.length + " concepts";
-  $("concept-list").innerHTML = rows.map((k) => '<tr class="concept-row" data-c="' + k.id + '"><td><span class="tok" style="background:' + colour(k.id) + '">' + k.id +
-    "</span></td><td>" + k.n + "</td><td>" + (k.ns || 0) + "</td><td>" + (k.kind === "sentences" ? "<i>special tokens</i> " : "") + esc(k.words.slice(0, 6).map((w) => w[0]).join(", ")) + "</td></tr>").join("");
+  const body = document.createDocumentFragment();
+  for (const k of rows) {
+    body.append(el("tr", {class: "concept-row", "data-c": k.id},
+      el("td", null, el("span", {class: "tok", style: "background:" + colour(k.id)}, k.id)), el("td", null, k.n), el("td", null, k.ns || 0),
+      el("td", null, k.kind === "sentences" ? [el("i", null, "special tokens"), " "] : [], k.words.slice(0, 6).map((w) => w[0]).join(", "))));
+  }
+  $("concept-list").replaceChildren(body);
 }
 function init() {
   D.methods.forEach((m) => { m.index = {}; m.concepts.forEach((k, i) => { m.index[k.id] = i; }); });
-  $("method-boxes").innerHTML = D.methods.map((m, i) => '<label><input type="checkbox" class="method-box" data-m="' + i + '"' + (S.shown[i] ? " checked" : "") + "> " + esc(m.name) + "</label>").join(" ");
-  document.querySelectorAll(".method-box").forEach((b) => { b.onchange = () => { S.shown[+b.dataset.m] = b.checked; renderDocs(); }; });
-  $("list-method").innerHTML = D.methods.map((m, i) => '<option value="' + i + '">' + esc(m.name) + "</option>").join("");
+  $("method-boxes").replaceChildren(...D.methods.map((m, i) => {
+    const box = el("input", {type: "checkbox", class: "method-box", "data-m": i});
+    box.checked = S.shown[i];
+    box.onchange = () => { S.shown[i] = box.checked; renderDocs(); };
+    return el("label", null, box, " " + m.name + " ");
+  }));
+  $("list-method").replaceChildren(...D.methods.map((m, i) => el("option", {value: i}, m.name)));
   $("list-method").onchange = () => { S.listMethod = +$("list-method").value; renderList(); };
   $("concept-search").oninput = renderList;
   $("concept-sort").onchange = renderList;

@@ -1,4 +1,8 @@
-"""The HTML, CSS and JavaScript of the human study page (no external resources)."""
+"""The HTML, CSS and JavaScript of the human study page (no external resources).
+
+The code builds the page with DOM calls and ``textContent``: no user string is ever parsed as HTML;
+the instructions are text in which ``**...**`` is shown bold.
+"""
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -13,7 +17,7 @@ header{background:#263238;color:#fff;padding:10px 16px;display:flex;gap:18px;ali
 header h1{font-size:17px;margin:0}
 main{max-width:820px;margin:16px auto;padding:0 12px}
 .panel{background:#fff;border:1px solid #ddd;border-radius:8px;padding:14px 18px;margin-bottom:12px}
-#instructions{font-size:14px;color:#444}
+#instructions{font-size:14px;color:#444;white-space:pre-line}
 .chip{display:inline-block;margin:4px;padding:4px 10px;border-radius:14px;background:#e3f2fd;font-size:16px}
 .sentences li{margin:4px 0}
 mark{background:#ffe082;font-weight:bold}
@@ -47,7 +51,16 @@ textarea{width:100%;height:90px;font-family:monospace;font-size:11px}
 const D = JSON.parse(document.getElementById("study-data").textContent);
 const KEY = "concept-study-" + D.study_id;
 const $ = (id) => document.getElementById(id);
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+// every user string (words, sentences, labels, instructions) goes in as text, never as markup
+function el(tag, props, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) { if (k === "class") e.className = v; else e.setAttribute(k, v); }
+  for (const kid of kids.flat()) if (kid !== null && kid !== undefined) e.append(kid instanceof Node ? kid : String(kid));
+  return e;
+}
+const TOKEN = /\[\[(.*?)\]\]/, BOLD = /\*\*(.+?)\*\*/;
+// text with its [[token]] (or **bold** part) wrapped in <mark> (or <b>)
+const marked = (s, re = TOKEN, tag = "mark") => String(s).split(re).map((part, i) => (i % 2 ? el(tag, null, part) : part));
 function load() {
   try { const s = JSON.parse(localStorage.getItem(KEY)); if (s && s.answers) return s; } catch (e) { /* fresh start */ }
   return {annotator: "", answers: {}, pos: 0};
@@ -59,17 +72,17 @@ function render() {
   const it = D.items[S.pos];
   $("progress").textContent = "Item " + (S.pos + 1) + " of " + D.items.length + " · " + nAnswered() + " answered";
   $("item-head").textContent = "Item " + it.id;
-  let h = "";
-  if (it.sentence) h += '<p class="muted">Sentence: ' + esc(it.sentence).replace(/\[\[(.*?)\]\]/g, "<mark>$1</mark>") + "</p>";
+  const parts = [];
+  if (it.sentence) parts.push(el("p", {class: "muted"}, "Sentence: ", marked(it.sentence)));
   if (it.kind === "sentences") {
-    h += '<div class="muted">The concept is shown by sentences in which it occurs (its token is highlighted):</div><ul class="sentences">' +
-      it.data.map((s) => "<li>" + esc(s).replace(/\[\[(.*?)\]\]/g, "<mark>$1</mark>") + "</li>").join("") + "</ul>";
+    parts.push(el("div", {class: "muted"}, "The concept is shown by sentences in which it occurs (its token is highlighted):"),
+      el("ul", {class: "sentences"}, it.data.map((s) => el("li", null, marked(s)))));
   } else {
-    h += '<div class="muted">The concept\'s most frequent words:</div>' + it.data.map((w) => '<span class="chip">' + esc(w) + "</span>").join("");
+    parts.push(el("div", {class: "muted"}, "The concept's most frequent words:"), it.data.map((w) => el("span", {class: "chip"}, w)));
   }
-  $("concept").innerHTML = h;
+  $("concept").replaceChildren(...parts.flat());
   const chosen = S.answers[it.id] ? S.answers[it.id].answer : null;
-  $("answers").innerHTML = D.label_names.map((name) => '<button class="answer' + (name === chosen ? " chosen" : "") + '" data-label="' + esc(name) + '">' + esc(name) + "</button>").join("");
+  $("answers").replaceChildren(...D.label_names.map((name) => el("button", {class: "answer" + (name === chosen ? " chosen" : ""), "data-label": name}, name)));
   $("done").style.display = nAnswered() === D.items.length ? "block" : "none";
   $("export-text").value = JSON.stringify(exportData());
 }
@@ -86,7 +99,7 @@ function download(name, text, type) {
 function fileName(ext) { return "study-" + D.study_id + "-" + (S.annotator || "anonymous").replace(/[^A-Za-z0-9_-]+/g, "_") + "." + ext; }
 function csvCell(v) { v = String(v); return /[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
 function init() {
-  $("instructions").innerHTML = D.instructions;
+  $("instructions").replaceChildren(...marked(D.instructions, BOLD, "b"));
   $("annotator").value = S.annotator;
   $("annotator").oninput = () => { S.annotator = $("annotator").value.trim(); save(); render(); };
   $("answers").onclick = (e) => {

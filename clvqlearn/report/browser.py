@@ -22,14 +22,13 @@ True
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..pairs import LayerPairs
 from ._browser_assets import PAGE
+from ._html import fill_page
 from .descriptions import (
     _scheme,
     _starts_word,
@@ -85,6 +84,8 @@ def browser_data(methods: dict, pairs: LayerPairs, *, salient_rows=None, labels=
     """The JSON-able data behind :func:`concept_browser_html` (same parameters)."""
     if not isinstance(methods, dict) or not methods:
         raise ValueError("methods must be a non-empty dict {method name: concept ids of every token row}.")
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string (shown as text); got {type(title).__name__}.")
     vocab, tok, space = _display_tokens(pairs)
     n_docs = pairs.n_docs
     salient = None if salient_rows is None else np.asarray(salient_rows, dtype=np.int64)
@@ -112,11 +113,6 @@ def browser_data(methods: dict, pairs: LayerPairs, *, salient_rows=None, labels=
     }
 
 
-def _embed(data: dict) -> str:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
-
-
 def concept_browser_html(methods: dict, pairs: LayerPairs, *, salient_rows=None, labels=None, predictions=None,
                          label_names=None, descriptions: dict | None = None, title: str = "Concept browser",
                          random_state=0, **describe_kwargs) -> str:
@@ -140,6 +136,8 @@ def concept_browser_html(methods: dict, pairs: LayerPairs, *, salient_rows=None,
         Precomputed :func:`~clvqlearn.report.descriptions.describe_concepts`
         tables per method (computed when missing).
     title : str
+        Shown as text, like every token, sentence and name on the page
+        (nothing the caller passes is read as HTML).
     random_state : int or None
         Which example sentences the cards show.
     **describe_kwargs
@@ -154,7 +152,7 @@ def concept_browser_html(methods: dict, pairs: LayerPairs, *, salient_rows=None,
     data = browser_data(methods, pairs, salient_rows=salient_rows, labels=labels, predictions=predictions,
                         label_names=label_names, descriptions=descriptions, title=title,
                         random_state=random_state, **describe_kwargs)
-    return PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", _embed(data))
+    return fill_page(PAGE, title=title, data=data)
 
 
 def write_concept_browser(path, methods: dict, pairs: LayerPairs, **kwargs) -> Path:

@@ -25,19 +25,27 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._html import fill_page
 from ._study_assets import PAGE
 
-__all__ = ["Study", "make_study"]
+__all__ = ["Study", "check_representation", "make_study"]
 
 _FORMAT = "clvqlearn.study"
 DEFAULT_INSTRUCTIONS = (
+    "A text classifier read a sentence and made a prediction. Below is one **concept** the classifier "
+    "used for the most important word of that sentence: a group of words (or sentences) that it treats "
+    "alike. You do not see the sentence itself. **Guess the label the classifier predicted** from the "
+    "concept alone. Go with your first impression; there is no time limit. Your answers stay in this "
+    "browser (you can close it and come back); when you are done, export them and send the file.")
+
+#: The earlier default, written for pages that read instructions as HTML; key files holding it get the new one.
+_LEGACY_INSTRUCTIONS = (
     "A text classifier read a sentence and made a prediction. Below is one <b>concept</b> the classifier "
     "used for the most important word of that sentence: a group of words (or sentences) that it treats "
     "alike. You do not see the sentence itself. <b>Guess the label the classifier predicted</b> from the "
@@ -77,8 +85,7 @@ class Study:
         """The self-contained study page (no method names, no answers in it)."""
         data = {"study_id": self.study_id, "label_names": self.label_names, "items": self.items,
                 "instructions": self.instructions}
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-        return PAGE.replace("__TITLE__", html.escape(self.title)).replace("__DATA__", text)
+        return fill_page(PAGE, title=self.title, data=data)
 
     def write_html(self, path) -> Path:
         """Write :meth:`html` to ``path``."""
@@ -103,14 +110,51 @@ class Study:
         """Rebuild a study from :meth:`to_dict` output."""
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError("Not a clvqlearn study key (expected a dict with format 'clvqlearn.study').")
+        instructions = data.get("instructions", DEFAULT_INSTRUCTIONS)
+        if instructions == _LEGACY_INSTRUCTIONS:
+            instructions = DEFAULT_INSTRUCTIONS
         return cls(study_id=data["study_id"], seed=int(data["seed"]), label_names=list(data["label_names"]),
                    items=list(data["items"]), key=dict(data["key"]), title=data.get("title", "Concept study"),
-                   instructions=data.get("instructions", DEFAULT_INSTRUCTIONS), meta=data.get("meta", {}))
+                   instructions=instructions, meta=data.get("meta", {}))
 
     @classmethod
     def load(cls, path) -> Study:
         """Read a key file written by :meth:`write_key`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+_KINDS = ("words", "sentences")
+
+
+def check_representation(rep, where: str) -> None:
+    """Check that a concept representation is None or ``{"kind": "words" | "sentences", "data": [str, ...]}``.
+
+    The shape :func:`~clvqlearn.evaluation.judge.concept_representations`
+    returns, read by :func:`make_study` and the LLM judge.
+
+    Parameters
+    ----------
+    rep : object
+    where : str
+        Names the representation in the message.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Saying what was expected.
+    """
+    if rep is None:
+        return
+    expected = '{"kind": "words" or "sentences", "data": [str, ...]} or None'
+    if not isinstance(rep, dict) or not {"kind", "data"} <= set(rep):
+        shown = sorted(map(str, rep)) if isinstance(rep, dict) else type(rep).__name__
+        raise TypeError(f"{where} must be {expected} (see concept_representations); got {shown}.")
+    if rep["kind"] not in _KINDS:
+        raise ValueError(f"{where}['kind'] must be 'words' or 'sentences'; got {rep['kind']!r}.")
+    data = rep["data"]
+    if isinstance(data, (str, bytes)) or not isinstance(data, (list, tuple, np.ndarray)) or not all(
+            isinstance(x, str) for x in data):
+        raise TypeError(f"{where}['data'] must be a list of strings (words or sentences); got {data!r:.80}.")
 
 
 def _label(value, names, what):
@@ -147,7 +191,11 @@ def make_study(sentences, predictions, concepts: dict, *, label_names, labels=No
     seed : int, default=0
         Shuffles the items.
     show_sentence : bool, default=False
-    title, instructions : str
+    title : str
+        Shown as text.
+    instructions : str
+        Plain text shown above every item (line breaks kept); ``**...**``
+        marks a bold part.  HTML is not interpreted: ``<b>`` shows as is.
 
     Returns
     -------
@@ -155,10 +203,19 @@ def make_study(sentences, predictions, concepts: dict, *, label_names, labels=No
 
     Raises
     ------
+    TypeError
+        When ``title`` or ``instructions`` is not a string, or ``concepts``
+        or a representation has the wrong shape.
     ValueError
         When no item has a concept to show (an empty study), or lengths or
         labels do not match.
     """
+    for what, text in (("title", title), ("instructions", instructions)):
+        if not isinstance(text, str):
+            raise TypeError(f"make_study: {what} must be a string (plain text); got {type(text).__name__}.")
+    if not isinstance(concepts, dict) or not concepts:
+        raise TypeError(f"concepts must be a non-empty dict {{method: one representation per sentence}}; got "
+                        f"{type(concepts).__name__}.")
     names = [str(n) for n in label_names]
     n = len(sentences)
     if len(predictions) != n or any(len(v) != n for v in concepts.values()):
@@ -167,6 +224,9 @@ def make_study(sentences, predictions, concepts: dict, *, label_names, labels=No
         raise ValueError("labels must have one entry per sentence.")
     if len(set(names)) < 2:
         raise ValueError(f"label_names needs at least two distinct labels; got {names}.")
+    for method, reps in concepts.items():
+        for doc in range(n):
+            check_representation(reps[doc], f"concepts[{method!r}][{doc}]")
     raw = [(doc, method, rep) for doc in range(n) for method, reps in concepts.items()
            if (rep := reps[doc]) and rep.get("data")]
     if not raw:

@@ -9,6 +9,11 @@ Every request takes the next behaviour from ``server.script`` (default
 ``"slow"``     sleeps ``server.delay`` seconds, then answers like "good"
 ``"429"``      HTTP 429 with ``Retry-After: 0``
 ``"500"``      HTTP 500
+``"401"``      HTTP 401 (the key was refused)
+``"403"``      HTTP 403 (the key may not use this model)
+
+Every error message echoes the request's ``Authorization`` header, as some
+servers and proxies do, so tests can check that the key never leaks.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ class _Handler(BaseHTTPRequestHandler):
         with server.lock:
             mode = server.script.pop(0) if server.script else "good"
             server.requests.append({"mode": mode, "body": body})
-        if mode in ("429", "500"):
-            self._send(int(mode), {"error": {"message": f"fake {mode}", "type": "fake"}}, {"Retry-After": "0"})
+        if mode in ("401", "403", "429", "500"):
+            echo = self.headers.get("Authorization", "")
+            self._send(int(mode), {"error": {"message": f"fake {mode} for {echo}", "type": "fake"}},
+                       {"Retry-After": "0"})
             return
         if mode == "slow":
             time.sleep(server.delay)

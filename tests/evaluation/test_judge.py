@@ -18,7 +18,7 @@ from clvqlearn.evaluation.judge import (
     read_judgments,
     run_judge,
 )
-from clvqlearn.evaluation.llm import BackendError, OpenAIBackend
+from clvqlearn.evaluation.llm import BackendAuthError, BackendError, OpenAIBackend, redact
 
 
 def _items(n=6):
@@ -136,6 +136,76 @@ def test_resume_redoes_items_whose_content_changed(server, tmp_path):
     assert len(server.requests) - n_before == 1
     assert frame.set_index(["item_id", "method"]).loc[("1", "kmeans"), "rating"] == 3  # the new record wins
     assert len(out.read_text().splitlines()) == 4
+
+
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+def test_failed_items_are_asked_again_on_rerun(server, tmp_path):
+    out = tmp_path / "judge.jsonl"
+    server.script = ["500"] * 3 + ["garbled"] * 3 + ["good"]  # item 0: server errors, item 1: unreadable
+    run_judge(_items(3), _backend(server), out, n_attempts=3)
+    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["missing", "missing", "ok"]
+    n_before = len(server.requests)
+    frame = run_judge(_items(3), _backend(server), out, n_attempts=3)
+    assert len(server.requests) - n_before == 1  # item 0 again; the unreadable answer is not asked again
+    assert frame[frame.item_id == "0"]["rating"].notna().all() and frame[frame.item_id == "1"]["rating"].isna().all()
+    n_before = len(server.requests)
+    run_judge(_items(3), _backend(server), out, n_attempts=3)
+    assert len(server.requests) == n_before  # now complete
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_refused_key_stops_the_run_at_once(server, tmp_path, status):
+    out = tmp_path / "judge.jsonl"
+    server.script = ["good", status, "good"]
+    backend = OpenAIBackend("fake-judge", base_url=server.base_url, api_key=KEY, max_retries=0)
+    with pytest.raises(BackendAuthError, match=rf"endpoint {server.base_url}/? refused the API key \(HTTP {status}") as info:
+        run_judge(_items(4), backend, out, n_attempts=3)
+    assert len(server.requests) == 2  # no retry, no further item
+    assert KEY not in str(info.value) and info.value.__cause__ is None and info.value.__suppress_context__
+    assert isinstance(info.value, PermissionError)  # the CLI reports it in one line (exit status 2)
+    text = out.read_text()
+    assert len(text.splitlines()) == 1 and KEY not in text
+
+
+def test_api_key_never_reaches_the_jsonl(server, tmp_path):
+    out = tmp_path / "judge.jsonl"
+    server.script = ["500", "429", "good"]  # both error messages echo "Bearer <key>"
+    backend = OpenAIBackend("fake-judge", base_url=server.base_url, api_key=KEY, max_retries=0)
+    run_judge(_items(1), backend, out, n_attempts=3)
+    record = json.loads(out.read_text())
+    assert len(record["errors"]) == 2 and all("Bearer ***" in e for e in record["errors"])
+    assert KEY not in out.read_text() and KEY[:12] not in out.read_text()
+
+
+def test_redact():
+    assert redact(f"Incorrect API key provided: {KEY}.") == "Incorrect API key provided: ***."
+    assert redact('{"api_key": "abc123"} Bearer xyz', None) == '{"api_key": "***"} Bearer ***'
+    assert redact("key my-local-key refused", "my-local-key") == "key *** refused"
+
+
+@pytest.mark.parametrize("concepts, error, match", [
+    ([{"clvq": {"kind": "words", "data": ["good"]}}] * 2, TypeError, "concepts must be a non-empty dict"),
+    ({"clvq": {"kind": "words", "data": ["good"]}}, TypeError, r"concepts\['clvq'\] must be a list"),
+    ({"clvq": [["good", "great"]] * 2}, TypeError, r"method 'clvq': the concept must be \{\"kind\""),
+    ({"clvq": [{"words": ["good", "great"]}] * 2}, TypeError, r"got \['words'\]"),
+    ({"clvq": [{"kind": "words", "data": "good great"}] * 2}, TypeError, r"\['data'\] must be a list of strings"),
+    ({"clvq": [{"kind": "tokens", "data": ["good"]}] * 2}, ValueError, "must be 'words' or 'sentences'"),
+    ({"clvq": [None, {"kind": "words", "data": []}]}, ValueError, "No item has a concept to show"),
+])
+def test_concepts_in_the_wrong_shape(concepts, error, match):
+    with pytest.raises(error, match=match):
+        make_judge_items(["s0", "s1"], ["Positive review"] * 2, concepts)
+
+
+def test_run_judge_checks_items_before_any_request(server, tmp_path):
+    items = _items(2) + [JudgeItem("x", "s", "p", {"clvq": ["good", "great"]})]
+    with pytest.raises(TypeError, match="item 'x', method 'clvq'"):
+        run_judge(items, _backend(server), tmp_path / "j.jsonl")
+    with pytest.raises(TypeError, match="JudgeItem objects"):
+        run_judge([{"item_id": "0"}], _backend(server), tmp_path / "j.jsonl")
+    assert server.requests == [] and not (tmp_path / "j.jsonl").exists()
 
 
 def test_no_items_is_an_error(server, tmp_path):

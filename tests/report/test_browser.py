@@ -109,3 +109,58 @@ def _wait(driver, condition, timeout=5):
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout).until(condition)
+
+
+#: Strings that broke the page or ran code when pasted into it as HTML.
+HOSTILE = ["<!-- <script>", "</script><script>window.__pwned=1</script>", "<img src=x onerror=window.__pwned=1>",
+           "a&amp;b", "__DATA__", "line\u2028sep"]
+
+
+def _hostile_pairs(toy_pairs):
+    pairs, ids, salient, labels = toy_pairs
+    for row, text in zip((1, 6, 11, 16, 20, 26), HOSTILE):  # one word token in each document
+        pairs.tokens[row] = text
+    return pairs, ids, salient, labels
+
+
+def test_hostile_strings_stay_data(toy_pairs):
+    pairs, ids, salient, labels = _hostile_pairs(toy_pairs)
+    page = concept_browser_html({HOSTILE[1]: ids}, pairs, label_names=HOSTILE[:2], labels=labels,
+                                salient_rows=salient, title=HOSTILE[0] + HOSTILE[4])
+    block = re.search(r'<script type="application/json" id="clvq-data">(.*?)</script>', page, re.DOTALL).group(1)
+    assert not re.search("[<>&\u2028\u2029]", block)  # nothing in the data can end or confuse the script block
+    data = json.loads(block)
+    assert set(HOSTILE) <= set(data["docs"]["vocab"]) and data["methods"][0]["name"] == HOSTILE[1]
+    assert data["title"] == HOSTILE[0] + HOSTILE[4] and data["label_names"] == HOSTILE[:2]
+    assert page.count("&lt;!-- &lt;script&gt;__DATA__") == 2  # <title> and <h1>, escaped and not filled in
+    with pytest.raises(TypeError, match="title must be a string"):
+        concept_browser_html({"m": ids}, pairs, title=["not", "text"])
+
+
+def test_hostile_strings_in_headless_chromium(chrome, console_errors, toy_pairs, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    pairs, ids, salient, labels = _hostile_pairs(toy_pairs)
+    path = write_concept_browser(tmp_path / "browser.html", {HOSTILE[2]: ids, HOSTILE[0]: (ids + 1) % 5}, pairs,
+                                 salient_rows=salient, labels=labels, predictions=labels,
+                                 label_names=HOSTILE[1:3], title=HOSTILE[0])
+    chrome.get(path.as_uri())
+    assert chrome.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+    assert chrome.execute_script("return window.__pwned") is None
+    assert console_errors(chrome) == []
+    assert chrome.title == HOSTILE[0] and chrome.find_element(By.TAG_NAME, "h1").text == HOSTILE[0]
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".doc")) == 6
+    assert not chrome.find_elements(By.CSS_SELECTOR, "#left img, #right img, #left script, #right script")
+    tokens = [t.get_attribute("textContent") for t in chrome.find_elements(By.CSS_SELECTOR, '.tok[data-m="0"]')]
+    assert all(text in tokens for text in HOSTILE)
+    names = [m.text for m in chrome.find_elements(By.CSS_SELECTOR, ".mname")]
+    assert names[:2] == [HOSTILE[2], HOSTILE[0]]
+    assert f"label: {HOSTILE[2]}" in chrome.find_element(By.CSS_SELECTOR, ".dochead").text
+    # the card of the concept that holds the hostile words: words, example sentences, label names as text
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="3"]').click()
+    card = chrome.find_element(By.ID, "card")
+    assert HOSTILE[2] + " · concept 3" in card.text
+    assert all(text in card.get_attribute("textContent") for text in HOSTILE[:3])  # words, label names
+    assert not card.find_elements(By.CSS_SELECTOR, "img, script")
+    assert chrome.execute_script("return window.__pwned") is None
+    assert console_errors(chrome) == []
