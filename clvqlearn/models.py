@@ -258,7 +258,7 @@ def resolve_model(name: str, *, online: bool | None = None, trust_remote_code: b
                 f"{expanded} is a directory but has no config.json, so it is not a Hugging Face "
                 "model folder (save one with model.save_pretrained(path))."
             )
-        config = _load_config(str(expanded.resolve()), online=online, trust_remote_code=trust_remote_code)
+        config = _local_config(expanded.resolve(), online=online, trust_remote_code=trust_remote_code)
         return ModelSpec(name, str(expanded.resolve()), None, _decoder_from_config(config), "local")
     if _looks_like_path(name):
         raise FileNotFoundError(
@@ -279,6 +279,32 @@ def _load_config(path: str, *, online: bool | None, trust_remote_code: bool):
         )
     except OSError as exc:
         raise _not_available(path, exc) from exc
+
+
+def _local_config(folder: Path, *, online: bool | None, trust_remote_code: bool):
+    """The config of a local model folder; a damaged ``config.json`` is reported as such, never as missing."""
+    from transformers import AutoConfig
+
+    file = folder / "config.json"
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad_config(file, f"not valid JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise _bad_config(file, f"expected a JSON object, got a {type(content).__name__}")
+    try:
+        return AutoConfig.from_pretrained(
+            str(folder), local_files_only=not _online(online), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _bad_config(file, " ".join(str(exc).split()).rstrip(".") or type(exc).__name__) from exc
+
+
+def _bad_config(file: Path, reason: str) -> ValueError:
+    return ValueError(
+        f"{file} is not a valid model config: {reason}. Save the model again with "
+        "model.save_pretrained(path), or restore config.json."
+    )
 
 
 # ----------------------------------------------------------------------- GGUF cache

@@ -152,6 +152,18 @@ def test_bad_paths_and_types(tmp_path):
         resolve_model("  ")
 
 
+@pytest.mark.parametrize("content, reason", [
+    ('{"model_type": "bert",', "not valid JSON"),
+    ('["bert"]', "expected a JSON object"),
+    ('{"hidden_size": 8}', "model_type"),
+])
+def test_corrupt_local_config_is_reported_as_such(tmp_path, content, reason):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(ValueError, match=f"config.json is not a valid model config: .*{reason}") as info:
+        resolve_model(str(tmp_path))
+    assert "huggingface-cli" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
 def test_resolve_local_dirs(tiny_bert_dir, tiny_llama_dir):
     assert resolve_model(str(tiny_bert_dir)).is_decoder is False
     assert resolve_model(tiny_llama_dir).is_decoder is True

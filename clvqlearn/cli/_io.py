@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import secrets
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +20,174 @@ import numpy as np
 
 CONFIG_FILE = "config.yaml"
 TEXTS_FILE = "texts.jsonl"
+#: a run's outputs are written into ``.<name>.clvq-partial-<random>`` next to the output folder
+PARTIAL_TAG = ".clvq-partial-"
+
+
+def check_inputs_outside(output, inputs: dict) -> Path:
+    """Refuse an output folder that is an input, lies inside one, or holds one.
+
+    Writing into an input folder would mix outputs with what is read (and a
+    replaced output folder would take the inputs inside it along).
+
+    Parameters
+    ----------
+    output : str or path-like
+    inputs : dict
+        Option name -> a path, a list of paths or None.  Only paths that
+        exist are compared (a model can also be a packaged or hub name).
+
+    Returns
+    -------
+    pathlib.Path
+        ``output`` with ``~`` expanded.
+
+    Raises
+    ------
+    ValueError
+        Naming the option and both folders.
+
+    Examples
+    --------
+    >>> check_inputs_outside("/tmp/out", {"--pairs": None}).name
+    'out'
+    """
+    folder = Path(output).expanduser()
+    target = folder.resolve()
+    for option, values in inputs.items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is None or not Path(value).expanduser().exists():
+                continue
+            source = Path(value).expanduser().resolve()
+            if target == source or source in target.parents:
+                raise ValueError(f"output folder {folder} is {'the' if target == source else 'inside the'} "
+                                 f"input {option} {value}; choose an output folder outside the inputs.")
+            if target in source.parents:
+                raise ValueError(f"output folder {folder} holds the input {option} {value}; choose an output "
+                                 "folder outside the inputs.")
+    return folder
+
+
+@contextmanager
+def staged_output(path, *, overwrite: bool = False):
+    """Write a run's outputs into a hidden sibling folder that becomes ``path`` only when the run ends well.
+
+    Checked before any work: ``path`` must not already hold files unless
+    ``overwrite``, and its parent must be writable.  If the run fails or is
+    interrupted, the partial folder (and any parent folder created for it)
+    is removed, so a folder named ``path`` is always a finished run, and an
+    existing one is replaced only by a finished run.
+
+    Parameters
+    ----------
+    path : str or path-like
+    overwrite : bool, default=False
+        Replace an existing non-empty folder (once the new run has finished).
+
+    Yields
+    ------
+    pathlib.Path
+        The folder to write in.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` holds files and ``overwrite`` is False.
+    OSError
+        When the folder cannot be created or written to; the message names it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with staged_output(Path(tmp) / "a" / "b") as stage:
+    ...         _ = (stage / "result.txt").write_text("done")
+    ...     (Path(tmp) / "a" / "b" / "result.txt").read_text()
+    'done'
+    """
+    target = Path(path).expanduser()
+    _check_replaceable(target, overwrite)
+    created = _missing_parents(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = target.parent / f".{target.name}{PARTIAL_TAG}{secrets.token_hex(4)}"
+        stage.mkdir()
+    except OSError as exc:
+        _remove_empty(created)
+        raise OSError(f"output folder {target} is not writable ({exc.strerror or exc}); choose another "
+                      "folder.") from None
+    try:
+        yield stage
+        _publish(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        raise
+
+
+def _check_replaceable(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"output folder {target} is not writable (a file of that name exists); choose "
+                              "another folder.")
+    if not overwrite and target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"output folder {target} already holds files (an earlier run?); pass --overwrite "
+                              "true to replace it once this run has finished, or choose another folder.")
+    here = Path.cwd().resolve()
+    if target.is_dir() and (target.resolve() == here or target.resolve() in here.parents):
+        raise ValueError(f"output folder {target} holds the current directory; choose a folder inside it or "
+                         "elsewhere.")
+
+
+@contextmanager
+def resumable_folder(path):
+    """The output folder of a run that resumes in place (``clvq table``, ``clvq judge``).
+
+    Created (and checked writable) before any work.  If the run fails
+    before it wrote anything but ``config.yaml``, a folder it created is
+    removed again; finished steps of a longer run stay for the next one.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Yields
+    ------
+    pathlib.Path
+    """
+    target = Path(path).expanduser()
+    created = _missing_parents(target) if target.exists() else [target, *_missing_parents(target)]
+    folder = writable_folder(target)
+    try:
+        yield folder
+    except BaseException:
+        if created and {p.name for p in folder.iterdir()} <= {CONFIG_FILE}:
+            shutil.rmtree(folder, ignore_errors=True)
+            _remove_empty(created[1:])
+        raise
+
+
+def _missing_parents(target: Path) -> list:
+    """The parent folders of ``target`` that do not exist yet, deepest first."""
+    return [parent for parent in target.parents if not parent.exists()]
+
+
+def _remove_empty(folders) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _publish(stage: Path, target: Path) -> None:
+    """Move the finished ``stage`` to ``target``; an existing ``target`` is removed only after the move."""
+    if not target.exists():
+        os.replace(stage, target)
+        return
+    old = target.parent / f".{target.name}.clvq-old-{secrets.token_hex(4)}"
+    os.replace(target, old)
+    os.replace(stage, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def writable_folder(path) -> Path:
@@ -79,7 +251,8 @@ def write_config(options, folder: Path, command: str) -> Path:
     """
     import yaml
 
-    body = yaml.safe_dump(asdict(options), sort_keys=False)
+    values = {name: value for name, value in asdict(options).items() if name != "overwrite"}
+    body = yaml.safe_dump(values, sort_keys=False)
     path = folder / CONFIG_FILE
     path.write_text(f"# clvq {command} --config {CONFIG_FILE} repeats this run\n{body}")
     return path

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
@@ -44,6 +45,10 @@ def _subparser(name: str) -> ArgumentParser:
                             formatter_class=_Formatter)
     parser.add_argument("--config", action=ActionConfigFile, help="read options from a YAML or JSON file")
     parser.add_class_arguments(cls, as_group=False)
+    flags = {f.name for f in fields(cls) if f.type in (bool, "bool")}
+    for action in parser._actions:
+        if action.dest in flags:  # `--quiet` alone means `--quiet true`, as the docs write it
+            action.nargs, action.const = "?", True
     return parser
 
 
@@ -84,6 +89,7 @@ def parse_options(argv) -> tuple[str, object]:
     >>> parse_options(["fit", "--method", "sae", "--k", "16"])[1].method
     'sae'
     """
+    check_yaml_values(argv)
     namespace = build_parser().parse_args(list(argv))
     name = namespace.command
     cls = SUBCOMMANDS[name][0]
@@ -106,6 +112,95 @@ def _run(name: str, options, argv) -> dict:
 
 #: Errors that are the user's input (a file, a name, a value): one line, exit status 2.
 USER_ERRORS = (argparse.ArgumentError, OSError, ValueError, TypeError, ImportError, KeyError)
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+#: Largest ``--config`` file (or YAML value) read, in bytes.
+MAX_YAML_BYTES = 1 << 20
+#: Most values a YAML text may expand to once its aliases (``*name``) are followed.
+MAX_YAML_VALUES = 100_000
+
+
+def check_yaml_values(argv) -> None:
+    """Refuse a ``--config`` file or YAML value too large, or whose aliases expand it beyond reason.
+
+    jsonargparse reads ``--config`` files and dict/list values as YAML; a
+    few nested aliases (a "billion laughs") expand to billions of values and
+    would hang it.  The YAML is composed (aliases stay shared nodes) and its
+    expanded size counted first, which takes milliseconds.
+
+    Parameters
+    ----------
+    argv : list of str
+
+    Raises
+    ------
+    ValueError
+        Naming the file or option.
+
+    Examples
+    --------
+    >>> levels = ["&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+    ...     f"&{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    >>> check_yaml_values(["fit", "--params", "[" + ", ".join(levels) + "]"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --params: the YAML expands to more than 100000 values through its aliases (*name); ...
+    """
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        option = argv[i - 1] if i and argv[i - 1].startswith("--") else "a value"
+        if option == "--config" or arg.startswith("--config="):
+            where = arg.partition("=")[2] if arg.startswith("--config=") else arg
+            _check_yaml(_config_text(where), f"--config {where}")
+        elif not arg.startswith("--"):
+            _check_yaml(arg, option)
+
+
+def _config_text(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return value  # jsonargparse also reads a YAML string given in place of the file
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ValueError(f"--config {value}: {size:,} bytes; a config file holds at most {MAX_YAML_BYTES:,} bytes.")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _check_yaml(text: str, where: str) -> None:
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"{where}: {len(text):,} characters of YAML; at most {MAX_YAML_BYTES:,} are read.")
+    if "*" not in text:  # no alias, nothing can expand
+        return
+    import yaml
+
+    try:
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {}, set())
+    except yaml.YAMLError:
+        return  # not YAML: the parser reports it
+    except RecursionError:
+        raise ValueError(f"{where}: the YAML nests too deeply.") from None
+    if size > MAX_YAML_VALUES:
+        raise ValueError(f"{where}: the YAML expands to more than {MAX_YAML_VALUES} values through its aliases "
+                         "(*name); write the values out, or use fewer aliases.")
+
+
+def _expanded_size(node, memo: dict, active: set) -> float:
+    """Values in ``node`` with every alias followed (shared nodes counted once each time they are used)."""
+    import yaml
+
+    if node is None or id(node) in memo:
+        return 0 if node is None else memo[id(node)]
+    if id(node) in active:
+        return float("inf")  # a recursive alias expands without end
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    total = 1 + sum(_expanded_size(child, memo, active) for child in children)
+    active.discard(id(node))
+    memo[id(node)] = total
+    return total
 
 
 def main(argv=None) -> int:
@@ -114,7 +209,8 @@ def main(argv=None) -> int:
     Bad input (an unknown option or data set, a missing file or data home,
     a bad layer spec, an unwritable output folder, a model of another
     width) prints ONE line ``clvq <subcommand>: error: ...`` to stderr and
-    returns 2; set ``CLVQ_DEBUG=1`` to see the traceback instead.
+    returns 2; set ``CLVQ_DEBUG=1`` to see the traceback instead.  Ctrl-C
+    prints one line saying what was left of the output and returns 130.
 
     Parameters
     ----------
@@ -124,10 +220,11 @@ def main(argv=None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on bad input.
+        0 on success, 2 on bad input, 130 when interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     name = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    options = None
     try:
         name, options = parse_options(argv)
         _run(name, options, argv)
@@ -136,7 +233,24 @@ def main(argv=None) -> int:
             raise
         print(f"clvq{' ' + name if name else ''}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("CLVQ_DEBUG"):
+            raise
+        print(f"clvq{' ' + name if name else ''}: interrupted; {_left_behind(name, options)}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def _left_behind(name, options) -> str:
+    """What an interrupted run left of its output folder, in one sentence."""
+    if options is None:
+        return "nothing was written."
+    if name == "table":
+        return (f"{options.out} is incomplete (no comparison.csv); its finished units are in {options.out}/parts: "
+                "add --resume true to continue.")
+    if name == "judge":
+        return f"{options.out} is incomplete: run the same command again to continue."
+    return f"nothing was written to {options.output} (an earlier run there is left as it was)."
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,9 +1,13 @@
 """What each ``clvq`` subcommand does, as plain functions of its options.
 
 Every ``run_*`` function takes the options dataclass of its subcommand
-(:mod:`clvqlearn.cli.options`), checks the output folder before any work,
+(:mod:`clvqlearn.cli.options`), checks the output folder before any work
+(never an input folder, never a folder with files unless ``overwrite``),
 writes ``config.yaml`` next to its outputs and returns a small dict of what
-it wrote.  Python users can call them directly; the library functions they
+it wrote.  The outputs are written into a hidden sibling folder that takes
+the output folder's name only when the run has finished
+(:func:`~clvqlearn.cli._io.staged_output`): a failed or interrupted run
+leaves no output folder, and never a half-written one.  Python users can call them directly; the library functions they
 call are the same ones a script would use.
 """
 
@@ -16,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import TEXTS_FILE, read_config, read_text_file, writable_folder, write_config, write_texts
+from ._io import (
+    TEXTS_FILE,
+    check_inputs_outside,
+    read_config,
+    read_text_file,
+    resumable_folder,
+    staged_output,
+    write_config,
+    write_texts,
+)
 from .options import METHOD_NAMES, DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
 
 EXTRACTOR_FILE = "extractor.json"
@@ -84,14 +97,15 @@ def run_extract(options: ExtractOptions) -> dict:
     dict
         ``n_docs``, ``n_tokens``, ``layers`` and ``output``.
     """
-    out = writable_folder(options.output)
-    write_config(options, out, "extract")
-    texts, labels, name = load_source(options)
-    extractor = make_extractor(options).fit(texts)
-    pairs = extractor.transform(texts)
-    pairs.save(out / PAIRS_FOLDER)
-    write_texts(texts, labels, out / TEXTS_FILE)
-    (out / EXTRACTOR_FILE).write_text(json.dumps(_extractor_record(extractor), indent=1))
+    out = check_inputs_outside(options.output, {"--texts": options.texts, "--model": options.model})
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "extract")
+        texts, labels, name = load_source(options)
+        extractor = make_extractor(options).fit(texts)
+        pairs = extractor.transform(texts)
+        pairs.save(stage / PAIRS_FOLDER)
+        write_texts(texts, labels, stage / TEXTS_FILE)
+        (stage / EXTRACTOR_FILE).write_text(json.dumps(_extractor_record(extractor), indent=1))
     _say(options.quiet)(f"[clvq] {len(texts)} texts of {name} -> {pairs.n_tokens} tokens of layers "
                         f"{pairs.layers}; wrote {out / PAIRS_FOLDER}")
     return {"n_docs": pairs.n_docs, "n_tokens": pairs.n_tokens, "layers": list(pairs.layers), "output": str(out)}
@@ -181,13 +195,15 @@ def run_fit(options: FitOptions) -> dict:
     if hasattr(estimator, "verbose") and not options.quiet:
         estimator.set_params(verbose=1)
     estimator._validate_params()
-    out = writable_folder(options.output)
-    write_config(options, out, "fit")
-    pairs, record = _fit_data(options)
-    estimator.fit(pairs)
-    estimator.save(out / MODEL_FOLDER)
-    (out / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
-    score = float(estimator.score(pairs))
+    out = check_inputs_outside(options.output, {"--pairs": options.pairs, "--texts": options.texts,
+                                                "--model": options.model})
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "fit")
+        pairs, record = _fit_data(options)
+        estimator.fit(pairs)
+        estimator.save(stage / MODEL_FOLDER)
+        (stage / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
+        score = float(estimator.score(pairs))
     _say(options.quiet)(f"[clvq] {type(estimator).__name__}(k={options.k}) on {pairs.n_tokens} tokens: "
                         f"fraction of variance explained {score:.3f}; wrote {out / MODEL_FOLDER}")
     return {"method": options.method, "k": options.k, "n_tokens": pairs.n_tokens, "train_score": score,
@@ -245,16 +261,17 @@ def run_describe(options: DescribeOptions) -> dict:
     from ..report.browser import write_concept_browser
     from ..report.descriptions import describe_concepts
 
+    out = check_inputs_outside(options.output, {"--model": options.model, "--pairs": options.pairs})
     estimator, pairs = load_estimator(options.model), load_pairs(options.pairs)
-    out = writable_folder(options.output)
-    write_config(options, out, "describe")
-    ids = estimator.predict(pairs)
-    table = describe_concepts(ids, pairs, k=estimator.k, top_tokens=options.top_tokens,
-                              n_examples=options.n_examples, random_state=options.seed)
-    table["usage_train"] = estimator.usage_
-    table.to_csv(out / "concepts.csv")
-    write_concept_browser(out / "browser.html", {type(estimator).__name__: ids}, pairs,
-                          title=f"clvq describe: {options.model}")
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "describe")
+        ids = estimator.predict(pairs)
+        table = describe_concepts(ids, pairs, k=estimator.k, top_tokens=options.top_tokens,
+                                  n_examples=options.n_examples, random_state=options.seed)
+        table["usage_train"] = estimator.usage_
+        table.to_csv(stage / "concepts.csv")
+        write_concept_browser(stage / "browser.html", {type(estimator).__name__: ids}, pairs,
+                              title=f"clvq describe: {options.model}")
     return {"n_concepts": len(table), "n_used": int((table["n_tokens"] > 0).sum()), "output": str(out)}
 
 
@@ -273,18 +290,20 @@ def run_evaluate(options: EvaluateOptions) -> dict:
     """
     from tqdm.auto import tqdm
 
+    out = check_inputs_outside(options.output, {"--models": options.models, "--classifier": options.classifier})
     fitted = [(path, load_estimator(path), _saved_extractor(path)) for path in options.models]
-    out = writable_folder(options.output)
-    write_config(options, out, "evaluate")
-    train, evaluation = _labelled_split(options)
-    classifier = _classifier(options, train, evaluation, fitted[0][2])
-    rows = []
-    for path, estimator, record in tqdm(fitted, desc="concept removal", disable=options.quiet):
-        report = removal_report(estimator, record, evaluation, classifier, protocol=options.protocol,
-                                probe=options.probe, n_steps=options.n_steps, n_splits=options.n_splits,
-                                pooling=options.pooling, seed=options.seed, device=options.device)
-        rows.append({"model": str(path), "method": type(estimator).__name__, "k": estimator.k, **report.summary()})
-    pd.DataFrame(rows).to_csv(out / "ablation.csv", index=False)
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "evaluate")
+        train, evaluation = _labelled_split(options)
+        classifier = _classifier(options, train, evaluation, fitted[0][2])
+        rows = []
+        for path, estimator, record in tqdm(fitted, desc="concept removal", disable=options.quiet):
+            report = removal_report(estimator, record, evaluation, classifier, protocol=options.protocol,
+                                    probe=options.probe, n_steps=options.n_steps, n_splits=options.n_splits,
+                                    pooling=options.pooling, seed=options.seed, device=options.device)
+            rows.append({"model": str(path), "method": type(estimator).__name__, "k": estimator.k,
+                         **report.summary()})
+        pd.DataFrame(rows).to_csv(stage / "ablation.csv", index=False)
     for row in rows:
         _say(options.quiet)(f"[clvq] {row['method']}(k={row['k']}) {row['model']}: accuracy "
                             f"{row['accuracy_before']:.3f} -> {row['accuracy_after']:.3f}, drop {row['drop']:.1%} "
@@ -405,9 +424,13 @@ def run_table(options: TableOptions, command: str = "clvq table") -> dict:
     from .comparison import run_comparison
 
     config = options.comparison_config()
-    out = writable_folder(options.out)
-    write_config(options, out, "table")
-    run_comparison(config, out, resume=options.resume, verbose=not options.quiet, command=command)
+    target = Path(options.out).expanduser()
+    if not (options.resume or options.overwrite) and target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"output folder {target} already holds files (an earlier run?); pass --resume true "
+                              "to continue it, --overwrite true to run again in it, or choose another folder.")
+    with resumable_folder(target) as out:
+        write_config(options, out, "table")
+        run_comparison(config, out, resume=options.resume, verbose=not options.quiet, command=command)
     return {"output": str(out)}
 
 
@@ -428,15 +451,15 @@ def run_judge(options, command: str = "clvq judge") -> dict:
     from ..evaluation.llm import HFChatBackend, OpenAIBackend
     from .judging import run_judging
 
-    out = writable_folder(options.out)
-    write_config(options, out, "judge")
-    backend = (OpenAIBackend(options.judge_model, base_url=options.base_url, timeout=options.timeout)
-               if options.base_url else
-               HFChatBackend(options.judge_model, device="cpu" if options.device == "auto" else options.device))
-    return run_judging(out, dataset=options.dataset, n_sentences=options.n_sentences, k=options.k,
-                       concept_epochs=options.concept_epochs, n_fit=options.n_fit, backend=backend,
-                       llm=not options.no_llm, seed=options.seed, device=options.device, command=command,
-                       log=None if options.quiet else (lambda m: print(f"[judge] {m}", flush=True)))
+    with resumable_folder(options.out) as out:
+        write_config(options, out, "judge")
+        backend = (OpenAIBackend(options.judge_model, base_url=options.base_url, timeout=options.timeout)
+                   if options.base_url else
+                   HFChatBackend(options.judge_model, device="cpu" if options.device == "auto" else options.device))
+        return run_judging(out, dataset=options.dataset, n_sentences=options.n_sentences, k=options.k,
+                           concept_epochs=options.concept_epochs, n_fit=options.n_fit, backend=backend,
+                           llm=not options.no_llm, seed=options.seed, device=options.device, command=command,
+                           log=None if options.quiet else (lambda m: print(f"[judge] {m}", flush=True)))
 
 
 __all__ = ["load_estimator", "load_pairs", "load_source", "make_estimator", "read_config", "removal_report",

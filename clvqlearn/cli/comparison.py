@@ -493,7 +493,9 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
     ----------
     config : ComparisonConfig
     out : str or path-like
-        Output folder (created).
+        Output folder (created).  The finished tables of an earlier run in
+        it are removed first and ``comparison.csv`` is written last, so an
+        interrupted run never leaves tables that look finished.
     resume : bool, default=False
         Reuse finished units from ``out/parts`` made with the same settings.
     verbose : bool, default=True
@@ -515,6 +517,7 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
+    _remove_finished(out)
     started, cpu_started = time.perf_counter(), time.process_time()
     rows, units = [], {}
     for model in config.models:
@@ -523,11 +526,19 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
             rows += part["rows"]
             units[f"{model}/{dataset}"] = {k: v for k, v in part.items() if k != "rows"}
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "comparison.csv", index=False)
     total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     _write_outputs(frame, config, units, out, command=command, minutes=(total / 60, cpu / 60))
+    frame.to_csv(out / "comparison.csv", index=False)  # last: the mark of a finished run
     log(f"wrote {out}/comparison.csv, comparison.md and the charts ({total / 60:.1f} min)")
     return frame
+
+
+def _remove_finished(out: Path) -> None:
+    """Remove the tables and charts of an earlier run (``parts/`` stays for ``resume``)."""
+    from .tables import PLOT_FILES
+
+    for name in ("comparison.csv", "comparison.md", "run.json", *PLOT_FILES.values()):
+        (out / name).unlink(missing_ok=True)
 
 
 def _unit_part(model: str, dataset: str, config: ComparisonConfig, parts_dir: Path, *, resume: bool, log) -> dict:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..metrics import code_usage, usage_perplexity
 from . import plots
-from ._io import writable_folder, write_config
+from ._io import check_inputs_outside, staged_output, write_config
 from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_report, task_classifier
 from .options import DemoOptions, parse_layers
 
@@ -70,10 +70,21 @@ def run_demo(options: DemoOptions | None = None) -> dict:
     started = time.perf_counter()
     say = (lambda *a, **kw: None) if options.quiet else print
     estimators = _estimators(options)
-    out = writable_folder(options.output)
-    write_config(options, out, "demo")
+    out = check_inputs_outside(options.output, {"--model": options.model})
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "demo")
+        data, train_idx, test_idx = _split(options)  # checked before any model is loaded
+        summary, frame, yardstick = _run(options, estimators, data, train_idx, test_idx, stage, started, say)
+    say(_format(frame, yardstick))
+    say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, browser.html, 3 plots, models/ "
+        f"in {summary['seconds']:.0f} s")
+    return summary
+
+
+def _run(options, estimators, data, train_idx, test_idx, out: Path, started, say):
+    """Extract, fit, compare and write into ``out``; returns the summary, the comparison and the yardstick."""
     stages = {}
-    data, train_idx, test_idx, extractor = _data(options)
+    extractor = _extractor(options).fit(data.texts)
     train, test = extractor.transform(data.take(train_idx).texts), extractor.transform(data.take(test_idx).texts)
     stages["extract"] = time.perf_counter() - started
     say(f"[clvq] {options.model} layers {train.layers}: {len(train_idx)} texts ({train.n_tokens} tokens) to fit, "
@@ -89,10 +100,7 @@ def run_demo(options: DemoOptions | None = None) -> dict:
                      {"train_texts": len(train_idx), "test_texts": len(test_idx), "train_tokens": train.n_tokens,
                       "test_tokens": test.n_tokens, "dataset": data.name, "stage_seconds": stages,
                       "epochs": {n: int(e.n_iter_) for n, e in estimators.items()}})
-    say(_format(frame, yardstick))
-    say(f"[clvq] wrote {out}/comparison.csv, comparison.md, summary.json, concepts.csv, browser.html, 3 plots, models/ "
-        f"in {summary['seconds']:.0f} s")
-    return summary
+    return summary, frame, yardstick
 
 
 def _timed(stages: dict, name: str, function, *args):
@@ -116,24 +124,68 @@ def _estimators(options: DemoOptions) -> dict:
     return estimators
 
 
-def _data(options: DemoOptions):
-    """The sampled data set, its train/held-out indices and the fitted extractor."""
-    from ..datasets import load_dataset
+def _extractor(options: DemoOptions):
+    """The demo's LayerPairExtractor (not fitted), its settings checked."""
     from ..extraction import LayerPairExtractor
 
     extractor = LayerPairExtractor(options.model, layers=parse_layers(options.layers), max_length=options.max_length,
                                    device=options.device, verbose=not options.quiet)
     extractor._check_settings()
+    return extractor
+
+
+def _split(options: DemoOptions):
+    """The sampled data set and its train/held-out indices (20 % held out, stratified when labelled).
+
+    Raises
+    ------
+    ValueError
+        When the held-out fifth (or the rest) cannot hold one text of every
+        class; the message gives the smallest ``--n_texts`` that can.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from ..datasets import load_dataset
+
+    _extractor(options)
     data = load_dataset(options.dataset)
     if options.n_texts < len(data):
         data = data.sample(options.n_texts, shuffle=True, random_state=options.seed)
-    from sklearn.model_selection import train_test_split
-
     stratify = data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1
-    labels = data.labels if stratify else None
-    train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=0.2, stratify=labels,
-                                           random_state=options.seed)
-    return data, train_idx, test_idx, extractor.fit(data.texts)
+    if stratify:
+        _check_classes_fit(len(data), len(np.unique(data.labels)), data.name)
+    train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=HELD_OUT,
+                                           stratify=data.labels if stratify else None, random_state=options.seed)
+    return data, train_idx, test_idx
+
+
+#: share of the demo's texts held out
+HELD_OUT = 0.2
+
+
+def _n_held_out(n_texts: int) -> int:
+    return int(np.ceil(HELD_OUT * n_texts))  # as scikit-learn's train_test_split rounds
+
+
+def _check_classes_fit(n_texts: int, n_classes: int, name: str) -> None:
+    """Both parts of a stratified split need one text of every class.
+
+    Examples
+    --------
+    >>> _check_classes_fit(21, 5, "BBC News")
+    >>> _check_classes_fit(20, 5, "BBC News")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --n_texts 20 holds out 4 texts (20%), fewer than the 5 classes of BBC News; ... 21 or more.
+    """
+    n_test = _n_held_out(n_texts)
+    if min(n_test, n_texts - n_test) >= n_classes:
+        return
+    needed = next(n for n in range(n_texts, 100 * n_classes + 10)
+                  if min(_n_held_out(n), n - _n_held_out(n)) >= n_classes)
+    raise ValueError(f"--n_texts {n_texts} holds out {n_test} texts ({HELD_OUT:.0%}), fewer than the "
+                     f"{n_classes} classes of {name}; every class needs at least one held-out text: use "
+                     f"--n_texts {needed} or more.")
 
 
 def _fit_all(estimators: dict, train, say) -> dict:

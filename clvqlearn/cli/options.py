@@ -130,9 +130,13 @@ class ExtractOptions(SourceOptions):
     ----------
     output : str
         Folder for ``pairs/``, ``texts.jsonl`` and ``config.yaml``.
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
     """
 
     output: str = "clvq_pairs"
+    overwrite: bool = False
 
 
 @dataclass
@@ -155,6 +159,9 @@ class FitOptions(SourceOptions):
         Any other keyword of the estimator, e.g. ``{"top_k": 2}``.
     output : str
         Folder for ``model/`` (safetensors + JSON) and ``config.yaml``.
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
     """
 
     method: Method = "crosslayer"
@@ -163,6 +170,7 @@ class FitOptions(SourceOptions):
     max_epochs: int | None = None
     params: dict = field(default_factory=dict)
     output: str = "clvq_model"
+    overwrite: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,6 +195,9 @@ class DescribeOptions:
         Folder for ``concepts.csv`` and ``config.yaml``.
     seed : int
         Which examples are shown.
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
     """
 
     model: str = "clvq_model"
@@ -195,6 +206,7 @@ class DescribeOptions:
     n_examples: int = 3
     output: str = "clvq_describe"
     seed: int = 0
+    overwrite: bool = False
 
     def __post_init__(self):
         _positive(self, "top_tokens", "n_examples")
@@ -240,6 +252,9 @@ class EvaluateOptions:
     device : str
     seed : int
     quiet : bool
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
     """
 
     models: list[str] = field(default_factory=lambda: ["clvq_model"])
@@ -257,6 +272,7 @@ class EvaluateOptions:
     device: str = "auto"
     seed: int = 0
     quiet: bool = False
+    overwrite: bool = False
 
     def __post_init__(self):
         _positive(self, "n_texts", "n_train", "n_steps", "epochs")
@@ -297,6 +313,9 @@ class DemoOptions:
         Folder for the results, plots and fitted models.
     seed : int
     quiet : bool
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
     """
 
     model: str = "minilm"
@@ -312,6 +331,7 @@ class DemoOptions:
     output: str = "clvq_output"
     seed: int = 0
     quiet: bool = False
+    overwrite: bool = False
 
     def __post_init__(self):
         _positive(self, "k", "max_length", "max_epochs")
@@ -337,6 +357,10 @@ class TableOptions:
         Output folder.
     resume : bool
         Reuse finished units from ``OUT/parts``.
+    overwrite : bool
+        Run again in an output folder that already holds files (its
+        finished tables are removed first; without ``resume`` every unit
+        runs again).
     quiet : bool
     """
 
@@ -369,6 +393,7 @@ class TableOptions:
     seed: int = _C.seed
     device: str = _C.device
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
 
     def __post_init__(self):
@@ -378,7 +403,7 @@ class TableOptions:
 
     def comparison_config(self) -> ComparisonConfig:
         """The :class:`ComparisonConfig` of these options (validated there)."""
-        own = {"out", "resume", "quiet"}
+        own = {"out", "resume", "overwrite", "quiet"}
         values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in own}
         for name in ("datasets", "models", "methods", "protocols", "tables"):
             values[name] = tuple(values[name])
