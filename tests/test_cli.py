@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clvqlearn import KMeansConcepts, LayerPairs
+from clvqlearn import CrossLayerVQ, KMeansConcepts, LayerPairs
 from clvqlearn.cli import main, parse_options
 from clvqlearn.cli._io import read_config, write_config
 from clvqlearn.cli.options import DemoOptions, FitOptions
@@ -128,16 +128,19 @@ def test_model_of_another_width(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------ the workflow on saved pairs
-@pytest.mark.parametrize("method", ["crosslayer", "singlelayer", "kmeans", "sae"])
+@pytest.mark.parametrize("method", ["crosslayer", "singlelayer", "kmeans", "sae", "two-stage"])
 def test_fit_then_describe_on_saved_pairs(tmp_path, method):
     pairs = _pairs()
     pairs.save(tmp_path / "pairs")
     fit = ["fit", "--method", method, "--k", "3", "--pairs", str(tmp_path / "pairs"), "--max_epochs", "2",
            "--output", str(tmp_path / "model"), "--quiet", "true"]
-    if method in ("crosslayer", "singlelayer"):
+    if method in ("crosslayer", "singlelayer", "two-stage"):
         fit += ["--params", '{"decoder": "mlp", "decoder_hidden": 8}']
     assert main(fit) == 0
     assert read_config(tmp_path / "model")["method"] == method
+    if method == "two-stage":  # CrossLayerVQ.from_recipe("two-stage"), saved and loaded as a CrossLayerVQ
+        fitted = CrossLayerVQ.load(tmp_path / "model" / "model")
+        assert (fitted.ema_decay, fitted.top_k, fitted.decoder) == (1.0, 1, "mlp")
     assert json.loads((tmp_path / "model" / "extractor.json").read_text())["layers"] == [1, 2]
     assert main(["describe", "--model", str(tmp_path / "model"), "--pairs", str(tmp_path / "pairs"),
                  "--output", str(tmp_path / "d"), "--top_tokens", "2"]) == 0
@@ -148,7 +151,8 @@ def test_fit_then_describe_on_saved_pairs(tmp_path, method):
     browser = (tmp_path / "d" / "browser.html").read_text(encoding="utf-8")
     assert {"CrossLayerVQ": "crosslayer", "SingleLayerVQ": "singlelayer", "KMeansConcepts": "kmeans",
             "SparseAutoencoder": "sae"}.get(next(n for n in ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts",
-                                                           "SparseAutoencoder") if n in browser)) == method
+                                                           "SparseAutoencoder") if n in browser)) == \
+        method.replace("two-stage", "crosslayer")
 
 
 def test_fit_is_reproducible_from_its_config(tmp_path):
@@ -195,10 +199,14 @@ def small_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_demo_compares_four_methods_with_the_references(small_demo):
+def test_demo_compares_the_methods_with_the_references(small_demo):
     frame = pd.read_csv(small_demo / "comparison.csv").set_index("method")
-    methods = ["CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]
-    assert frame.index.tolist() == ["k-means(low) -> mean(high)", "k-means(high)", "ridge low -> high", *methods]
+    methods = ["CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]
+    assert frame.index.tolist() == ["k-means(low) -> mean(high)", "k-means(high)", "ridge low -> high",
+                                    "k-means(encoder z) -> mean(high)", *methods]
+    # the two-stage baseline agrees with itself exactly; every AMI lies in [about 0, 1]
+    assert frame.loc["CrossLayerVQ-two-stage", "ami_two_stage"] == pytest.approx(1.0)
+    assert frame.loc[methods, "ami_two_stage"].between(-0.1, 1.0 + 1e-9).all()
     # KMeansConcepts(layer="high") is the k-means(high) reference itself
     assert frame.loc["KMeansConcepts", "fve"] == pytest.approx(frame.loc["k-means(high)", "fve"], abs=1e-6)
     assert frame.loc[methods, "active_codes"].between(1, 8).all()
@@ -209,7 +217,7 @@ def test_demo_compares_four_methods_with_the_references(small_demo):
     assert frame.loc[methods, "removal_drop"].between(-1.5, 1.0).all()
     summary = json.loads((small_demo / "summary.json").read_text())
     assert summary["k"] == 8 and summary["train_texts"] == 48 and summary["test_texts"] == 12
-    assert 0.0 <= summary["kmeans_seed_ami"] <= 1.0
+    assert 0.0 <= summary["kmeans_seed_ami"] <= 1.0 and 0.0 <= summary["kmeans_encoder_z_seed_ami"] <= 1.0
 
 
 @pytest.mark.slow
@@ -220,7 +228,7 @@ def test_demo_writes_plots_models_and_concepts(small_demo):
     browser = (small_demo / "browser.html").read_text(encoding="utf-8")
     assert all(name in browser for name in ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"))
     assert read_config(small_demo)["k"] == 8
-    for method in ("crosslayer", "singlelayer", "kmeans", "sae"):
+    for method in ("crosslayer", "two-stage", "singlelayer", "kmeans", "sae"):
         assert (small_demo / "models" / method / "model" / "model.safetensors").is_file()
 
 

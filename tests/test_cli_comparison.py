@@ -167,6 +167,11 @@ def test_tables_place_the_baselines_and_the_cli_reads_the_new_options():
     assert high["KMeansConcepts"].layer == high["SingleLayerVQ"].layer == "high"
     assert high["SparseAutoencoder"].layer is None  # cross-layer l -> h
     assert matched["CrossLayerVQ"].get_params() == high["CrossLayerVQ"].get_params()  # fitted once
+    two_stage = matched["CrossLayerVQ-two-stage"].get_params()
+    assert two_stage == high["CrossLayerVQ-two-stage"].get_params()
+    # the two-stage baseline is CrossLayerVQ with its codes frozen after k-means, nothing else changed
+    differs = {key for key, value in matched["CrossLayerVQ"].get_params().items() if two_stage[key] != value}
+    assert differs == {"ema_decay", "top_k"} and (two_stage["ema_decay"], two_stage["top_k"]) == (1.0, 1)
     with pytest.raises(ValueError, match="table must be one of"):
         make_estimator("KMeansConcepts", ComparisonConfig(), "minilm", "middle")
     config = _table_config("--preset", "fast", "--tables", "[layer-matched]", "--n_splits", "4", "--ig_steps", "32")
@@ -183,7 +188,7 @@ def test_tables_place_the_baselines_and_the_cli_reads_the_new_options():
 @pytest.mark.parametrize("method", METHODS)
 def test_estimators_share_k_and_seed(method):
     est = make_estimator(method, ComparisonConfig(k=12, seed=3), "minilm")
-    assert type(est).__name__ == method and est.k == 12 and est.random_state == 3
+    assert type(est).__name__ == method.removesuffix("-two-stage") and est.k == 12 and est.random_state == 3
     with pytest.raises(ValueError, match="method must be"):
         make_estimator("PCA", ComparisonConfig(), "minilm")
 

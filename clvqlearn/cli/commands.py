@@ -13,6 +13,7 @@ call are the same ones a script would use.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -30,7 +31,7 @@ from ._io import (
     write_config,
     write_texts,
 )
-from .options import METHOD_NAMES, DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
+from .options import METHOD_NAMES, METHOD_RECIPES, DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
 
 EXTRACTOR_FILE = "extractor.json"
 MODEL_FOLDER = "model"
@@ -131,7 +132,8 @@ def make_estimator(method: str, *, k: int, max_epochs=None, params=None, seed=0,
 
     Parameters
     ----------
-    method : {"crosslayer", "singlelayer", "kmeans", "sae"}
+    method : {"crosslayer", "singlelayer", "kmeans", "sae", "two-stage"}
+        ``"two-stage"`` is ``CrossLayerVQ.from_recipe("two-stage")``.
     k : int
     max_epochs : int, optional
         Set only when given (and the estimator has it).
@@ -155,6 +157,9 @@ def make_estimator(method: str, *, k: int, max_epochs=None, params=None, seed=0,
     8
     >>> make_estimator("crosslayer", k=3).top_k  # top_k never exceeds k
     3
+    >>> two_stage = make_estimator("two-stage", k=3)
+    >>> type(two_stage).__name__, two_stage.top_k, two_stage.ema_decay
+    ('CrossLayerVQ', 1, 1.0)
     >>> make_estimator("sae", k=8, params={"topk": 2})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -165,7 +170,9 @@ def make_estimator(method: str, *, k: int, max_epochs=None, params=None, seed=0,
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_NAMES)}.")
     cls = getattr(clvqlearn, METHOD_NAMES[method])
-    valid = cls().get_params()
+    recipe = METHOD_RECIPES.get(method)
+    valid = (cls.from_recipe(recipe) if recipe else cls()).get_params()
+    build = functools.partial(cls.from_recipe, recipe) if recipe else cls
     kwargs = {"k": k, "random_state": seed, **({"device": device} if "device" in valid else {})}
     if max_epochs is not None and "max_epochs" in valid:
         kwargs["max_epochs"] = max_epochs
@@ -174,7 +181,7 @@ def make_estimator(method: str, *, k: int, max_epochs=None, params=None, seed=0,
     unknown = sorted(set(params or {}) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}.")
-    return cls(**{**kwargs, **(params or {})})
+    return build(**{**kwargs, **(params or {})})
 
 
 def run_fit(options: FitOptions) -> dict:

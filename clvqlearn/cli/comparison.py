@@ -58,7 +58,8 @@ MODELS = {
     "minilm": {"layers": (4, 6), "learning_rate": 1e-4},
     "smollm2": {"layers": (20, 30), "learning_rate": 5e-5},
 }
-METHODS = ("CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
+#: "CrossLayerVQ-two-stage" is ``CrossLayerVQ.from_recipe("two-stage")``: the baseline its joint training must beat.
+METHODS = ("CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
 PROTOCOLS = ("probe", "splice")
 #: "layer-matched": every method at the analysis layer l (the primary table); "high-layer": the
 #: single-layer baselines at h and the cross-layer SAE l -> h (the variant).
@@ -328,7 +329,9 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
 
     Parameters
     ----------
-    method : {"CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"}
+    method : {"CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"}
+        ``"CrossLayerVQ-two-stage"``: ``CrossLayerVQ.from_recipe("two-stage")``
+        with CrossLayerVQ's settings (l -> h in both tables, like CrossLayerVQ).
     config : ComparisonConfig
     model : str
         Key of ``MODELS`` (kept for the signature; the estimators use their own defaults).
@@ -361,6 +364,8 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
               max_epochs=config.concept_epochs, random_state=seed, device=device)
     if method == "CrossLayerVQ":
         return CrossLayerVQ(k, **vq)
+    if method == "CrossLayerVQ-two-stage":
+        return CrossLayerVQ.from_recipe("two-stage", k=k, **{**vq, "top_k": 1})
     if method == "SingleLayerVQ":
         return SingleLayerVQ(k, layer=single, **vq)
     if method == "KMeansConcepts":

@@ -40,8 +40,8 @@ from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_repo
 from .options import DemoOptions, parse_layers
 
 #: the demo's methods: display name -> ``clvq fit --method`` name
-METHODS = {"CrossLayerVQ": "crosslayer", "SingleLayerVQ": "singlelayer", "KMeansConcepts": "kmeans",
-           "SparseAutoencoder": "sae"}
+METHODS = {"CrossLayerVQ": "crosslayer", "CrossLayerVQ-two-stage": "two-stage", "SingleLayerVQ": "singlelayer",
+           "KMeansConcepts": "kmeans", "SparseAutoencoder": "sae"}
 
 
 def run_demo(options: DemoOptions | None = None) -> dict:
@@ -111,10 +111,10 @@ def _timed(stages: dict, name: str, function, *args):
 
 
 def _estimators(options: DemoOptions) -> dict:
-    """The four methods, checked before anything is loaded: only k, epochs and the decoder are set."""
+    """The methods, checked before anything is loaded: only k, epochs and the decoder are set."""
     estimators = {}
     for name, method in METHODS.items():
-        params = {"decoder": options.decoder} if method in ("crosslayer", "singlelayer") else {}
+        params = {"decoder": options.decoder} if method in ("crosslayer", "two-stage", "singlelayer") else {}
         est = make_estimator(method, k=options.k, max_epochs=options.max_epochs, params=params,
                              seed=options.seed, device=options.device)
         if method != "kmeans" and not options.quiet:
@@ -206,7 +206,8 @@ def _comparison(estimators, train, test, options, seconds) -> pd.DataFrame:
     """Held-out FVE of the references and the methods, codebook usage and fit time."""
     from ..evaluation.diagnostics import reference_ladder
 
-    frame = reference_ladder(train, test, options.k, estimators=estimators, random_state=options.seed)
+    frame = reference_ladder(train, test, options.k, estimators=estimators, encoder=estimators["CrossLayerVQ"],
+                             random_state=options.seed)
     frame["fit_seconds"] = [seconds.get(m, s) for m, s in zip(frame["method"], frame["seconds"])]
     frame = frame.drop(columns="seconds")
     for column in ("active_codes", "usage_perplexity"):
@@ -219,16 +220,27 @@ def _comparison(estimators, train, test, options, seconds) -> pd.DataFrame:
     return frame
 
 
-def _agreement(estimators, train, test, options, frame) -> float:
-    """AMI of each method with k-means on layer l (column ``ami_kmeans_low``); returns the seed yardstick."""
+def _agreement(estimators, train, test, options, frame) -> dict:
+    """AMI of each method with k-means on layer l and with the two-stage baseline; returns the yardsticks.
+
+    ``ami_kmeans_low``'s yardstick is two k-means seeds on layer l;
+    ``ami_two_stage``'s is two k-means seeds on CrossLayerVQ's encoder output.
+    """
     from ..concepts.kmeans import KMeansConcepts
     from ..evaluation.diagnostics import concept_agreement, kmeans_seed_agreement
 
     reference = KMeansConcepts(options.k, layer="low", random_state=options.seed).fit(train)
+    two_stage = estimators["CrossLayerVQ-two-stage"].predict(test)
     frame["ami_kmeans_low"] = np.nan
+    frame["ami_two_stage"] = np.nan
     for name, est in estimators.items():
-        frame.loc[frame["method"] == name, "ami_kmeans_low"] = concept_agreement(est, reference, test)
-    return kmeans_seed_agreement(train, test, options.k, seeds=(options.seed, options.seed + 1))
+        row = frame["method"] == name
+        frame.loc[row, "ami_kmeans_low"] = concept_agreement(est, reference, test)
+        frame.loc[row, "ami_two_stage"] = concept_agreement(est.predict(test), two_stage)
+    seeds = (options.seed, options.seed + 1)
+    return {"kmeans_low": kmeans_seed_agreement(train, test, options.k, seeds=seeds),
+            "kmeans_encoder_z": kmeans_seed_agreement(train, test, options.k, seeds=seeds,
+                                                      encoder=estimators["CrossLayerVQ"])}
 
 
 def _removal(estimators, data, train_idx, test_idx, test, extractor, options, frame, say) -> None:
@@ -272,13 +284,14 @@ def _write(out: Path, options, estimators, frame, test, yardstick, started, size
     plots.codebook_usage({n: _usage(e, test) for n, e in estimators.items()}, out / "codebook_usage.png")
     plots.comparison(frame, out / "comparison.png")
     summary = {"model": options.model, "layers": list(test.layers), "k": options.k, **sizes,
-               "kmeans_seed_ami": yardstick, "comparison": json.loads(frame.to_json(orient="records")),
+               "kmeans_seed_ami": yardstick["kmeans_low"], "kmeans_encoder_z_seed_ami": yardstick["kmeans_encoder_z"],
+               "comparison": json.loads(frame.to_json(orient="records")),
                "seconds": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _format(frame: pd.DataFrame, yardstick: float) -> str:
+def _format(frame: pd.DataFrame, yardstick: dict) -> str:
     """The comparison as a Markdown table, with how to read it."""
     shown = frame.copy()
     for column in shown.columns[1:]:
@@ -287,9 +300,14 @@ def _format(frame: pd.DataFrame, yardstick: float) -> str:
     body = "\n".join("| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False))
     return (f"{header}{body}\n\n"
             "fve: held-out fraction of the variance of layer h explained. A codes-only decoder must beat "
-            "'k-means(low) -> mean(high)'; only a decoder that reads context can beat 'k-means(high)'.\n"
+            "'k-means(low) -> mean(high)'; only a decoder that reads context can beat 'k-means(high)'. "
+            "CrossLayerVQ-two-stage is CrossLayerVQ without VQ training (k-means on its encoder output, kept; "
+            "the same decoder trained), the baseline the joint training must beat; 'k-means(encoder z) -> "
+            "mean(high)' reads those clusters without a decoder.\n"
             f"ami_kmeans_low: agreement of the concept ids with k-means on layer l; two k-means seeds agree at "
-            f"{yardstick:.3f}.\n"
+            f"{yardstick['kmeans_low']:.3f}.\n"
+            f"ami_two_stage: agreement with CrossLayerVQ-two-stage's ids; two k-means seeds on the encoder output "
+            f"agree at {yardstick['kmeans_encoder_z']:.3f}.\n"
             "removal_drop: relative accuracy drop of a logistic probe (mean of the token vectors) when each "
             "held-out text's salient concept is removed (control_drop: random directions of the same rank).")
 

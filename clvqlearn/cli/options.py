@@ -33,6 +33,7 @@ __all__ = [
     "FitOptions",
     "TableOptions",
     "METHOD_NAMES",
+    "METHOD_RECIPES",
     "parse_layers",
 ]
 
@@ -42,8 +43,11 @@ METHOD_NAMES = {
     "singlelayer": "SingleLayerVQ",
     "kmeans": "KMeansConcepts",
     "sae": "SparseAutoencoder",
+    "two-stage": "CrossLayerVQ",
 }
-Method = Literal["crosslayer", "singlelayer", "kmeans", "sae"]
+#: ``clvq fit --method`` names that are a recipe of their class (``CrossLayerVQ.from_recipe``).
+METHOD_RECIPES = {"two-stage": "two-stage"}
+Method = Literal["crosslayer", "singlelayer", "kmeans", "sae", "two-stage"]
 
 
 def parse_layers(spec) -> tuple[int, int]:
@@ -147,7 +151,9 @@ class FitOptions(SourceOptions):
     ----------
     method : str
         ``crosslayer`` (CrossLayerVQ), ``singlelayer`` (SingleLayerVQ),
-        ``kmeans`` (KMeansConcepts) or ``sae`` (SparseAutoencoder).
+        ``kmeans`` (KMeansConcepts), ``sae`` (SparseAutoencoder) or
+        ``two-stage`` (``CrossLayerVQ.from_recipe("two-stage")``: the default's
+        encoder, k-means codes on its output kept frozen, the decoder trained).
     k : int
         Number of concepts.
     pairs : str, optional
@@ -367,7 +373,8 @@ class TableOptions:
     out: str = "benchmarks/results/comparison"
     datasets: list[Literal["eraser_movie", "jigsaw", "ag_news"]] = field(default_factory=lambda: list(_C.datasets))
     models: list[Literal["minilm", "smollm2"]] = field(default_factory=lambda: list(_C.models))
-    methods: list[Literal["CrossLayerVQ", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]] = field(
+    methods: list[Literal["CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts",
+                          "SparseAutoencoder"]] = field(
         default_factory=lambda: list(_C.methods))
     protocols: list[Literal["probe", "splice"]] = field(default_factory=lambda: list(_C.protocols))
     tables: list[Literal["layer-matched", "high-layer"]] = field(default_factory=lambda: list(_C.tables))
