@@ -15,6 +15,7 @@ Each submodule has one job:
                        an edit inside the forward pass
 ``protocols``          both removal protocols with their controls
 ``ablation``           scoring: the report, the scikit-learn scorer
+``pooling``            reports of several seeds pooled (Rubin's rules)
 ``diagnostics``        the reference ladder and concept agreement
 ``judge``, ``llm``,    evaluation axes 2 and 3: LLM judges, backends, the human
 ``study``              study's scoring
@@ -37,9 +38,10 @@ from .judge import (
     read_judgments,
     run_judge,
 )
-from .llm import HFChatBackend, OpenAIBackend
+from .llm import BackendAuthError, BackendError, HFChatBackend, OpenAIBackend
+from .pooling import PooledAblationReport, pool_ablation_reports
 from .probe import MLPProbe, cross_val_probe, make_probe
-from .projection import orthonormalize, project_out, project_out_rows, random_directions
+from .projection import norm_matched_removal, orthonormalize, project_out, project_out_rows, random_directions
 from .saliency import (
     Saliency,
     cached_token_saliency,
@@ -62,10 +64,13 @@ from .zero_shot import ZERO_SHOT_PRESETS, ZeroShotClassifier
 
 __all__ = [
     "AblationReport",
+    "BackendAuthError",
+    "BackendError",
     "ClassifierResult",
     "HFChatBackend",
     "MLPProbe",
     "OpenAIBackend",
+    "PooledAblationReport",
     "Saliency",
     "ZERO_SHOT_PRESETS",
     "ZeroShotClassifier",
@@ -86,7 +91,9 @@ __all__ = [
     "make_ablation_scorer",
     "make_judge_items",
     "make_probe",
+    "norm_matched_removal",
     "orthonormalize",
+    "pool_ablation_reports",
     "project_out",
     "project_out_rows",
     "random_directions",

@@ -18,9 +18,10 @@ For every evaluation sentence (METHOD.md, "Evaluation axis 1"):
      pass, at the salient token (or at every position), after which the
      model's own classification head predicts;
 
-4. compare with the accuracy before, and with a control that removes random
-   Gaussian directions of the same rank (and, as a second control, the
-   directions of another concept).
+4. compare with the accuracy before, and with three controls: random
+   Gaussian directions of the same rank (the paper's), a random direction
+   per edited vector that removes the same share of its norm as the
+   concept did (norm-matched), and the directions of another concept.
 
 :func:`concept_ablation_report` returns everything;
 :func:`concept_ablation_score` is the scikit-learn scorer (the relative
@@ -52,7 +53,7 @@ from ..concepts._base import ConceptEstimator
 from ..extraction import LayerPairExtractor
 from ..pairs import LayerPairs
 from .directions import salient_rows, sentence_directions
-from .protocols import probe_protocol, splice_protocol
+from .protocols import VARIANTS, probe_protocol, splice_protocol
 from .saliency import Saliency, cached_token_saliency
 from .tasks import ClassifierResult, resolve_classifier
 
@@ -121,28 +122,42 @@ class AblationReport:
     accuracy_after : float
         Accuracy after removing each sentence's salient concept.
     control_accuracy : float
-        Accuracy after removing random Gaussian directions of the same rank.
+        Accuracy after removing random Gaussian directions of the same rank
+        (the rank-matched control, the paper's).
+    norm_matched_accuracy : float
+        Accuracy after the norm-matched control: each edited vector loses,
+        by projection onto one random direction, exactly the share of its
+        norm that removing the concept took out of it
+        (:func:`~clvqlearn.evaluation.projection.norm_matched_removal`).
     other_concept_accuracy : float
         Accuracy after removing the directions of another concept, drawn at
         random among the concepts of the evaluation tokens (a control for
         "any concept direction would do").
-    drop, control_drop, other_concept_drop : float
+    drop, control_drop, norm_matched_drop, other_concept_drop : float
         Relative drops ``(before - after) / before``.  ``drop`` is the score.
-    drop_ci : tuple of float
-        Bootstrap confidence interval of ``drop`` (sentences resampled with
-        replacement, predictions held fixed).
-    flip_rate, control_flip_rate, other_concept_flip_rate : float
+    drop_ci, control_drop_ci, norm_matched_drop_ci, other_concept_drop_ci : tuple of float
+        Bootstrap confidence intervals of the drops (sentences resampled
+        with replacement, the same resamples for all four, predictions held
+        fixed; on the pooled predictions under the probe protocol).
+    drop_se, control_drop_se, norm_matched_drop_se, other_concept_drop_se : float
+        Bootstrap standard errors of the drops (what
+        :func:`~clvqlearn.evaluation.pooling.pool_ablation_reports` combines
+        across seeds).
+    flip_rate, control_flip_rate, norm_matched_flip_rate, other_concept_flip_rate : float
         Share of sentences whose predicted class changed.
     chance_accuracy : float
         Share of the most frequent class: accuracy far below it means the
         removal flips predictions rather than erasing information.
-    removed_norm, control_removed_norm : float
-        Mean fraction of the edited vector's norm that the projection
-        removed (``||x - x'|| / ||x||``): a concept aligned with the bulk of
-        the representation removes much more than a random direction.
+    removed_norm, control_removed_norm, norm_matched_removed_norm, other_concept_removed_norm : float
+        Mean fraction of the edited vector's norm that each edit removed
+        (``||x - x'|| / ||x||``, measured on the edited vectors): a concept
+        aligned with the bulk of the representation removes much more than
+        a random direction of the same rank; the norm-matched control
+        removes the same as the concept (up to float rounding).
     per_class : list of dict
         Per class: ``label``, ``n``, ``accuracy_before``, ``accuracy_after``,
-        ``control_accuracy``, ``flip_rate``.
+        ``control_accuracy``, ``norm_matched_accuracy``,
+        ``other_concept_accuracy``, ``flip_rate``.
     n_sentences, n_skipped : int
         Sentences evaluated and skipped (no salient token among the
         extracted tokens, e.g. an empty rationale).
@@ -157,14 +172,18 @@ class AblationReport:
         the accuracies above are), ``n_splits``, and per kind
         (``"pooled"``, ``"fold_mean"``, ``"fold_std"``) the accuracies
         ``before``, ``after``, ``control``, ``other`` and (pooled, fold
-        mean) the relative ``drop``.  ``drop_ci`` and ``per_class`` are
-        computed on the pooled predictions.
+        mean) the relative ``drop``, plus ``norm_matched``.  The intervals
+        and ``per_class`` are computed on the pooled predictions.
     settings : dict
         The protocol and every option used.
     sentences : list of dict
         Per evaluated sentence: ``index`` (into the given texts), ``label``,
-        ``token``, ``position``, ``concept``, ``before``, ``after``,
-        ``control``, ``other``, ``removed_norm``.
+        ``token``, ``position``, ``saliency_rank``, ``concept``,
+        ``n_directions``, the predictions ``before``, ``after``, ``control``,
+        ``norm_matched``, ``other``, and the shares of the norm removed,
+        ``removed_norm``, ``control_removed_norm``,
+        ``norm_matched_removed_norm``, ``other_concept_removed_norm`` (under
+        ``splice_positions="all"`` the mean over the sentence's tokens).
 
     Examples
     --------
@@ -176,17 +195,29 @@ class AblationReport:
     accuracy_before: float
     accuracy_after: float
     control_accuracy: float
+    norm_matched_accuracy: float
     other_concept_accuracy: float
     drop: float
     control_drop: float
+    norm_matched_drop: float
     other_concept_drop: float
     drop_ci: tuple
+    drop_se: float
+    control_drop_ci: tuple
+    control_drop_se: float
+    norm_matched_drop_ci: tuple
+    norm_matched_drop_se: float
+    other_concept_drop_ci: tuple
+    other_concept_drop_se: float
     flip_rate: float
     control_flip_rate: float
+    norm_matched_flip_rate: float
     other_concept_flip_rate: float
     chance_accuracy: float
     removed_norm: float
     control_removed_norm: float
+    norm_matched_removed_norm: float
+    other_concept_removed_norm: float
     per_class: list
     n_sentences: int
     n_skipped: int
@@ -200,15 +231,20 @@ class AblationReport:
     def summary(self) -> dict:
         """The headline numbers as a flat dict (no per-sentence data).
 
+        Every interval ``<name>_ci`` becomes ``<name>_ci_low`` and
+        ``<name>_ci_high`` (e.g. ``drop_ci_low``, ``norm_matched_drop_ci_high``).
         Under the probe protocol it also holds both accuracy kinds, e.g.
-        ``pooled_accuracy_after``, ``fold_mean_accuracy_after``,
+        ``pooled_accuracy_after``, ``fold_mean_accuracy_norm_matched``,
         ``pooled_drop``, ``fold_mean_drop``, and ``probe_accuracy`` (which
         kind the headline uses) and ``n_splits``.
         """
         skip = ("sentences", "per_class", "settings", "probe_accuracies")
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["drop_ci_low"], out["drop_ci_high"] = self.drop_ci
-        del out["drop_ci"]
+        out = {}
+        for key, value in asdict(self).items():
+            if key.endswith("_ci"):
+                out[f"{key}_low"], out[f"{key}_high"] = value
+            elif key not in skip:
+                out[key] = value
         if self.probe_accuracies:
             out["probe_accuracy"] = self.probe_accuracies["headline"]
             out["n_splits"] = self.probe_accuracies["n_splits"]
@@ -236,7 +272,10 @@ class AblationReport:
             f"{self.protocol} ablation on {self.n_sentences} sentences (layer {self.layer}{how}, "
             f"{self.n_distinct_concepts} concepts): accuracy {self.accuracy_before:.3f} -> "
             f"{self.accuracy_after:.3f} (drop {self.drop:.1%}, CI {lo:.1%}..{hi:.1%}); "
-            f"random control {self.control_accuracy:.3f}, other concept {self.other_concept_accuracy:.3f}; "
+            f"random control {self.control_accuracy:.3f}, norm-matched random "
+            f"{self.norm_matched_accuracy:.3f}, other concept {self.other_concept_accuracy:.3f}; "
+            f"norm removed {self.removed_norm:.2f} (controls {self.control_removed_norm:.2f}, "
+            f"{self.norm_matched_removed_norm:.2f}, {self.other_concept_removed_norm:.2f}); "
             f"flip rate {self.flip_rate:.1%} (control {self.control_flip_rate:.1%})"
         )
 
@@ -365,22 +404,34 @@ def _relative_drop(before: float, after: float) -> float:
     return float((before - after) / before) if before > 0 else float("nan")
 
 
-def _bootstrap_drop(correct_before, correct_after, n_bootstrap, confidence, rng) -> tuple:
-    n = correct_before.size
+def _bootstrap_drops(correct: dict, n_bootstrap: int, confidence: float, rng) -> dict:
+    """Per edit of :data:`VARIANTS`: the bootstrap interval and standard error of its relative drop.
+
+    One set of resamples of the sentences serves every edit (paired), and
+    it is drawn as before the controls were added, so ``drop``'s interval
+    is unchanged for a given random state.
+    """
+    n = correct["before"].size
     if n_bootstrap == 0 or n == 0:
-        return (float("nan"), float("nan"))
-    drops = np.empty(n_bootstrap)
+        return {name: ((float("nan"), float("nan")), float("nan")) for name in VARIANTS}
+    drops = {name: np.empty(n_bootstrap) for name in VARIANTS}
     for start in range(0, n_bootstrap, 256):
         idx = rng.randint(0, n, size=(min(256, n_bootstrap - start), n))
-        b = correct_before[idx].mean(axis=1)
-        a = correct_after[idx].mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drops[start : start + idx.shape[0]] = np.where(b > 0, (b - a) / b, np.nan)
+        b = correct["before"][idx].mean(axis=1)
+        for name in VARIANTS:
+            a = correct[name][idx].mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                drops[name][start : start + idx.shape[0]] = np.where(b > 0, (b - a) / b, np.nan)
     alpha = (1 - confidence) / 2
-    drops = drops[np.isfinite(drops)]
-    if drops.size == 0:
-        return (float("nan"), float("nan"))
-    return (float(np.quantile(drops, alpha)), float(np.quantile(drops, 1 - alpha)))
+    out = {}
+    for name, values in drops.items():
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            out[name] = ((float("nan"), float("nan")), float("nan"))
+            continue
+        se = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+        out[name] = ((float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))), se)
+    return out
 
 
 def _estimator_settings(concepts, extractor) -> dict:
@@ -651,38 +702,33 @@ def _option_settings(options: dict, protocol: str) -> dict:
     }
 
 
+#: The report's name stem of each edit: "" (the concept), "control_", "norm_matched_", "other_concept_".
+_STEM = {"after": "", "control": "control_", "norm_matched": "norm_matched_", "other": "other_concept_"}
+
+
 def _report(result, found: dict, options: dict, settings: dict, *, label_out, n_texts, clf, y_index, pairs,
             n_bootstrap, confidence, rng) -> AblationReport:
-    """The numbers of one protocol's outcome: accuracies, drops, flips, interval, per class, per sentence."""
-    correct = {name: (pred == result.truth) for name, pred in
-               (("before", result.before), ("after", result.after), ("control", result.control),
-                ("other", result.other))}
+    """The numbers of one protocol's outcome: accuracies, drops, flips, intervals, per class, per sentence."""
+    preds = result.predictions
+    correct = {name: (pred == result.truth) for name, pred in preds.items()}
     probe_accuracies = {} if result.folds is None else _fold_accuracies(correct, result.folds, options)
     acc = {name: float(v.mean()) for name, v in correct.items()}
     if probe_accuracies and options["probe_accuracy"] == "fold-mean":
         acc = {name: probe_accuracies["fold_mean"][name] for name in acc}
-    flips = {name: float((pred != result.before).mean()) for name, pred in
-             (("after", result.after), ("control", result.control), ("other", result.other))}
-    ci = _bootstrap_drop(correct["before"].astype(float), correct["after"].astype(float), n_bootstrap, confidence,
-                         rng)
+    intervals = _bootstrap_drops(correct, n_bootstrap, confidence, rng)
+    numbers = {"accuracy_before": acc["before"]}
+    for name, stem in _STEM.items():
+        numbers["accuracy_after" if name == "after" else f"{stem}accuracy"] = acc[name]
+        numbers[f"{stem}drop"] = _relative_drop(acc["before"], acc[name])
+        numbers[f"{stem}drop_ci"], numbers[f"{stem}drop_se"] = intervals[name]
+        numbers[f"{stem}flip_rate"] = float((preds[name] != preds["before"]).mean())
+        numbers[f"{stem}removed_norm"] = result.removed[name]
     classes, counts = np.unique(result.truth, return_counts=True)
     kept, idx = found["kept"], found["kept"].idx
     return AblationReport(
         protocol=settings["protocol"],
-        accuracy_before=acc["before"],
-        accuracy_after=acc["after"],
-        control_accuracy=acc["control"],
-        other_concept_accuracy=acc["other"],
-        drop=_relative_drop(acc["before"], acc["after"]),
-        control_drop=_relative_drop(acc["before"], acc["control"]),
-        other_concept_drop=_relative_drop(acc["before"], acc["other"]),
-        drop_ci=ci,
-        flip_rate=flips["after"],
-        control_flip_rate=flips["control"],
-        other_concept_flip_rate=flips["other"],
+        **numbers,
         chance_accuracy=float(counts.max() / counts.sum()),
-        removed_norm=result.removed,
-        control_removed_norm=result.control_removed,
         per_class=_per_class(result, correct, classes, clf, y_index, settings["protocol"]),
         n_sentences=int(idx.size),
         n_skipped=int(n_texts - idx.size),
@@ -759,7 +805,9 @@ def _per_class(result, correct, classes, clf, y_index, protocol) -> list:
             "accuracy_before": float(correct["before"][m].mean()),
             "accuracy_after": float(correct["after"][m].mean()),
             "control_accuracy": float(correct["control"][m].mean()),
-            "flip_rate": float((result.after[m] != result.before[m]).mean()),
+            "norm_matched_accuracy": float(correct["norm_matched"][m].mean()),
+            "other_concept_accuracy": float(correct["other"][m].mean()),
+            "flip_rate": float((result.predictions["after"][m] != result.predictions["before"][m]).mean()),
         })
     return out
 
@@ -773,8 +821,8 @@ def _sentence_records(idx, rows, positions, ranks, chosen, kept, result, label_o
             "token": None if pairs.tokens is None else str(pairs.tokens[r]), "position": int(positions[i]),
             "saliency_rank": int(ranks[i]), "concept": int(chosen[j]),
             "n_directions": int(kept.concept_dirs[j].shape[0]),
-            "before": _plain(result.before[j]), "after": _plain(result.after[j]),
-            "control": _plain(result.control[j]), "other": _plain(result.other[j]),
+            **{name: _plain(result.predictions[name][j]) for name in ("before", *VARIANTS)},
+            **{f"{stem}removed_norm": float(result.sentence_removed[name][j]) for name, stem in _STEM.items()},
         })
     return records
 
@@ -784,7 +832,7 @@ def _plain(value):
 
 
 # --------------------------------------------------------------------------- scorer
-_SCORES = ("drop", "drop_vs_control")
+_SCORES = ("drop", "drop_vs_control", "drop_vs_norm_matched")
 
 
 def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -> float:
@@ -803,9 +851,11 @@ def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -
         Evaluation texts.
     y : array-like
         Their labels.
-    score : {"drop", "drop_vs_control"}, default="drop"
+    score : {"drop", "drop_vs_control", "drop_vs_norm_matched"}, default="drop"
         ``"drop"``: ``(before - after) / before``, the paper's number.
-        ``"drop_vs_control"``: that minus the random-direction control's drop.
+        ``"drop_vs_control"``: that minus the rank-matched random control's
+        drop; ``"drop_vs_norm_matched"``: minus the norm-matched random
+        control's drop.
     **options
         Passed to :func:`concept_ablation_report`, e.g. ``preset="paper"``
         (the reference implementation's protocol: IG on the analysis layer,
@@ -827,6 +877,8 @@ def concept_ablation_score(estimator, X, y, *, score: str = "drop", **options) -
     report = concept_ablation_report(estimator, X, y, **options)
     if score == "drop":
         return float(report.drop)
+    if score == "drop_vs_norm_matched":
+        return float(report.drop - report.norm_matched_drop)
     return float(report.drop - report.control_drop)
 
 

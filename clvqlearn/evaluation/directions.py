@@ -4,8 +4,11 @@ Step 2 of the concept-removal evaluation (METHOD.md, "Evaluation axis 1"):
 the salient token's row in the extracted :class:`~clvqlearn.LayerPairs`
 (:func:`salient_rows`), its concept, and per sentence the directions the
 removal protocols project out (:func:`sentence_directions`): the concept's
-own, random Gaussian ones of the same rank (the control) and another
-concept's (the second control).
+own, random Gaussian ones of the same rank (the rank-matched control),
+another concept's (the other-concept control), and the Gaussian draw from
+which the norm-matched control builds, per edited vector, a random
+direction that removes as much of its norm as the concept does
+(:func:`~clvqlearn.evaluation.projection.norm_matched_removal`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Kept:
     concept_dirs: list
     control_dirs: list
     other_dirs: list
+    matched_noise: np.ndarray  # (n, d) Gaussian draws of the norm-matched control, one per sentence
 
 
 def salient_rows(sal: Saliency, pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,9 +74,11 @@ def sentence_directions(concepts, token_concepts, chosen, idx, texts, rows, posi
     """The concept, random-control and other-concept directions of every evaluated sentence.
 
     The concept's directions come from ``concepts.concept_directions`` (in
-    the layer named by ``space``); the control is as many random Gaussian
-    directions; the second control is the directions of another concept,
-    drawn among the concepts of the evaluation tokens.
+    the layer named by ``space``); the rank-matched control is as many
+    random Gaussian directions; the other-concept control is the directions
+    of another concept, drawn among the concepts of the evaluation tokens;
+    the norm-matched control gets one standard Gaussian vector per sentence
+    (drawn last, so the other draws are those of a run without it).
     """
     cache: dict = {}
 
@@ -95,5 +101,7 @@ def sentence_directions(concepts, token_concepts, chosen, idx, texts, rows, posi
         candidates = pool[pool != c]
         other = int(rng.choice(candidates)) if candidates.size else int(c)
         other_dirs.append(directions(other))
+    matched_noise = rng.standard_normal((len(concept_dirs), width))
     return Kept(idx=idx, texts=[texts[i] for i in idx], rows=rows[idx], positions=positions[idx],
-                 concept_dirs=concept_dirs, control_dirs=control_dirs, other_dirs=other_dirs)
+                 concept_dirs=concept_dirs, control_dirs=control_dirs, other_dirs=other_dirs,
+                 matched_noise=matched_noise)

@@ -13,16 +13,41 @@ directions that add nothing), so callers may pass any spanning set.
 
 Both the probe protocol (sentence vectors, numpy) and the splice protocol
 (hidden states inside a forward pass, torch) use these functions.
+
+The controls: :func:`random_directions` (random Gaussian directions of the
+concept's rank, the paper's control) and :func:`norm_matched_removal` (one
+random direction per vector, chosen so that its removal takes out exactly
+the norm the concept's removal took out of that vector)::
+
+    s = ||Q x|| / ||x||                      (the concept edit's share of the norm)
+    w = unit part of a Gaussian g orthogonal to x
+    v = s x/||x|| + sqrt(1 - s^2) w           (unit; cosine s with x)
+    x' = x - (v . x) v = x - s ||x|| v
+
+so ``||x - x'|| = ||Q x||`` and ``||x'||^2 = ||x||^2 - ||Q x||^2``: the
+same edit length and the same remaining norm as the concept's removal, by
+an orthogonal projection, in a direction drawn uniformly among all those
+that remove that share.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 
 from .._linalg import orthonormalize
 
-__all__ = ["orthonormalize", "project_out", "project_out_rows", "project_out_torch", "random_directions"]
+__all__ = [
+    "norm_matched_removal",
+    "norm_matched_removal_torch",
+    "orthonormalize",
+    "project_out",
+    "project_out_rows",
+    "project_out_torch",
+    "random_directions",
+    "removed_norms",
+]
 
 
 def project_out(X, directions) -> np.ndarray:
@@ -169,3 +194,117 @@ def project_out_torch(hidden, directions):
             f"directions must have shape (r, {hidden.shape[-1]}); got {tuple(directions.shape)}."
         )
     return hidden - (hidden @ directions.T) @ directions
+
+
+def removed_norms(X, directions_per_row) -> np.ndarray:
+    """Per row, the norm ``||Q_i x_i||`` that projecting its directions out removes.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    directions_per_row : sequence of n arrays of shape (r_i, d)
+        As for :func:`project_out_rows` (``r_i`` may be 0: nothing removed).
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+
+    Examples
+    --------
+    >>> removed_norms([[3.0, 4.0], [3.0, 4.0]], [[[1.0, 0.0]], [[0.0, 2.0]]]).tolist()
+    [3.0, 4.0]
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(directions_per_row) != X.shape[0]:
+        raise ValueError(
+            f"X must be 2-D with one direction set per row; got X of shape {X.shape} and "
+            f"{len(directions_per_row)} direction sets."
+        )
+    out = np.zeros(X.shape[0])
+    for i, D in enumerate(directions_per_row):
+        if np.asarray(D).size:
+            out[i] = np.linalg.norm(orthonormalize(D) @ X[i])
+    return out
+
+
+def norm_matched_removal(X, removed, noise) -> np.ndarray:
+    """The norm-matched random control: remove ``removed[i]`` of row ``i``'s norm along a random direction.
+
+    Row ``x`` (norm ``||x|| > 0``) loses its component along the unit
+    vector ``v = s x/||x|| + sqrt(1 - s^2) w``, where ``s = removed /
+    ||x||`` (clipped to [0, 1]) and ``w`` is the unit part of ``noise``
+    orthogonal to ``x``: ``x' = x - (v . x) v``.  Hence ``||x - x'|| =
+    removed`` exactly and ``||x'||^2 = ||x||^2 - removed^2``, as for any
+    orthogonal projection that removes that much; with isotropic Gaussian
+    ``noise``, ``v`` is uniform among the unit vectors at cosine ``s`` to
+    ``x``.  Zero rows are returned unchanged.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        Vectors.
+    removed : array-like of shape (n,)
+        Norm to remove from each row (e.g. :func:`removed_norms` of the
+        concept's directions), ``0 <= removed[i] <= ||x_i||``.
+    noise : array-like of shape (n, d) or (d,)
+        Gaussian draws (one per row, or one shared), from the caller's
+        random state.  A row of ``noise`` parallel to its ``x`` (probability
+        zero for Gaussian noise when ``d >= 2``) leaves no random part.
+
+    Returns
+    -------
+    ndarray of shape (n, d), float64
+
+    Raises
+    ------
+    ValueError
+        When the shapes disagree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[3.0, 4.0, 0.0]])
+    >>> out = norm_matched_removal(X, [3.0], np.random.default_rng(0).standard_normal((1, 3)))
+    >>> round(float(np.linalg.norm(X - out)), 12), round(float(np.linalg.norm(out)), 12)
+    (3.0, 4.0)
+    """
+    Xf = np.asarray(X, dtype=np.float64)
+    r = np.asarray(removed, dtype=np.float64)
+    g = np.asarray(noise, dtype=np.float64)
+    if Xf.ndim != 2 or r.shape != (Xf.shape[0],) or g.shape not in (Xf.shape, Xf.shape[1:]):
+        raise ValueError(
+            f"X must be (n, d), removed (n,) and noise (n, d) or (d,); got shapes {Xf.shape}, {r.shape}, "
+            f"{g.shape}."
+        )
+    out = norm_matched_removal_torch(torch.from_numpy(Xf), torch.from_numpy(r), torch.from_numpy(g))
+    return out.numpy()
+
+
+def norm_matched_removal_torch(hidden, removed, noise):
+    """Torch version of :func:`norm_matched_removal` for any leading shape.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor of shape (..., d)
+    removed : torch.Tensor of shape (...)
+        Norm to remove from each vector.
+    noise : torch.Tensor broadcastable to ``hidden``
+        Gaussian draws (e.g. ``(B, 1, d)`` for one draw per sequence).
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor of ``hidden``'s shape and dtype (half precision is
+        computed in float32: ``sqrt(1 - s^2)`` needs the digits).
+    """
+    if hidden.dtype in (torch.float16, torch.bfloat16):
+        return norm_matched_removal_torch(hidden.float(), removed.float(), noise.float()).to(hidden.dtype)
+    tiny = torch.finfo(hidden.dtype).tiny
+    norm = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
+    unit = hidden / norm.clamp_min(tiny)
+    share = (removed.unsqueeze(-1).to(hidden.dtype) / norm.clamp_min(tiny)).clamp(0.0, 1.0)
+    noise = noise.to(hidden.dtype)
+    ortho = noise - (noise * unit).sum(dim=-1, keepdim=True) * unit
+    ortho = ortho / torch.linalg.vector_norm(ortho, dim=-1, keepdim=True).clamp_min(tiny)
+    direction = share * unit + torch.sqrt(1.0 - share * share) * ortho
+    return hidden - (share * norm) * direction

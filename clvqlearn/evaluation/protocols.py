@@ -11,9 +11,12 @@ Step 3 of the concept-removal evaluation (METHOD.md, "Evaluation axis 1"):
   classifier's forward pass (:mod:`clvqlearn.evaluation.splice`) and read
   its own head.
 
-Both return an :class:`Outcome`: the predictions before, after, with the
-random control and with another concept, and how much of the edited
-vectors' norm the projections removed (:func:`removed_norm`).
+Both return an :class:`Outcome`: the predictions before, after (the
+concept removed) and under the three controls (random directions of the
+same rank, a random direction that removes the same share of each edited
+vector's norm, another concept), and how much of the edited vectors' norm
+each edit removed (:func:`edit_shares`: measured on the edited vectors, so
+a reader can check that the norm-matched control matches).
 """
 
 from __future__ import annotations
@@ -26,23 +29,29 @@ from pathlib import Path
 import numpy as np
 
 from .probe import cross_val_probe
-from .projection import orthonormalize, project_out_rows
+from .projection import norm_matched_removal, orthonormalize, project_out, project_out_rows, removed_norms
 from .splice import splice_logits
 
-__all__ = ["Outcome", "probe_protocol", "removed_norm", "splice_protocol"]
+__all__ = ["VARIANTS", "Outcome", "edit_shares", "probe_protocol", "removed_norm", "splice_protocol"]
+
+#: The edits of every protocol: the concept removed, and the three controls.
+VARIANTS = ("after", "control", "norm_matched", "other")
 
 
 @dataclass
 class Outcome:
-    """Predictions of one protocol: clean, concept removed, random control, other concept."""
+    """Predictions of one protocol: clean (``"before"``) and one per edit in :data:`VARIANTS`.
 
-    before: np.ndarray
-    after: np.ndarray
-    control: np.ndarray
-    other: np.ndarray
+    ``removed[name]`` is the mean of ``||x - x'|| / ||x||`` over the edited
+    vectors (the sentence vectors, or the hidden states of the splice);
+    ``sentence_removed[name]`` the same per sentence (the mean over the
+    sentence's edited vectors).
+    """
+
+    predictions: dict
     truth: np.ndarray
-    removed: float
-    control_removed: float
+    removed: dict
+    sentence_removed: dict
     extra: dict
     folds: np.ndarray | None = None  # probe protocol: the test fold of every sentence
 
@@ -59,6 +68,7 @@ def probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, prob
     variants = {
         "after": project_out_rows(reps, kept.concept_dirs),
         "control": project_out_rows(reps, kept.control_dirs),
+        "norm_matched": norm_matched_removal(reps, removed_norms(reps, kept.concept_dirs), kept.matched_noise),
         "other": project_out_rows(reps, kept.other_dirs),
     }
     preds, folds = cross_val_probe(reps, goal, variants, probe=probe, n_splits=n_splits,
@@ -66,9 +76,9 @@ def probe_protocol(extractor, pairs, states, layer, kept, goal, *, pooling, prob
                                    return_folds=True)
     extra = {"pooling": pooling_used, "probe": probe if isinstance(probe, str) else type(probe).__name__,
              "n_splits": int(n_splits)}
-    return Outcome(preds["clean"], preds["after"], preds["control"], preds["other"], goal,
-                    removed_norm(reps, kept.concept_dirs), removed_norm(reps, kept.control_dirs), extra,
-                    folds=folds)
+    shares = {name: edit_shares(reps, edited) for name, edited in variants.items()}
+    return Outcome({"before": preds["clean"], **{name: preds[name] for name in VARIANTS}}, goal,
+                    {name: float(v.mean()) for name, v in shares.items()}, shares, extra, folds=folds)
 
 
 def splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, device, splice_positions, max_length,
@@ -92,28 +102,64 @@ def splice_protocol(extractor, clf, pairs, states, layer, kept, truth, *, device
         )
     pos = kept.positions if splice_positions == "salient" else None
 
-    def run(dirs):
+    def run(dirs, noise=None):
         logits = splice_logits(model, tokenizer, kept.texts, layer=None if dirs is None else layer,
-                               directions=dirs, positions=pos, max_length=max_length, batch_size=batch_size)
+                               directions=dirs, positions=pos, norm_matched_noise=noise, max_length=max_length,
+                               batch_size=batch_size)
         return logits.argmax(axis=1)
 
-    before = run(None)
-    after, control, other = run(kept.concept_dirs), run(kept.control_dirs), run(kept.other_dirs)
+    preds = {"before": run(None), "after": run(kept.concept_dirs), "control": run(kept.control_dirs),
+             "norm_matched": run(kept.concept_dirs, kept.matched_noise), "other": run(kept.other_dirs)}
     if splice_positions == "salient":
-        edited = np.asarray(states[kept.rows], dtype=np.float64)
-        concept_sets, control_sets = kept.concept_dirs, kept.control_dirs
+        token_rows = [np.array([r]) for r in kept.rows]
     else:  # every extracted token of the sentence
         token_rows = [np.arange(pairs.offsets[i], pairs.offsets[i + 1]) for i in kept.idx]
-        edited = np.asarray(states[np.concatenate(token_rows)], dtype=np.float64)
-        concept_sets = [D for D, r in zip(kept.concept_dirs, token_rows) for _ in r]
-        control_sets = [D for D, r in zip(kept.control_dirs, token_rows) for _ in r]
+    per_token = _splice_shares(states, token_rows, kept)
     extra = {"splice_positions": splice_positions, "classifier": str(clf.path)}
-    return Outcome(before, after, control, other, truth, removed_norm(edited, concept_sets),
-                    removed_norm(edited, control_sets), extra)
+    return Outcome(preds, truth, {name: float(np.concatenate(v).mean()) for name, v in per_token.items()},
+                    {name: np.array([x.mean() for x in v]) for name, v in per_token.items()}, extra)
+
+
+def _splice_shares(states, token_rows, kept) -> dict:
+    """Per variant and sentence: the share of the norm each edit removes from the sentence's edited vectors.
+
+    Measured on the extracted hidden states (those the concepts were read
+    from), with the splice's own edits: per sentence, one direction set
+    for all its edited vectors, and one Gaussian draw for the norm-matched
+    control.
+    """
+    out = {name: [] for name in VARIANTS}
+    for j, rows in enumerate(token_rows):
+        X = np.asarray(states[rows], dtype=np.float64)
+        edits = {"after": _project(X, kept.concept_dirs[j]), "control": _project(X, kept.control_dirs[j]),
+                 "other": _project(X, kept.other_dirs[j])}
+        removed = np.linalg.norm(X - edits["after"], axis=1)
+        edits["norm_matched"] = norm_matched_removal(X, removed, kept.matched_noise[j])
+        for name in VARIANTS:
+            out[name].append(edit_shares(X, edits[name]))
+    return out
+
+
+def _project(X: np.ndarray, D) -> np.ndarray:
+    return X if np.asarray(D).size == 0 else project_out(X, D)
+
+
+def edit_shares(X, X_edited) -> np.ndarray:
+    """Per row, the share of its norm an edit removed: ``||x - x'|| / ||x||`` (0 for a zero row).
+
+    Examples
+    --------
+    >>> edit_shares([[3.0, 4.0], [0.0, 0.0]], [[0.0, 4.0], [0.0, 0.0]]).tolist()
+    [0.6, 0.0]
+    """
+    X = np.asarray(X, dtype=np.float64)
+    norm = np.linalg.norm(X, axis=1)
+    moved = np.linalg.norm(X - np.asarray(X_edited, dtype=np.float64), axis=1)
+    return np.divide(moved, norm, out=np.zeros_like(norm), where=norm > 0)
 
 
 def removed_norm(vectors: np.ndarray, direction_sets) -> float:
-    """Mean ||x - x'|| / ||x|| over rows."""
+    """Mean ||x - x'|| / ||x|| over rows when each row's directions are projected out."""
     fractions = []
     for x, D in zip(vectors, direction_sets):
         norm = float(np.linalg.norm(x))

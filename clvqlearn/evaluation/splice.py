@@ -10,7 +10,8 @@ field's other standard for causal concept removal (interventions /
 :func:`splice_projection` is a context manager that installs one forward
 hook (removed in ``finally``, also when the forward raises) that projects
 given directions out of the hidden state of layer ``layer``, at one
-position per sequence or at all positions.  :func:`splice_logits` runs a
+position per sequence or at all positions (or, for the norm-matched
+control, removes the same norm along a random direction).  :func:`splice_logits` runs a
 sequence-classification model over texts with such an edit.
 
 Layer convention: the one of :class:`~clvqlearn.LayerPairExtractor`, through
@@ -30,7 +31,7 @@ from torch import nn
 
 from .._batching import length_batches, model_inputs
 from ..models import layer_hook
-from .projection import orthonormalize, project_out_torch
+from .projection import norm_matched_removal_torch, orthonormalize, project_out_torch
 
 __all__ = ["splice_logits", "splice_projection"]
 
@@ -66,15 +67,23 @@ def _as_direction_tensor(directions, batch: int | None, d: int, ref: torch.Tenso
     return D.to(device=ref.device, dtype=ref.dtype)
 
 
-def _edit(hidden: torch.Tensor, directions, positions) -> torch.Tensor:
-    """Project the directions out of ``hidden`` (B, T, d) at the given positions."""
+def _as_noise_tensor(noise, batch: int, d: int, ref: torch.Tensor) -> torch.Tensor:
+    """(B, d) Gaussian draws of the norm-matched control, one per sequence, on ref's device/dtype."""
+    arr = np.asarray(noise, dtype=np.float64)
+    if arr.shape != (batch, d):
+        raise ValueError(f"norm_matched_noise must have shape ({batch}, {d}): one draw per sequence; got {arr.shape}.")
+    return torch.from_numpy(arr).to(device=ref.device, dtype=ref.dtype)
+
+
+def _edit(hidden: torch.Tensor, directions, positions, noise=None) -> torch.Tensor:
+    """Project the directions out of ``hidden`` (B, T, d) at the given positions (or the norm-matched control)."""
     B, T, d = hidden.shape
     D = _as_direction_tensor(directions, B, d, hidden)
+    G = None if noise is None else _as_noise_tensor(noise, B, d, hidden)
     if positions is None:  # every position of every sequence
-        if D.dim() == 2:
+        if D.dim() == 2 and G is None:
             return project_out_torch(hidden, D)
-        coeff = torch.einsum("btd,brd->btr", hidden, D)
-        return hidden - torch.einsum("btr,brd->btd", coeff, D)
+        return _remove(hidden, D if D.dim() == 3 else D.expand(B, *D.shape), G)
     pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=hidden.device)
     if pos.shape != (B,):
         raise ValueError(f"positions must hold one position per sequence (shape ({B},)); got {tuple(pos.shape)}.")
@@ -84,20 +93,30 @@ def _edit(hidden: torch.Tensor, directions, positions) -> torch.Tensor:
     out = hidden.clone()
     if rows.numel():
         picked = hidden[rows, pos[rows]]  # (R, d)
-        out[rows, pos[rows]] = _rowwise(picked, D if D.dim() == 2 else D[rows])
+        if D.dim() == 2 and G is None:
+            out[rows, pos[rows]] = project_out_torch(picked, D)
+        else:
+            per_row = D[rows] if D.dim() == 3 else D.expand(rows.numel(), *D.shape)
+            out[rows, pos[rows]] = _remove(picked, per_row, None if G is None else G[rows])
     return out
 
 
-def _rowwise(x: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
-    """x (R, d) minus its projection on D (r, d) shared or (R, r, d) per row."""
-    if D.dim() == 2:
-        return project_out_torch(x, D)
-    coeff = torch.einsum("nd,nrd->nr", x, D)
-    return x - torch.einsum("nr,nrd->nd", coeff, D)
+def _remove(x: torch.Tensor, D: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
+    """x (N, ..., d) minus its projection on D (N, r, d), one set per leading index.
+
+    With ``G`` (N, d), instead the norm-matched control: each vector loses
+    the norm the projection would remove, along a random direction drawn
+    from ``G``'s row (:func:`~clvqlearn.evaluation.projection.norm_matched_removal_torch`).
+    """
+    coeff = torch.einsum("n...d,nrd->n...r", x, D)
+    if G is None:
+        return x - torch.einsum("n...r,nrd->n...d", coeff, D)
+    noise = G.reshape(G.shape[0], *([1] * (x.dim() - 2)), G.shape[1])
+    return norm_matched_removal_torch(x, torch.linalg.vector_norm(coeff, dim=-1), noise)
 
 
 @contextlib.contextmanager
-def splice_projection(model: nn.Module, layer: int, directions, positions=None):
+def splice_projection(model: nn.Module, layer: int, directions, positions=None, *, norm_matched_noise=None):
     """Project directions out of one layer's hidden states during forward passes.
 
     Inside the ``with`` block every forward of ``model`` has its hidden
@@ -146,7 +165,7 @@ def splice_projection(model: nn.Module, layer: int, directions, positions=None):
 
     def edit(hidden):
         info["calls"] += 1
-        return _edit(hidden, directions, positions)
+        return _edit(hidden, directions, positions, norm_matched_noise)
 
     with layer_hook(model, layer, edit):
         yield info
@@ -154,7 +173,7 @@ def splice_projection(model: nn.Module, layer: int, directions, positions=None):
 
 @torch.no_grad()
 def splice_logits(model, tokenizer, texts, *, layer=None, directions=None, positions=None,
-                  max_length: int = 128, batch_size: int = 32) -> np.ndarray:
+                  norm_matched_noise=None, max_length: int = 128, batch_size: int = 32) -> np.ndarray:
     """Classification logits of ``texts``, optionally with a spliced edit per text.
 
     Parameters
@@ -171,6 +190,9 @@ def splice_logits(model, tokenizer, texts, *, layer=None, directions=None, posit
     positions : array-like of int of shape (n,), optional
         Position to edit in text ``i`` (-1: none); None with ``layer`` set
         edits all positions.
+    norm_matched_noise : array-like of shape (n, d), optional
+        Run the norm-matched random control instead of the projection
+        (see :func:`splice_projection`): one Gaussian draw per text.
     max_length : int, default=128
         Truncation, as for the extractor and the saliency map.
     batch_size : int, default=32
@@ -190,6 +212,8 @@ def splice_logits(model, tokenizer, texts, *, layer=None, directions=None, posit
         raise ValueError("splice_logits needs one direction set per text when layer is given.")
     if positions is not None and len(positions) != n:
         raise ValueError(f"positions must have one entry per text ({n}); got {len(positions)}.")
+    if norm_matched_noise is not None and len(norm_matched_noise) != n:
+        raise ValueError(f"norm_matched_noise must have one row per text ({n}); got {len(norm_matched_noise)}.")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first.")
     device = next(model.parameters()).device
@@ -202,7 +226,9 @@ def splice_logits(model, tokenizer, texts, *, layer=None, directions=None, posit
         else:
             batch_dirs = [directions[i] for i in idx]
             batch_pos = None if positions is None else np.asarray(positions)[idx]
-            with splice_projection(model, layer, batch_dirs, positions=batch_pos) as info:
+            batch_noise = None if norm_matched_noise is None else np.asarray(norm_matched_noise)[idx]
+            with splice_projection(model, layer, batch_dirs, positions=batch_pos,
+                                   norm_matched_noise=batch_noise) as info:
                 logits = model(**kwargs).logits
             if info["calls"] == 0:  # pragma: no cover - a model that skips its own blocks
                 raise RuntimeError(f"the splice hook on layer {layer} never ran.")

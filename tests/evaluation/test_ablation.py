@@ -83,8 +83,13 @@ def test_removing_nothing_changes_nothing_and_removing_everything_flattens(tiny_
     nothing = concept_ablation_report(_pipe(tiny_clf, _FixedDirections(mode="none")), TEXTS, LABELS, **kw)
     assert nothing.accuracy_after == nothing.accuracy_before and nothing.flip_rate == 0.0
     assert nothing.drop == 0.0 and nothing.removed_norm == 0.0
+    # the norm-matched control removes what the concept removes: nothing, then everything
+    assert nothing.norm_matched_removed_norm == 0.0 and nothing.norm_matched_flip_rate == 0.0
+    assert nothing.other_concept_removed_norm == 0.0 and nothing.control_removed_norm == 0.0  # rank 0
     everything = concept_ablation_report(_pipe(tiny_clf, _FixedDirections(mode="all")), TEXTS, LABELS, **kw)
     assert everything.removed_norm == pytest.approx(1.0)
+    assert everything.norm_matched_removed_norm == pytest.approx(1.0)
+    assert everything.other_concept_removed_norm == pytest.approx(1.0)
     if protocol == "splice":  # a zero top layer gets one prediction for every sentence
         assert everything.to_frame()["after"].nunique() == 1
     else:  # each fold's probe maps the zero vector to one class; folds hold 2 + 2 sentences
