@@ -45,6 +45,8 @@ RESULTS = Path(__file__).parent / "results" / "learns"
 #: The configurations compared (constructor parameters of CrossLayerVQ on top of k and random_state).
 CONFIGS = {
     "default (transformer-codes)": {},
+    # the baseline joint training must beat (issue 22): CrossLayerVQ.from_recipe("two-stage")
+    "two-stage (k-means on the encoder output, frozen; same decoder)": {"ema_decay": 1.0, "top_k": 1},
     "linear encoder (the default before the MLP encoder)": {"encoder": "linear"},
     "transformer-codes, no positions": {"decoder_positions": 0.0},
     "transformer-codes, positions x1.0": {"decoder_positions": 1.0},
@@ -99,6 +101,7 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
     return dict(
         method=f"CrossLayerVQ {name}", fve=float(vq.score(test)), fve_train=float(vq.score(train)),
         ami_vs_kmeans_low=concept_agreement(vq, kmeans_ids, test), seconds=seconds,
+        **own_encoder_references(vq, train, test, k),
         epochs=int(vq.n_iter_), steps=int(vq.n_steps_), best_epoch=int(vq.best_epoch_),
         active_codes=int(vq.n_active_codes_), perplexity=float(vq.perplexity_), diverged=bool(vq.diverged_),
         peak_rss_fit_mib=peak_fit, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -107,6 +110,30 @@ def fit_one(name: str, k: int, cache: Path, train_key: str, test_key: str) -> di
                  "encoder_learning_rate", "decoder_skip", "decoder_positions", "decoder_layers",
                  "decoder_ff", "early_stopping_patience", "encoder_hidden")},
     )
+
+
+def own_encoder_references(vq, train, test, k: int) -> dict:
+    """The two-stage reading of a fitted model's own encoder (issue 22).
+
+    ``fve_kmeans_own_z``: k-means on ``vq.encode(train)``, each held-out token
+    predicted as its cluster's mean layer-h vector; ``fve_own_codes_means``:
+    the model's own codes read the same way (per-code mean of layer h);
+    ``ami_vs_kmeans_own_z``: agreement of the model's ids with that k-means,
+    and ``ami_kmeans_own_z_seeds`` the same k-means with two seeds (its yardstick).
+    """
+    from clvqlearn import KMeansConcepts
+    from clvqlearn.evaluation.diagnostics import (cluster_means, concept_agreement, kmeans_seed_agreement,
+                                                  reference_ladder)
+    from clvqlearn.metrics import fraction_of_variance_explained
+
+    ladder = reference_ladder(train, test, k, encoder=vq, random_state=0).set_index("method")["fve"]
+    own = cluster_means(vq.predict(train), train.high, k)[vq.predict(test)]
+    z_test = vq.encode(test)
+    kmeans_z = KMeansConcepts(k, random_state=0).fit(vq.encode(train)).predict(z_test)
+    return dict(fve_kmeans_own_z=float(ladder["k-means(encoder z) -> mean(high)"]),
+                fve_own_codes_means=float(fraction_of_variance_explained(test.high, own)),
+                ami_vs_kmeans_own_z=concept_agreement(vq, kmeans_z, test),
+                ami_kmeans_own_z_seeds=kmeans_seed_agreement(train, test, k, encoder=vq))
 
 
 def references(train, test, k: int, cache: Path, test_key: str) -> list[dict]:

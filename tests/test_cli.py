@@ -215,6 +215,8 @@ def test_demo_compares_the_methods_with_the_references(small_demo):
     assert (perplexity >= 1.0).all() and (perplexity <= active + 1e-9).all()
     assert (perplexity < active).any()  # usage is not exactly uniform over the used codes
     assert frame.loc[methods, "removal_drop"].between(-1.5, 1.0).all()
+    assert frame.loc[methods, "norm_matched_drop"].between(-1.5, 1.0).all()
+    assert frame.loc[methods, "removed_norm"].between(0.0, 1.0 + 1e-9).all()  # a share of the norm
     summary = json.loads((small_demo / "summary.json").read_text())
     assert summary["k"] == 8 and summary["train_texts"] == 48 and summary["test_texts"] == 12
     assert 0.0 <= summary["kmeans_seed_ami"] <= 1.0 and 0.0 <= summary["kmeans_encoder_z_seed_ami"] <= 1.0

@@ -484,7 +484,8 @@ def _evaluate(estimator, config, extractor, fit_pairs, eval_pairs, ev, clf, ig_s
         rows.append(row)
         log(f"{tag} {protocol:6s} layer {report.layer} acc {report.accuracy_before:.3f} -> "
             f"{report.accuracy_after:.3f} (drop {report.drop:+.1%}; random {report.control_drop:+.1%}; "
-            f"other concept {report.other_concept_drop:+.1%}) flip {report.flip_rate:.1%} "
+            f"norm-matched {report.norm_matched_drop:+.1%}; other concept {report.other_concept_drop:+.1%}) "
+            f"flip {report.flip_rate:.1%} "
             f"[{row['eval_seconds']:.0f} s]")
     return rows
 

@@ -254,12 +254,14 @@ def _removal(estimators, data, train_idx, test_idx, test, extractor, options, fr
     clf = task_classifier(data.take(train_idx), evaluation, model=options.model, max_length=options.max_length,
                           epochs=1, seed=options.seed, device=options.device, quiet=options.quiet)
     say(f"[clvq] topic classifier: held-out accuracy {clf.accuracy:.3f}")
-    columns = ["removal_drop", "control_drop", "accuracy_before", "accuracy_after"]
+    columns = ["removal_drop", "control_drop", "norm_matched_drop", "removed_norm", "accuracy_before",
+               "accuracy_after"]
     frame[columns] = np.nan
     for name, est in estimators.items():
         report = removal_report(est, record, evaluation, clf, n_splits=n_splits, pooling="mean", seed=options.seed,
                                 device=options.device, pairs=test)
-        frame.loc[frame["method"] == name, columns] = [report.drop, report.control_drop, report.accuracy_before,
+        frame.loc[frame["method"] == name, columns] = [report.drop, report.control_drop, report.norm_matched_drop,
+                                                       report.removed_norm, report.accuracy_before,
                                                        report.accuracy_after]
 
 
@@ -309,7 +311,9 @@ def _format(frame: pd.DataFrame, yardstick: dict) -> str:
             f"ami_two_stage: agreement with CrossLayerVQ-two-stage's ids; two k-means seeds on the encoder output "
             f"agree at {yardstick['kmeans_encoder_z']:.3f}.\n"
             "removal_drop: relative accuracy drop of a logistic probe (mean of the token vectors) when each "
-            "held-out text's salient concept is removed (control_drop: random directions of the same rank).")
+            "held-out text's salient concept is removed (control_drop: random directions of the same rank; "
+            "norm_matched_drop: one random direction removing the same share of each vector's norm, "
+            "removed_norm: that share).")
 
 
 def _cell(value) -> str:

@@ -33,7 +33,8 @@ def to_markdown(frame) -> str:
     header = ["model", "data set", "method"] + (["layer"] if with_layer else []) + ["classifier acc."]
     for p in protocols:
         header += [f"{p}: acc. before -> after", f"{p}: drop (95% CI)", f"{p}: random ctrl drop",
-                   f"{p}: flip rate", f"{p}: norm removed (concept / random)"]
+                   f"{p}: norm-matched ctrl drop", f"{p}: other-concept drop", f"{p}: flip rate",
+                   f"{p}: norm removed (concept / random / norm-matched)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["model", "dataset", "method"]
     for (model, dataset, method), group in frame.groupby(keys, sort=False):
@@ -42,26 +43,33 @@ def to_markdown(frame) -> str:
         for p in protocols:
             sub = group[group["protocol"] == p]
             if sub.empty:
-                cells += [""] * 5
+                cells += [""] * 7
                 continue
             r = sub.iloc[0]
             drop = f"{r['drop']:.1%}"
-            if "drop_ci_low" in r and np.isfinite(r["drop_ci_low"]):
+            if _finite(r, "drop_ci_low"):
                 drop += f" ({r['drop_ci_low']:.0%} to {r['drop_ci_high']:.0%})"
-            removed = ""
-            if "removed_norm" in r and np.isfinite(r["removed_norm"]):
-                removed = f"{r['removed_norm']:.2f} / {r['control_removed_norm']:.2f}"
+            removed = " / ".join(f"{r[name]:.2f}" for name in ("removed_norm", "control_removed_norm",
+                                                              "norm_matched_removed_norm") if _finite(r, name))
             cells += [f"{r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}", drop,
-                      f"{r['control_drop']:.1%}", f"{r['flip_rate']:.1%}", removed]
+                      f"{r['control_drop']:.1%}",
+                      *(f"{r[name]:.1%}" if _finite(r, name) else "" for name in ("norm_matched_drop",
+                                                                                  "other_concept_drop")),
+                      f"{r['flip_rate']:.1%}", removed]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _finite(row, name: str) -> bool:
+    """``row[name]`` exists and is a finite number (result files of older runs lack the newer controls)."""
+    return name in row and np.isfinite(row[name])
 
 
 def plot(frame, path) -> Path:
     """Bar chart of the drops: one panel per (model, data set), bars per method and protocol.
 
-    The random-direction control's drop is drawn as a black marker on each
-    bar.
+    The random-direction controls' drops are drawn as black markers on each
+    bar (x: same rank; open triangle: same share of the norm removed).
 
     Parameters
     ----------
@@ -112,6 +120,9 @@ def plot(frame, path) -> Path:
                        error_kw={"elinewidth": 0.8, "ecolor": "0.3"}, label=f"{protocol}: concept removed (95% CI)")
                 ax.plot(x + offset, 100 * rows["control_drop"].to_numpy(dtype=float), "kx", markersize=7,
                         label="random directions of the same rank" if p_i == 0 else None)
+                if "norm_matched_drop" in rows.columns:
+                    ax.plot(x + offset, 100 * rows["norm_matched_drop"].to_numpy(dtype=float), "k^", markersize=5,
+                            fillstyle="none", label="random direction, same share of the norm" if p_i == 0 else None)
             ax.axhline(0, color="grey", linewidth=0.8)
             ax.set_xticks(x)
             ax.set_xticklabels([m.replace("Concepts", "").replace("Autoencoder", "AE") for m in methods],
