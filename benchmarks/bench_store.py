@@ -67,7 +67,7 @@ def folder_mib(path: Path) -> float:
 def bench_formats(pairs, texts, args, work: Path) -> list[dict]:
     """Time save/load against store write/read for the extracted pairs."""
     from clvqlearn import LayerPairs
-    from clvqlearn.store import StoreSpec, texts_fingerprint, write_store
+    from clvqlearn.data import StoreSpec, texts_fingerprint, write_store
 
     mib = (pairs.low.nbytes + pairs.high.nbytes) / 2**20
     rows, r = [], args.repeats

@@ -5,10 +5,9 @@ Public names only; see the docs for the guide.
 
 from . import metrics
 from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoencoder
+from .data import LayerPairs, ShardedLayerPairs
 from .evaluation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
-from .pairs import LayerPairs
-from .store import ShardedLayerPairs
 
 __version__ = "0.1.0"
 

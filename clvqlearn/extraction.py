@@ -2,7 +2,7 @@
 
 The extractor is a scikit-learn transformer.  ``fit`` checks the parameters
 and the model's depth; ``transform`` runs the language model over the
-documents and returns a :class:`~clvqlearn.pairs.LayerPairs` with one row
+documents and returns a :class:`~clvqlearn.LayerPairs` with one row
 per (non-padding, optionally non-special, non-outlier) token.  Documents go
 in and token rows come out: that deviates from scikit-learn's "same number
 of rows" contract on purpose.  Pipelines and cross-validation still work
@@ -20,6 +20,12 @@ How it is fast:
 * activations are written straight into preallocated arrays (float16 if
   asked) or, above a size threshold, into ``np.memmap`` files;
 * bfloat16 autocast is available as an opt-in (``compute_dtype``).
+
+With ``store=folder`` the output goes to a sharded activation store instead:
+:func:`extract_to_store` builds the store's :class:`~clvqlearn.data.StoreSpec`
+from the extractor's settings and hands :func:`~clvqlearn.data.write_store`
+one callback that extracts a shard's documents; the store itself knows
+neither the model nor the extractor.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import uuid
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -41,10 +48,18 @@ from ._batching import length_batches, pad_right
 from ._sklearn_compat import Interval, StrOptions
 from ._torch_utils import resolve_device
 from ._validation import check_texts as _check_texts
-from .models import layer_hook, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
-from .pairs import LayerPairs
+from .data import LayerPairs, ShardedLayerPairs, StoreSpec, texts_fingerprint, write_store
+from .models import (
+    PACKAGED_MODELS,
+    layer_hook,
+    load_model,
+    load_tokenizer,
+    num_layers,
+    resolve_layers,
+    resolve_model,
+)
 
-__all__ = ["LayerPairExtractor"]
+__all__ = ["LayerPairExtractor", "extract_to_store"]
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -130,7 +145,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         used; 0 always uses it.
     store : str or path-like, optional
         Write the activations to a sharded store in this folder (see
-        :mod:`clvqlearn.store`), shard by shard, and return it opened lazily
+        :mod:`clvqlearn.data.store_format`), shard by shard, and return it opened lazily
         (:meth:`LayerPairs.open <clvqlearn.LayerPairs.open>`).  A store
         left by an interrupted run with the same settings and texts is
         resumed (finished shards are skipped); one written with another
@@ -399,7 +414,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             Rows in document order, tokens in position order; padding never
             appears, special tokens and outliers as the parameters say.
             With ``store``, the store opened lazily
-            (:class:`~clvqlearn.store.ShardedLayerPairs`).
+            (:class:`~clvqlearn.ShardedLayerPairs`).
         """
         check_is_fitted(self, "layers_")
         self._check_settings()
@@ -407,8 +422,6 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         texts = _check_texts(texts)
         self._check_max_length()
         if self.store is not None:
-            from .store import extract_to_store
-
             return extract_to_store(self, texts)
         return self._transform_in_memory(texts)
 
@@ -760,3 +773,68 @@ def _compact(arrays, upper_off: np.ndarray, counts: np.ndarray):
             except (ValueError, SystemError):  # pragma: no cover
                 out.append(a[:n].copy())
     return out
+
+
+# ----------------------------------------------------------------------------- into a store
+_STORE_SETTINGS = ("max_length", "special_tokens", "outliers", "outlier_threshold", "compute_dtype", "batch_size")
+
+
+def extract_to_store(extractor: LayerPairExtractor, texts: list) -> ShardedLayerPairs:
+    """Run a fitted extractor over ``texts`` into ``extractor.store``, this rank's shards only.
+
+    Called by ``LayerPairExtractor.transform`` when ``store`` is set (the
+    texts are already checked).  ``batch_size`` is part of the settings:
+    the batch composition decides the padding and the outlier median, so a
+    resume with another batch size would mix values.
+
+    Parameters
+    ----------
+    extractor : LayerPairExtractor
+        Fitted, with ``store`` set.
+    texts : list of str
+        All documents of the store (every rank passes the same list).
+
+    Returns
+    -------
+    ShardedLayerPairs
+        The whole store, once every rank has finished its shards.
+    """
+    spec = _store_spec(extractor, texts)
+
+    def make_shard(start, stop):
+        return extractor._transform_in_memory(texts[start:stop], allow_empty=True)
+
+    return write_store(extractor.store, make_shard, spec, texts=texts)
+
+
+def _store_spec(extractor: LayerPairExtractor, texts: list) -> StoreSpec:
+    """What the store of ``extractor`` over ``texts`` holds: model, revision, layers, widths, settings."""
+    # numpy scalars (e.g. from a parameter grid) become plain Python values for the JSON manifest
+    settings = {name: _plain(getattr(extractor, name)) for name in _STORE_SETTINGS}
+    settings["outlier_threshold"] = float(settings["outlier_threshold"])
+    settings["trust_remote_code"] = bool(extractor.trust_remote_code)
+    return StoreSpec(
+        model_name=os.fspath(extractor.model), layers=extractor.layers_,
+        widths=(extractor.hidden_size_, extractor.hidden_size_), n_docs=len(texts),
+        shard_size=int(extractor.shard_size), texts_sha256=texts_fingerprint(texts),
+        dtype=extractor.storage_dtype, model_revision=_model_revision(extractor), settings=settings,
+    )
+
+
+def _plain(value):
+    """A numpy scalar as the Python value JSON can hold; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _model_revision(extractor: LayerPairExtractor) -> str | None:
+    """The model's commit hash (hub models) or its package's version (packaged models), if known."""
+    commit = getattr(extractor.model_.config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    entry = PACKAGED_MODELS.get(str(os.fspath(extractor.model)).strip().lower())
+    if entry is None:
+        return None
+    for dist in metadata.packages_distributions().get(entry.module, []):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return f"{dist}=={metadata.version(dist)}"
+    return None

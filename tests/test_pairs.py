@@ -203,7 +203,24 @@ def test_load_refuses_other_folders_and_newer_formats(tmp_path):
     with pytest.raises(ValueError, match="not 'clvqlearn.LayerPairs'"):
         LayerPairs.load(folder)
     (folder / "meta.json").write_text(json.dumps({**meta, "version": 99}))
-    with pytest.raises(ValueError, match="newer clvqlearn"):
+    with pytest.raises(ValueError, match="format version 99; this clvqlearn reads up to version 1. Upgrade"):
+        LayerPairs.load(folder)
+
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda meta: "{not json", r"meta.json is not valid JSON"),
+    (lambda meta: json.dumps([meta]), r"meta.json: expected a JSON object, got list"),
+    (lambda meta: json.dumps({k: v for k, v in meta.items() if k != "layers"}),
+     r"meta.json: missing key\(s\) \['layers'\]"),
+    (lambda meta: json.dumps({**meta, "layers": "1,2"}), r"meta.json: 'layers' must be a JSON list"),
+    (lambda meta: json.dumps({**meta, "version": "two"}), r"meta.json: the format version must be a non-negative"),
+])
+def test_load_names_a_damaged_meta_json(tmp_path, edit, match):
+    folder = _pairs().save(tmp_path / "pairs")
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(edit(meta))
+    with pytest.raises(ValueError, match=match):
         LayerPairs.load(folder)
 
 
@@ -272,7 +289,7 @@ def test_grid_search_and_cross_val_score_with_integer_cv_give_document_folds(kin
     from sklearn.model_selection import GridSearchCV, cross_val_score
 
     from clvqlearn import KMeansConcepts
-    from clvqlearn.store import StoreSpec, texts_fingerprint, write_store
+    from clvqlearn.data import StoreSpec, texts_fingerprint, write_store
 
     pairs = _corpus()
     if kind == "store":

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from clvqlearn import KMeansConcepts, LayerPairExtractor, LayerPairs
-from clvqlearn import store as store_mod
-from clvqlearn.store import ShardedLayerPairs, StoreSpec, open_store, texts_fingerprint, write_store
+from clvqlearn.data import ShardedLayerPairs, StoreSpec, open_store, store_writer, texts_fingerprint, write_store
 
 N_DOCS, SHARD, D_LOW, D_HIGH = 11, 3, 5, 4
 
@@ -215,7 +214,7 @@ def test_rank_split_equals_one_process(tmp_path):
 
 def test_a_finished_rank_waits_for_the_others(tmp_path, monkeypatch):
     pairs = _corpus(8)
-    monkeypatch.setattr(store_mod, "_POLL_S", 0.01)
+    monkeypatch.setattr(store_writer, "_POLL_S", 0.01)
     gate, results = threading.Event(), {}
 
     def slow(start, stop):
@@ -238,13 +237,13 @@ def test_distributed_rank_reads_the_launcher_environment(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert tuple(store_mod.distributed_rank()) == (3, 4, 1)
+    assert tuple(store_writer.distributed_rank()) == (3, 4, 1)
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK=4"):
-        store_mod.distributed_rank()
+        store_writer.distributed_rank()
     monkeypatch.setenv("RANK", "zero")
     with pytest.raises(ValueError, match="RANK='zero'"):
-        store_mod.distributed_rank()
+        store_writer.distributed_rank()
 
 
 # ----------------------------------------------------------------------------- resume and refusal
@@ -354,12 +353,31 @@ def test_missing_manifest(tmp_path):
         LayerPairs.open(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not readable JSON"):
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
         LayerPairs.open(tmp_path / "bad")
     (tmp_path / "bad" / "manifest.json").write_text(json.dumps({"format": "clvqlearn.LayerPairStore",
                                                                  "format_version": 99}))
     with pytest.raises(ValueError, match="format version 99.*Upgrade"):
         LayerPairs.open(tmp_path / "bad")
+
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ("{not json", "manifest.json is not valid JSON"),
+    ("[1, 2]", "manifest.json: expected a JSON object, got list"),
+    (json.dumps({"format": "clvqlearn.LayerPairs", "version": 1}),
+     "holds format 'clvqlearn.LayerPairs', not 'clvqlearn.LayerPairStore'"),
+    (json.dumps({"format": "clvqlearn.LayerPairStore", "format_version": "2"}),
+     "manifest.json: the format version must be a non-negative integer"),
+])
+def test_a_manifest_of_another_kind_is_named_by_reader_and_writer(tmp_path, content, match):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        LayerPairs.open(tmp_path)
+    pairs = _corpus()
+    with pytest.raises(ValueError, match=match):
+        write_store(tmp_path, Maker(pairs), _spec(pairs))
+    assert _names(tmp_path) == ["manifest.json"] and (tmp_path / "manifest.json").read_text() == content
 
 
 def test_full_disk_mid_shard_leaves_nothing_half_written(tmp_path, monkeypatch):
@@ -373,7 +391,7 @@ def test_full_disk_mid_shard_leaves_nothing_half_written(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    monkeypatch.setattr(store_writer.os, "fsync", fsync)
     with pytest.raises(OSError, match=r"shard-00001.*disk is full.*Nothing half-written.*resumes") as info:
         write_store(tmp_path, Maker(pairs), _spec(pairs))
     assert info.value.errno == errno.ENOSPC
@@ -381,7 +399,7 @@ def test_full_disk_mid_shard_leaves_nothing_half_written(tmp_path, monkeypatch):
     assert _names(tmp_path) == ["manifest.json", "shard-00000.json", "shard-00000.safetensors"]
     with pytest.raises(ValueError, match="incomplete"):
         open_store(tmp_path)
-    monkeypatch.setattr(store_mod.os, "fsync", real_fsync)
+    monkeypatch.setattr(store_writer.os, "fsync", real_fsync)
     maker = Maker(pairs)
     _assert_same(write_store(tmp_path, maker, _spec(pairs)), pairs)
     assert maker.calls == [3, 6, 9]
@@ -396,7 +414,7 @@ def test_sidecar_failure_discards_the_shard(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "Input/output error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(store_mod.os, "replace", replace)
+    monkeypatch.setattr(store_writer.os, "replace", replace)
     with pytest.raises(OSError, match="shard-00000.*Input/output error"):
         write_store(tmp_path, Maker(pairs), _spec(pairs))
     assert _names(tmp_path) == ["manifest.json"]
@@ -411,7 +429,7 @@ def test_read_only_store_folder(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(store_mod, "open", read_only, raising=False)
+    monkeypatch.setattr(store_writer, "open", read_only, raising=False)
     with pytest.raises(OSError, match=r"manifest.json.*Read-only file system \(the store folder is read-only"):
         write_store(tmp_path / "s", Maker(pairs), _spec(pairs))
     assert _names(tmp_path / "s") == []

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from clvqlearn import LayerPairExtractor
-    from clvqlearn.store import distributed_rank
+    from clvqlearn.data import distributed_rank
 
     texts = json.loads(sys.argv[2])
     dist.init_process_group("gloo")  # as a multi-GPU script would (nccl there); the store needs no collective

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from clvqlearn import LayerPairs
-from clvqlearn import store as store_mod
-from clvqlearn.store import StoreSpec, open_store, write_store
+from clvqlearn.data import StoreSpec, open_store, store_columns, store_writer, write_store
 
 N_DOCS, SHARD, D_LOW, D_HIGH = 11, 3, 24, 16
 MANIFEST_PROBLEM = r"manifest {}manifest\.json is damaged or was edited: {}.*not at fault, do not delete them"
@@ -182,9 +181,8 @@ def test_overwritten_bytes_are_found_when_the_shard_is_read(tmp_path, monkeypatc
     data[-1200:-200] = np.random.default_rng(1).integers(0, 256, size=1000, dtype=np.uint8).tobytes()
     shard.write_bytes(bytes(data))  # same size: fitted silently before
     hashed = []
-    real = getattr(store_mod, "_file_sha256", None)
-    monkeypatch.setattr(store_mod, "_file_sha256", lambda path: hashed.append(path.name) or real(path),
-                        raising=False)
+    real = store_columns._file_sha256
+    monkeypatch.setattr(store_columns, "_file_sha256", lambda path: hashed.append(path.name) or real(path))
     store = open_store(tmp_path)  # the cheap check reads no shard's bytes
     assert hashed == []
     np.testing.assert_array_equal(np.asarray(store[:3].low), pairs[:3].low)  # shard 0 is fine
@@ -264,7 +262,7 @@ def test_a_writer_in_another_process_is_refused(tmp_path):
 
 
 def test_a_shard_deleted_while_writing_is_an_error_not_a_hang(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_POLL_S", 0.01)
+    monkeypatch.setattr(store_writer, "_POLL_S", 0.01)
     pairs = _corpus()
 
     def make_shard(a, b):
@@ -278,8 +276,8 @@ def test_a_shard_deleted_while_writing_is_an_error_not_a_hang(tmp_path, monkeypa
 
 
 def test_a_rank_that_never_runs_is_an_error_not_a_hang(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_POLL_S", 0.01)
-    monkeypatch.setattr(store_mod, "_ABANDONED_S", 0.1, raising=False)
+    monkeypatch.setattr(store_writer, "_POLL_S", 0.01)
+    monkeypatch.setattr(store_writer, "_ABANDONED_S", 0.1)
     pairs = _corpus()
     error = _in_thread(lambda: write_store(tmp_path, lambda a, b: pairs[a:b], _spec(pairs), rank=0, world_size=2))
     assert isinstance(error, RuntimeError)
@@ -289,8 +287,8 @@ def test_a_rank_that_never_runs_is_an_error_not_a_hang(tmp_path, monkeypatch):
 
 
 def test_a_running_rank_is_waited_for(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_POLL_S", 0.01)
-    monkeypatch.setattr(store_mod, "_ABANDONED_S", 0.0, raising=False)  # only a free lock counts as abandoned
+    monkeypatch.setattr(store_writer, "_POLL_S", 0.01)
+    monkeypatch.setattr(store_writer, "_ABANDONED_S", 0.0)  # only a free lock counts as abandoned
     pairs, gate = _corpus(), threading.Event()
 
     def slow(a, b):
@@ -315,7 +313,7 @@ def test_a_finished_store_on_a_read_only_disk_needs_no_lock(tmp_path, monkeypatc
         def acquire(self):
             raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(store_mod, "FileLock", ReadOnlyLock, raising=False)
+    monkeypatch.setattr(store_writer, "FileLock", ReadOnlyLock)
     calls = []
     store = write_store(tmp_path, lambda a, b: calls.append(a) or pairs[a:b], _spec(pairs))
     assert calls == [] and len(store) == N_DOCS

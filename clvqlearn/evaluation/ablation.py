@@ -51,7 +51,7 @@ from .._sklearn_compat import Hidden, Interval, StrOptions, validate_parameter_c
 from .._validation import check_texts
 from ..concepts._base import ConceptEstimator
 from ..extraction import LayerPairExtractor
-from ..pairs import LayerPairs
+from ..data import LayerPairs
 from .directions import salient_rows, sentence_directions
 from .protocols import VARIANTS, probe_protocol, splice_protocol
 from .saliency import Saliency, cached_token_saliency

@@ -41,7 +41,7 @@ Two questions decide whether a cross-layer concept model earns its keep:
 Examples
 --------
 >>> import numpy as np
->>> from clvqlearn.pairs import LayerPairs
+>>> from clvqlearn import LayerPairs
 >>> from clvqlearn.evaluation.diagnostics import reference_ladder
 >>> rng = np.random.default_rng(0)
 >>> low = rng.normal(size=(400, 3)).astype(np.float32)
@@ -66,7 +66,7 @@ from sklearn.metrics import adjusted_mutual_info_score
 from .._sklearn_compat import HasMethods, Interval, StrOptions, validate_params
 from ..metrics import fraction_of_variance_explained
 from ..concepts.kmeans import KMeansConcepts
-from ..pairs import LayerPairs
+from ..data import LayerPairs
 
 __all__ = ["reference_ladder", "concept_agreement", "kmeans_seed_agreement", "cluster_means"]
 
@@ -231,7 +231,7 @@ def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1), encoder=
     Examples
     --------
     >>> import numpy as np
-    >>> from clvqlearn.pairs import LayerPairs
+    >>> from clvqlearn import LayerPairs
     >>> rng = np.random.default_rng(0)
     >>> low = (5 * rng.normal(size=(4, 2)))[rng.integers(0, 4, 400)] + rng.normal(size=(400, 2))
     >>> pairs = LayerPairs(low=low, high=low, offsets=np.arange(401))

@@ -42,7 +42,7 @@ from .._config import get_cache_home
 from .._sklearn_compat import Hidden, Interval, StrOptions, validate_params
 from .._torch_utils import resolve_device
 from .._validation import check_texts
-from ..pairs import LayerPairs
+from ..data import LayerPairs
 from .tasks import INFO_FILE, ClassifierResult, ensure_pad_token, resolve_classifier
 
 __all__ = ["Saliency", "cached_token_saliency", "clear_saliency_cache", "rank_words", "saliency_memory",

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from .. import models as _models
 from .._batching import length_batches, model_inputs
 from .._config import get_cache_home
+from .._sidecar import read_sidecar
 from .._sklearn_compat import Interval, validate_params
 from .._torch_utils import parameter_groups, resolve_device, seeded, torch_seed
 from .._validation import check_texts
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 INFO_FILE = "clvqlearn_classifier.json"
 _INFO_FORMAT = "clvqlearn.classifier"
 _INFO_VERSION = 1
+_INFO_KEYS = {"base_model": str, "label_names": list, "classes": list, "accuracy": (int, float), "n_train": int,
+              "n_test": int}
 
 __all__ = [
     "ClassifierResult",
@@ -205,6 +208,10 @@ def load_classifier(path) -> ClassifierResult:
     ------
     FileNotFoundError
         When the folder holds no ``clvqlearn_classifier.json``.
+    ValueError
+        When ``clvqlearn_classifier.json`` is not valid JSON, describes
+        something else, was written by a newer clvqlearn, or lacks a key
+        (the message names the file).
 
     Examples
     --------
@@ -214,15 +221,7 @@ def load_classifier(path) -> ClassifierResult:
     FileNotFoundError: /no/such/folder is not a clvqlearn classifier checkpoint ...
     """
     path = Path(path)
-    info_file = path / INFO_FILE
-    if not info_file.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a clvqlearn classifier checkpoint ({INFO_FILE} is missing). "
-            "Create one with clvqlearn.evaluation.tasks.fine_tune_classifier."
-        )
-    info = json.loads(info_file.read_text())
-    if info.get("format") != _INFO_FORMAT:
-        raise ValueError(f"{info_file} holds {info.get('format')!r}, not {_INFO_FORMAT!r}.")
+    info = _read_info(path)
     return ClassifierResult(
         path=path,
         base_model=info["base_model"],
@@ -235,6 +234,17 @@ def load_classifier(path) -> ClassifierResult:
         params=dict(info.get("params", {})),
         reused=True,
     )
+
+
+def _read_info(path: Path) -> dict:
+    """The checked ``clvqlearn_classifier.json`` of the checkpoint folder ``path``."""
+    info_file = path / INFO_FILE
+    if not info_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a clvqlearn classifier checkpoint ({INFO_FILE} is missing). "
+            "Create one with clvqlearn.evaluation.tasks.fine_tune_classifier."
+        )
+    return read_sidecar(info_file, format_tag=_INFO_FORMAT, max_version=_INFO_VERSION, required=_INFO_KEYS)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -521,7 +531,7 @@ def _validation_ids(validation_data, classes: np.ndarray):
 
 def _reuse(output_dir: Path, fingerprint: str) -> ClassifierResult:
     """The classifier already in ``output_dir``, when it was trained on the same data and parameters."""
-    info = json.loads((output_dir / INFO_FILE).read_text())
+    info = _read_info(output_dir)
     if info.get("fingerprint") != fingerprint:
         raise ValueError(
             f"{output_dir} already holds a classifier trained on other data or parameters. "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pairs import LayerPairs
+from ..data import LayerPairs
 from ._browser_assets import PAGE
 from ._html import fill_page
 from .descriptions import (

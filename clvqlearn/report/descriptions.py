@@ -30,7 +30,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..pairs import LayerPairs
+from ..data import LayerPairs
 
 __all__ = ["describe_concepts", "describe_estimator", "doc_sentences", "token_words"]
 

@@ -162,6 +162,25 @@ def test_load_classifier_missing_folder(tmp_path):
         load_classifier(tmp_path)
 
 
+_INFO = {"format": "clvqlearn.classifier", "version": 1, "base_model": "tiny", "label_names": ["a", "b"],
+         "classes": [0, 1], "accuracy": 0.5, "n_train": 4, "n_test": 2}
+
+
+@pytest.mark.parametrize(("info", "match"), [
+    ({**_INFO, "version": 2}, "format version 2; this clvqlearn reads up to version 1. Upgrade clvqlearn"),
+    ("{not json", "clvqlearn_classifier.json is not valid JSON"),
+    ({k: v for k, v in _INFO.items() if k != "accuracy"}, r"missing key\(s\) \['accuracy'\]"),
+    ({**_INFO, "n_train": "4"}, "'n_train' must be a JSON int"),
+    ({**_INFO, "format": "other"}, "holds format 'other', not 'clvqlearn.classifier'"),
+])
+def test_load_classifier_checks_its_json(tmp_path, info, match):
+    (tmp_path / INFO_FILE).write_text(info if isinstance(info, str) else json.dumps(info))
+    with pytest.raises(ValueError, match=match):
+        load_classifier(tmp_path)
+    (tmp_path / INFO_FILE).write_text(json.dumps({k: v for k, v in _INFO.items() if k != "version"}))
+    assert load_classifier(tmp_path).label_names == ["a", "b"]  # a missing version is 0: the first checkpoints
+
+
 # --------------------------------------------------------------------------- real models
 @pytest.mark.slow
 def test_minilm_fine_tuned_on_eraser_beats_chance(data_home, tmp_path):
