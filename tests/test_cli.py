@@ -279,3 +279,53 @@ def test_table_choices_are_the_comparison_modules():
         hint = eval(types[name], namespace) if isinstance(types[name], str) else types[name]
         literal = get_args(hint)[0] if name in ("datasets", "models", "methods", "protocols", "tables") else hint
         assert get_args(literal) == tuple(choices), name
+
+
+# ------------------------------------------------------------------ one table of the methods (issue 24)
+def test_the_method_choices_are_the_methods_table():
+    from typing import get_args
+
+    from clvqlearn.cli import comparison, methods, options
+
+    assert get_args(options.Method) == methods.OPTIONS  # clvq fit --method
+    assert comparison.METHODS == methods.NAMES  # clvq table --methods (TableOptions: the test above)
+    assert options.METHOD_NAMES == {m.option: m.estimator for m in methods.METHODS}
+    assert options.METHOD_RECIPES == {"two-stage": "two-stage"}
+
+
+def test_every_command_builds_each_method_from_its_row():
+    import clvqlearn
+    from clvqlearn.cli import commands, comparison
+    from clvqlearn.cli.methods import METHODS
+
+    for method in METHODS:
+        cls = getattr(clvqlearn, method.estimator)
+        built = {"fit": commands.make_estimator(method.option, k=6),
+                 **{table: comparison.make_estimator(method.name, comparison.ComparisonConfig(k=6), "minilm", table)
+                    for table in comparison.TABLES}}
+        for where, est in built.items():
+            assert type(est) is cls, (method.name, where)
+            if method.recipe:  # the recipe's own settings, whoever builds it
+                recipe = cls.from_recipe(method.recipe, k=6).get_params()
+                assert (est.top_k, est.ema_decay, est.init) == (recipe["top_k"], recipe["ema_decay"], recipe["init"])
+        for table in comparison.TABLES:
+            assert getattr(built[table], "layer", None) == method.comparison_layer(table), (method.name, table)
+
+
+def test_the_cli_modules_import_each_other_without_a_circle(monkeypatch):
+    import clvqlearn.cli
+
+    monkeypatch.syspath_prepend(Path(__file__).parent / "concepts")
+    from test_layout import import_cycles  # the concepts package's check
+
+    assert import_cycles(clvqlearn.cli) == []
+
+
+def test_a_damaged_saved_model_is_named(capsys, tmp_path):
+    _pairs().save(tmp_path / "pairs")
+    assert main(["fit", "--method", "kmeans", "--k", "3", "--pairs", str(tmp_path / "pairs"),
+                 "--output", str(tmp_path / "model"), "--quiet", "true"]) == 0
+    (tmp_path / "model" / "model" / "config.json").write_text("{not json")
+    code = main(["describe", "--model", str(tmp_path / "model"), "--pairs", str(tmp_path / "pairs"),
+                 "--output", str(tmp_path / "d")])
+    _one_error_line(capsys, code, "config.json is not valid JSON")

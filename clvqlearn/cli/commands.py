@@ -31,7 +31,8 @@ from ._io import (
     write_config,
     write_texts,
 )
-from .options import METHOD_NAMES, METHOD_RECIPES, DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
+from .methods import BY_OPTION, METHODS
+from .options import DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
 
 EXTRACTOR_FILE = "extractor.json"
 MODEL_FOLDER = "model"
@@ -118,7 +119,7 @@ def load_pairs(path):
     The arrays are memory-mapped copy-on-write: read lazily from disk, and
     writable (torch warns about read-only arrays) without touching the files.
     """
-    from ..pairs import LayerPairs
+    from ..data import LayerPairs
 
     path = Path(path).expanduser()
     if (path / PAIRS_FOLDER / "meta.json").is_file():
@@ -167,10 +168,10 @@ def make_estimator(method: str, *, k: int, max_epochs=None, params=None, seed=0,
     """
     import clvqlearn
 
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_NAMES)}.")
-    cls = getattr(clvqlearn, METHOD_NAMES[method])
-    recipe = METHOD_RECIPES.get(method)
+    if method not in BY_OPTION:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(BY_OPTION)}.")
+    cls = getattr(clvqlearn, BY_OPTION[method].estimator)
+    recipe = BY_OPTION[method].recipe
     valid = (cls.from_recipe(recipe) if recipe else cls()).get_params()
     build = functools.partial(cls.from_recipe, recipe) if recipe else cls
     kwargs = {"k": k, "random_state": seed, **({"device": device} if "device" in valid else {})}
@@ -240,15 +241,20 @@ def load_estimator(path):
     """
     import clvqlearn
 
+    from .._sidecar import read_sidecar
+    from ..concepts._persistence import FORMAT_NAME, FORMAT_VERSION
+
     path = Path(path).expanduser()
     if (path / MODEL_FOLDER / "config.json").is_file():
         path = path / MODEL_FOLDER
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} holds no saved model (no config.json); give a folder written by `clvq fit`.")
-    name = json.loads(config_file.read_text()).get("class")
-    if name not in METHOD_NAMES.values():
-        raise ValueError(f"{config_file} holds a {name!r}, not one of {sorted(METHOD_NAMES.values())}.")
+    config = read_sidecar(config_file, format_tag=FORMAT_NAME, max_version=FORMAT_VERSION, required={"class": str})
+    name = config["class"]
+    classes = sorted({m.estimator for m in METHODS})
+    if name not in classes:
+        raise ValueError(f"{config_file} holds a {name!r}, not one of {classes}.")
     return getattr(clvqlearn, name).load(path)
 
 

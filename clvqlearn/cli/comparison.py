@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from .._sklearn_compat import Interval, StrOptions, validate_parameter_constraints
+from .methods import BY_NAME, NAMES, PROTOCOLS, TABLES
+from .tables import PLOT_FILES, TABLE_TITLES, legend, plot, to_markdown
 
 __all__ = ["ComparisonConfig", "load_splits", "make_estimator", "run_comparison", "run_unit"]
 
@@ -58,12 +60,9 @@ MODELS = {
     "minilm": {"layers": (4, 6), "learning_rate": 1e-4},
     "smollm2": {"layers": (20, 30), "learning_rate": 5e-5},
 }
-#: "CrossLayerVQ-two-stage" is ``CrossLayerVQ.from_recipe("two-stage")``: the baseline its joint training must beat.
-METHODS = ("CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder")
-PROTOCOLS = ("probe", "splice")
-#: "layer-matched": every method at the analysis layer l (the primary table); "high-layer": the
-#: single-layer baselines at h and the cross-layer SAE l -> h (the variant).
-TABLES = ("layer-matched", "high-layer")
+#: The methods' names (:data:`clvqlearn.cli.methods.METHODS`); "CrossLayerVQ-two-stage" is
+#: ``CrossLayerVQ.from_recipe("two-stage")``: the baseline its joint training must beat.
+METHODS = NAMES
 #: classes per data set (the evaluation sets are class-balanced)
 N_CLASSES = {"eraser_movie": 2, "jigsaw": 2, "ag_news": 4}
 _PART_VERSION = 3
@@ -352,29 +351,30 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
     """
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}; got {table!r}.")
-    from ..concepts.kmeans import KMeansConcepts
-    from ..concepts.sae import SparseAutoencoder
-    from ..concepts.vq import CrossLayerVQ, SingleLayerVQ
+    if method not in BY_NAME:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    import clvqlearn
 
+    row = BY_NAME[method]
+    cls = getattr(clvqlearn, row.estimator)
     k, seed, device = config.k, config.seed, config.device
-    single = "low" if table == "layer-matched" else "high"
-    # CrossLayerVQ's own defaults (a frozen encoder fitted as a regression of h on l;
-    # see docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
-    vq = dict(top_k=min(5, k), decoder=config.clvq_decoder, decoder_hidden=512,
-              max_epochs=config.concept_epochs, random_state=seed, device=device)
-    if method == "CrossLayerVQ":
-        return CrossLayerVQ(k, **vq)
-    if method == "CrossLayerVQ-two-stage":
-        return CrossLayerVQ.from_recipe("two-stage", k=k, **{**vq, "top_k": 1})
-    if method == "SingleLayerVQ":
-        return SingleLayerVQ(k, layer=single, **vq)
-    if method == "KMeansConcepts":
-        return KMeansConcepts(k, layer=single, random_state=seed)
-    if method == "SparseAutoencoder":
-        return SparseAutoencoder(k, layer="low" if table == "layer-matched" else None,
-                                 max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
-                                 random_state=seed, device=device)
-    raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    settings = {
+        # CrossLayerVQ's own defaults (a frozen encoder fitted as a regression of h on l;
+        # see docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
+        "vq": dict(top_k=min(5, k), decoder=config.clvq_decoder, decoder_hidden=512,
+                   max_epochs=config.concept_epochs, random_state=seed, device=device),
+        "kmeans": dict(random_state=seed),
+        "sae": dict(max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
+                    random_state=seed, device=device),
+    }[row.family]
+    if row.layers:  # a single-layer estimator, or the SAE (cross-layer where its table gives no layer)
+        settings["layer"] = row.comparison_layer(table)
+    if row.recipe is None:
+        return cls(k, **settings)
+    from ..concepts.vq import RECIPES
+
+    # the recipe's own settings win (the two-stage baseline keeps top_k=1)
+    return cls.from_recipe(row.recipe, k=k, **{n: v for n, v in settings.items() if n not in RECIPES[row.recipe]})
 
 
 # ------------------------------------------------------------------------- one unit
@@ -541,8 +541,6 @@ def run_comparison(config: ComparisonConfig, out, *, resume: bool = False, verbo
 
 def _remove_finished(out: Path) -> None:
     """Remove the tables and charts of an earlier run (``parts/`` stays for ``resume``)."""
-    from .tables import PLOT_FILES
-
     for name in ("comparison.csv", "comparison.md", "run.json", *PLOT_FILES.values()):
         (out / name).unlink(missing_ok=True)
 
@@ -564,8 +562,6 @@ def _unit_part(model: str, dataset: str, config: ComparisonConfig, parts_dir: Pa
 
 def _write_outputs(frame, config: ComparisonConfig, units: dict, out: Path, *, command, minutes) -> None:
     """``comparison.md``, ``run.json`` and the charts of a finished run."""
-    from .tables import PLOT_FILES, TABLE_TITLES, legend, plot, to_markdown
-
     total, cpu = minutes
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     if command is None:

@@ -37,11 +37,10 @@ from ..metrics import code_usage, usage_perplexity
 from . import plots
 from ._io import check_inputs_outside, staged_output, write_config
 from .commands import EXTRACTOR_FILE, MODEL_FOLDER, make_estimator, removal_report, task_classifier
+from .methods import BY_NAME, METHODS
 from .options import DemoOptions, parse_layers
 
 #: the demo's methods: display name -> ``clvq fit --method`` name
-METHODS = {"CrossLayerVQ": "crosslayer", "CrossLayerVQ-two-stage": "two-stage", "SingleLayerVQ": "singlelayer",
-           "KMeansConcepts": "kmeans", "SparseAutoencoder": "sae"}
 
 
 def run_demo(options: DemoOptions | None = None) -> dict:
@@ -113,14 +112,14 @@ def _timed(stages: dict, name: str, function, *args):
 def _estimators(options: DemoOptions) -> dict:
     """The methods, checked before anything is loaded: only k, epochs and the decoder are set."""
     estimators = {}
-    for name, method in METHODS.items():
-        params = {"decoder": options.decoder} if method in ("crosslayer", "two-stage", "singlelayer") else {}
-        est = make_estimator(method, k=options.k, max_epochs=options.max_epochs, params=params,
+    for method in METHODS:
+        params = {"decoder": options.decoder} if method.family == "vq" else {}
+        est = make_estimator(method.option, k=options.k, max_epochs=options.max_epochs, params=params,
                              seed=options.seed, device=options.device)
-        if method != "kmeans" and not options.quiet:
+        if method.family != "kmeans" and not options.quiet:
             est.set_params(verbose=1)  # a progress bar over the epochs
         est._validate_params()
-        estimators[name] = est
+        estimators[method.name] = est
     return estimators
 
 
@@ -279,7 +278,7 @@ def _write(out: Path, options, estimators, frame, test, yardstick, started, size
                           test, title=f"clvq demo: {options.model} layers {test.layers[0]} -> {test.layers[1]}")
     record = {"model": options.model, "layers": list(test.layers), "max_length": options.max_length}
     for name, est in estimators.items():  # each as a `clvq fit` folder, which describe and evaluate read
-        folder = out / "models" / METHODS[name]
+        folder = out / "models" / BY_NAME[name].option
         est.save(folder / MODEL_FOLDER)
         (folder / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
     plots.training_curves({n: e for n, e in estimators.items() if n != "KMeansConcepts"}, out / "training_curves.png")

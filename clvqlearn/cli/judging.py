@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .methods import BY_NAME
+
 __all__ = ["run_judging"]
 
 LABEL_WORDS = {"eraser_movie": {"neg": "Negative sentiment review", "pos": "Positive sentiment review"},
                "jigsaw": {"non-toxic": "Non-toxic comment", "toxic": "Toxic comment"}}
-METHOD_NAMES = {"CrossLayerVQ": "CLVQ-VAE", "SingleLayerVQ": "VQ-VAE (single layer)",
-                "KMeansConcepts": "k-means", "SparseAutoencoder": "SAE"}
 
 
 def _fit_concepts(config, dataset, n_sentences, log):
@@ -80,8 +80,8 @@ def _concepts(estimators, fit_pairs, ev_pairs, rows, random_state):
         table = describe_estimator(est, fit_pairs, random_state=random_state)
         ids = est.predict(ev_pairs)
         salient = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-        out[METHOD_NAMES.get(method, method)] = {"table": table, "ids": ids,
-                                                 "reps": concept_representations(table, salient)}
+        out[BY_NAME[method].label] = {"table": table, "ids": ids,
+                                      "reps": concept_representations(table, salient)}
     return out
 
 

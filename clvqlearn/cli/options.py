@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .comparison import ComparisonConfig
+from .methods import METHODS
 
 __all__ = [
     "DemoOptions",
@@ -37,17 +38,13 @@ __all__ = [
     "parse_layers",
 ]
 
-#: ``clvq fit --method`` name -> estimator class name in :mod:`clvqlearn`.
-METHOD_NAMES = {
-    "crosslayer": "CrossLayerVQ",
-    "singlelayer": "SingleLayerVQ",
-    "kmeans": "KMeansConcepts",
-    "sae": "SparseAutoencoder",
-    "two-stage": "CrossLayerVQ",
-}
+#: ``clvq fit --method`` name -> estimator class name in :mod:`clvqlearn` (from :mod:`clvqlearn.cli.methods`).
+METHOD_NAMES = {m.option: m.estimator for m in METHODS}
 #: ``clvq fit --method`` names that are a recipe of their class (``CrossLayerVQ.from_recipe``).
-METHOD_RECIPES = {"two-stage": "two-stage"}
-Method = Literal["crosslayer", "singlelayer", "kmeans", "sae", "two-stage"]
+METHOD_RECIPES = {m.option: m.recipe for m in METHODS if m.recipe}
+#: The ``clvq fit --method`` choices, written out for jsonargparse; a test checks they are
+#: :data:`clvqlearn.cli.methods.OPTIONS`.
+Method = Literal["crosslayer", "two-stage", "singlelayer", "kmeans", "sae"]
 
 
 def parse_layers(spec) -> tuple[int, int]:

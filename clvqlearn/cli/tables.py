@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .comparison import METHODS, PROTOCOLS
+from .methods import NAMES, PROTOCOLS
 
 __all__ = ["PLOT_FILES", "TABLE_TITLES", "legend", "plot", "to_markdown"]
 
@@ -96,7 +96,7 @@ def plot(frame, path) -> Path:
 
     models = list(dict.fromkeys(frame["model"]))
     datasets = list(dict.fromkeys(frame["dataset"]))
-    methods = [m for m in METHODS if m in set(frame["method"])]
+    methods = [m for m in NAMES if m in set(frame["method"])]
     protocols = [p for p in PROTOCOLS if p in set(frame["protocol"])]
     fig, axes = plt.subplots(len(models), len(datasets),
                              figsize=(max(4.2 * len(datasets), 8.5), 3.6 * len(models) + 1.2),

@@ -6,7 +6,9 @@ layer, the minimum-token check, ``partial_fit`` rollback on failure,
 ``transform`` / ``predict`` / ``inverse_transform`` / ``reconstruct`` /
 ``score``, concept directions for ablation, device and random-state
 handling, pickling without torch modules, and the pickle-free
-``save`` / ``load``.
+``save`` / ``load`` (written in :mod:`clvqlearn.concepts._persistence`).
+The data it validates into are :mod:`clvqlearn.concepts._data`'s records;
+the torch estimators share :mod:`clvqlearn.concepts._network` on top.
 
 A subclass implements a handful of hooks:
 
@@ -29,13 +31,9 @@ A subclass implements a handful of hooks:
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
-import uuid
-import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
@@ -47,35 +45,12 @@ from sklearn.utils.validation import check_is_fitted
 from .._sklearn_compat import Interval, StrOptions, _fit_context, validate_data
 from .._torch_utils import release_free_memory, resolve_device
 from ..metrics import fraction_of_variance_explained
-from ..pairs import LayerPairs
+from ..data import LayerPairs
+from ._data import _LAYER_NAMES, BUFFER_ENV, StreamData, _Data, all_documents, is_lazy_pairs, open_store, streamed_fve
+from ._persistence import _STATISTIC_DTYPES, load_estimator, save_estimator
 
-FORMAT_NAME = "clvqlearn.estimator"
-FORMAT_VERSION = 3
-#: Parameters added after a format version, with the value that rebuilds a
-#: model saved before them exactly as it was (version 2: the decoder's skip
-#: read-out and position encodings, both absent before; version 3 adds
-#: ``encoder_hidden``, which only the new ``encoder="mlp"`` reads, so its
-#: default rebuilds every older save).
-_ADDED_PARAMS = {2: {"decoder_skip": False, "decoder_positions": 0.0}}
-_LAYER_NAMES = ("low", "high")
 #: float32 max ** 0.25: squares of squares of such values still fit float32.
 _FLOAT32_SAFE_ABS = float(np.finfo(np.float32).max) ** 0.25
-#: dtypes of a saved statistic (counts, rates): float64, or float32 in older saves.
-_STATISTIC_DTYPES = ("float64", "float32")
-
-
-@dataclass
-class _Data:
-    """Validated input: source rows, target rows and document offsets."""
-
-    source: np.ndarray
-    target: np.ndarray
-    offsets: np.ndarray
-    dtype: np.dtype
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.source.shape[0])
 
 
 class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -306,7 +281,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         provenance of LayerPairs (model name, layers); otherwise the input is
         checked against them.  Every error names the argument ``X``.
         An activation store (its path or lazy view) becomes a
-        ``_stream.StreamData`` with ``stream=True``, and is read into
+        ``_data.StreamData`` with ``stream=True``, and is read into
         memory otherwise.
         """
         source_role, target_role = self._layer_roles()
@@ -314,7 +289,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             if role not in _LAYER_NAMES:
                 raise ValueError(f"layer must be 'low' or 'high'; got {role!r}")
         X = self._open_store_input(X, stream)
-        if stream and _stream().is_lazy_pairs(X):
+        if stream and is_lazy_pairs(X):
             return self._validate_store(X, reset=reset, fitting=fitting)
         with _naming_argument("X"):
             if isinstance(X, LayerPairs):
@@ -329,12 +304,11 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _open_store_input(self, X, stream: bool):
         """A store path becomes its lazy view; a lazy view is read into memory unless streaming."""
-        module = _stream()
         with _naming_argument("X"):
             if isinstance(X, (str, os.PathLike)):
-                X = module.open_store(X)
-            if not stream and module.is_lazy_pairs(X):
-                X = X.take(module.all_documents(X))
+                X = open_store(X)
+            if not stream and is_lazy_pairs(X):
+                X = X.take(all_documents(X))
         return X
 
     def _validate_store(self, X, *, reset: bool, fitting: bool):
@@ -352,15 +326,15 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             widths = (int(probe.low.shape[1]), int(probe.high.shape[1]))
             dtype = np.dtype(np.float64 if probe.low.dtype == np.float64 else np.float32)
             self._record_or_check_pairs(X, widths, reset=reset)
-        data = _stream().StreamData(pairs=X, source_role=source_role, target_role=target_role, offsets=offsets,
-                                    dtype=dtype, widths=widths, check=self._check_magnitude)
+        data = StreamData(pairs=X, source_role=source_role, target_role=target_role, offsets=offsets,
+                          dtype=dtype, widths=widths, check=self._check_magnitude)
         if fitting:
             self._check_enough_tokens(data.n_tokens)
         if fitting and data.buffer_tokens < self.k:
             raise ValueError(
                 f"the streaming buffer holds {data.buffer_tokens} token rows of this store, fewer than "
                 f"k={self.k} (the initialisation sample must hold k tokens); raise "
-                f"{_stream().BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
+                f"{BUFFER_ENV} (now {data.buffer_bytes / 2**20:g} MiB)."
             )
         return data
 
@@ -649,8 +623,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         self._check_fitted()
         data = self._validate_input(X, reset=False, stream=True)
-        if isinstance(data, _stream().StreamData):  # an activation store: chunk by chunk
-            return _stream().streamed_fve(data, self._reconstruct_data)
+        if isinstance(data, StreamData):  # an activation store: chunk by chunk
+            return streamed_fve(data, self._reconstruct_data)
         return fraction_of_variance_explained(data.target, self._reconstruct_data(data))
 
     # ------------------------------------------------------------ concepts
@@ -722,45 +696,8 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Both files are written under temporary names in the folder and then
         moved into place, so a failed save leaves an earlier save whole.
         """
-        from safetensors.numpy import save_file
-
         self._check_fitted()
-        tensors, config = self._saved_content()
-        path = Path(path)
-        created = _check_save_folder(path, overwrite)
-        try:
-            _replace_files(path, {
-                "model.safetensors": lambda file: save_file(tensors, str(file)),
-                "config.json": lambda file: file.write_text(json.dumps(config, indent=1)),
-            })
-        except BaseException:
-            if created and not any(path.iterdir()):
-                path.rmdir()
-            raise
-        return path
-
-    def _saved_content(self) -> tuple[dict, dict]:
-        """``(tensors, config)`` that :meth:`save` writes: every fitted array, and the rest as JSON."""
-        tensors, attributes = {}, {}
-        for name, value in vars(self).items():
-            if not name.endswith("_") or name.startswith("_"):
-                continue
-            if isinstance(value, np.ndarray) and value.dtype != object:
-                tensors[f"attr.{name}"] = np.ascontiguousarray(value)
-            elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
-                for key, array in value.items():
-                    tensors[f"dict.{name}.{key}"] = np.ascontiguousarray(array)
-                attributes[name] = {"__dict_of_arrays__": sorted(value)}
-            else:
-                attributes[name] = _jsonable(value, name)
-        config = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "class": type(self).__name__,
-            "params": {k: _jsonable(v, k) for k, v in self.get_params(deep=False).items()},
-            "attributes": attributes,
-        }
-        return tensors, config
+        return save_estimator(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path):
@@ -798,267 +735,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             (its fitted state is device independent); ``set_params(device=...)``
             chooses another.
         """
-        path = Path(path)
-        config_file, tensor_file = path / "config.json", path / "model.safetensors"
-        for file in (config_file, tensor_file):
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"{file} not found: {path} is not a folder written by {cls.__name__}.save()."
-                )
-        config = _read_config(config_file, cls)
-        tensors = _read_tensors(tensor_file)
-        _check_saved_tensors(cls, tensors, tensor_file)
-        estimator = _build_estimator(cls, config, config_file)
-        _use_available_device(estimator, config_file)
-        _set_saved_state(estimator, config, tensors, config_file, tensor_file)
-        estimator._fitted_structure = estimator._structure()  # save refuses a state its params do not describe
-        _check_loaded_state(estimator, path)
-        return estimator
-
-
-#: Keys of ``config.json`` and their JSON types.
-_CONFIG_SCHEMA = {"format": str, "version": int, "class": str, "params": dict, "attributes": dict}
-#: Fitted attributes every saved estimator holds.
-_REQUIRED_ATTRIBUTES = ("components_", "usage_", "n_features_in_", "n_iter_", "loss_curve_")
-#: Fitted arrays with one entry (row) per concept.
-_PER_CONCEPT = ("components_", "cluster_centers_", "usage_", "counts_", "firing_rate_",
-                "tokens_since_fired_", "encoder_weights_", "encoder_bias_")
-#: Saved as JSON lists, restored as tuples.
-_TUPLE_ATTRIBUTES = ("layer_widths_", "pairs_layers_")
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*_\Z")
-
-
-def _read_config(config_file: Path, cls) -> dict:
-    """Parse ``config.json`` and check its top-level schema (ValueError names the file)."""
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}.")
-    if config.get("format") != FORMAT_NAME:
-        raise ValueError(f"{config_file} does not hold a clvqlearn estimator (format={config.get('format')!r}).")
-    version = config.get("version")
-    if isinstance(version, int) and version > FORMAT_VERSION:  # a newer schema: say so first
-        raise ValueError(
-            f"{config_file} was saved with format version {version}; this clvqlearn reads "
-            f"up to version {FORMAT_VERSION}. Upgrade clvqlearn."
-        )
-    missing = [key for key in _CONFIG_SCHEMA if key not in config]
-    if missing:
-        raise ValueError(f"{config_file}: missing key(s) {missing}; expected {sorted(_CONFIG_SCHEMA)}.")
-    for key, kind in _CONFIG_SCHEMA.items():
-        value = config[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(
-                f"{config_file}: {key!r} must be a JSON {kind.__name__}, got {type(value).__name__} ({value!r:.60})."
-            )
-    if config["class"] != cls.__name__:
-        raise ValueError(
-            f"{config_file} holds a {config['class']}, not a {cls.__name__}; load it with "
-            f"{config['class']}.load()."
-        )
-    return config
-
-
-def _read_tensors(tensor_file: Path) -> dict:
-    """Read ``model.safetensors``; a truncated or foreign file is a ValueError naming it."""
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(tensor_file))
-    except Exception as exc:  # safetensors raises its own error types
-        raise ValueError(
-            f"{tensor_file} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be "
-            "truncated or written by another program. Save the estimator again."
-        ) from None
-
-
-def _saved_name(key: str) -> str:
-    """The attribute a saved tensor restores: ``attr.x_`` -> ``x_``, ``dict.x_.key`` -> ``x_.key``."""
-    return key.partition(".")[2]
-
-
-def _check_saved_tensors(cls, tensors: dict, tensor_file: Path) -> None:
-    """Refuse tensors of another dtype than ``save`` writes, and NaN or infinity (naming the tensor)."""
-    for key, array in tensors.items():
-        name = _saved_name(key)
-        allowed = cls._saved_dtypes.get(name, ("float32",))
-        if array.dtype.name not in allowed:
-            raise ValueError(
-                f"{tensor_file}: tensor {key!r} has dtype {array.dtype.name}, expected "
-                f"{' or '.join(allowed)} ({cls.__name__}.save writes it so). The file was edited or written "
-                "by another program; save the estimator again."
-            )
-        if array.dtype.kind == "f" and name not in cls._saved_nonfinite and not np.isfinite(array).all():
-            what = "NaN" if np.isnan(array).any() else "infinity"
-            raise ValueError(
-                f"{tensor_file}: tensor {key!r} holds {what}; a fitted {cls.__name__} has finite values only. "
-                "The file is damaged or was edited; fit and save the estimator again."
-            )
-
-
-def _use_available_device(estimator, config_file: Path) -> None:
-    """A saved device this machine lacks (``"cuda"`` on a CPU-only one) becomes ``"cpu"``, with a warning."""
-    device = getattr(estimator, "device", "auto")
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        warnings.warn(
-            f"{config_file}: the estimator was saved with device={device!r}, which this machine cannot use "
-            f"({exc}); it is loaded with device='cpu' (the fitted state does not depend on the device). "
-            "Call set_params(device=...) to choose another.",
-            UserWarning,
-            stacklevel=3,
-        )
-        estimator.set_params(device="cpu")
-
-
-def _check_save_folder(path: Path, overwrite: bool) -> bool:
-    """Refuse a file or (unless ``overwrite``) a non-empty folder; create the folder. True when created."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder; save() writes a folder. Choose another path.")
-    if path.is_dir():
-        if not overwrite and any(path.iterdir()):
-            raise FileExistsError(
-                f"{path} already exists and is not empty; pass overwrite=True to replace the saved estimator "
-                "in it (config.json and model.safetensors), or choose another folder."
-            )
-        return False
-    path.mkdir(parents=True)
-    return True
-
-
-def _replace_files(folder: Path, writers: dict) -> None:
-    """Write every file under a temporary name in ``folder``, then move them all into place."""
-    temporary = {name: folder / f".{name}.{uuid.uuid4().hex}.tmp" for name in writers}
-    try:
-        for name, write in writers.items():
-            write(temporary[name])
-        for name, file in temporary.items():
-            os.replace(file, folder / name)
-    finally:
-        for file in temporary.values():
-            file.unlink(missing_ok=True)
-
-
-def _build_estimator(cls, config: dict, config_file: Path):
-    """The estimator of ``config['params']``; unknown or invalid params name the file."""
-    allowed = set(cls().get_params(deep=False))
-    params = dict(config["params"])
-    for version, added in _ADDED_PARAMS.items():
-        if config["version"] < version:  # an older save: what it lacks is what it was built with
-            params = {**{k: v for k, v in added.items() if k in allowed}, **params}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(f"{config_file}: params {unknown} are not parameters of {cls.__name__} "
-                         f"(expected some of {sorted(allowed)}).")
-    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()}
-    estimator = cls(**params)
-    try:
-        estimator._validate_params()
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{config_file}: invalid params: {exc}") from None
-    return estimator
-
-
-def _check_attribute_name(cls, name: str, file: Path) -> None:
-    if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
-        raise ValueError(
-            f"{file}: {name!r} is not a fitted-attribute name of {cls.__name__} (expected an "
-            "identifier ending in '_' that is not a method or property)."
-        )
-
-
-def _set_saved_state(estimator, config: dict, tensors: dict, config_file: Path, tensor_file: Path) -> None:
-    """Set the fitted attributes from the tensors and ``config['attributes']``."""
-    cls = type(estimator)
-    for key, array in tensors.items():
-        kind, _, rest = key.partition(".")
-        if kind == "attr":
-            _check_attribute_name(cls, rest, tensor_file)
-            setattr(estimator, rest, array)
-        elif kind != "dict":
-            raise ValueError(f"{tensor_file}: unexpected tensor {key!r} (expected 'attr.*' or 'dict.*').")
-    for name, value in config["attributes"].items():
-        _check_attribute_name(cls, name, config_file)
-        if isinstance(value, dict) and "__dict_of_arrays__" in value:
-            keys = value["__dict_of_arrays__"]
-            missing = [k for k in keys if f"dict.{name}.{k}" not in tensors] if isinstance(keys, list) else keys
-            if missing:
-                raise ValueError(f"{tensor_file}: {name}: missing tensors {missing!r:.200}.")
-            value = {k: tensors[f"dict.{name}.{k}"] for k in keys}
-        elif name in _TUPLE_ATTRIBUTES and isinstance(value, list):
-            value = tuple(value)
-        setattr(estimator, name, value)
-    missing = [name for name in _REQUIRED_ATTRIBUTES if not hasattr(estimator, name)]
-    if missing:
-        raise ValueError(f"{config_file} with {tensor_file.name}: missing fitted attribute(s) {missing}.")
-    for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_"):  # older saves
-        if not hasattr(estimator, name):
-            setattr(estimator, name, None)
-    estimator._upgrade_loaded_state()
-
-
-def _check_loaded_state(estimator, path: Path) -> None:
-    """Check params against tensor shapes, then run the estimator on one zero row."""
-    k = estimator.k
-    n_features = estimator.n_features_in_
-    if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
-        raise ValueError(f"{path / 'config.json'}: n_features_in_ must be a positive integer; got {n_features!r}.")
-    _check_components_shape(estimator, path)
-    for name in _PER_CONCEPT:
-        array = getattr(estimator, name, None)
-        if isinstance(array, np.ndarray) and (array.ndim == 0 or array.shape[0] != k):
-            raise ValueError(
-                f"{path}: config.json says k={k}, but {name} in model.safetensors has shape "
-                f"{array.shape} (expected {k} rows, one per concept)."
-            )
-    state = getattr(estimator, "network_state_", None)
-    codes = state.get("codebook.codes") if isinstance(state, dict) else None
-    if codes is not None and codes.shape[0] != k:
-        raise ValueError(
-            f"{path}: config.json says k={k}, but the saved codebook has {codes.shape[0]} codes."
-        )
-    widths = estimator.layer_widths_
-    if widths is None and estimator._is_cross_layer():
-        return  # saved before layer widths were recorded: the split is unknown
-    width = n_features
-    if widths is not None and not estimator._is_cross_layer():
-        width = int(widths[_LAYER_NAMES.index(estimator._source_layer())])
-    try:
-        probe = np.zeros((1, width), dtype=np.float32)
-        codes_out = estimator.transform(probe)
-        estimator.reconstruct(probe)
-    except Exception as exc:
-        raise ValueError(
-            f"{path}: the saved parameters and tensors do not fit together ({type(exc).__name__}: {exc})."
-        ) from None
-    finally:
-        estimator._drop_caches()
-    if codes_out.shape != (1, k):
-        raise ValueError(f"{path}: the saved model gives {codes_out.shape[1]} concepts, but config.json says k={k}.")
-
-
-def _check_components_shape(estimator, path: Path) -> None:
-    """``components_`` (and KMeans' ``cluster_centers_``) must be (k, d) for the fitted layer width d."""
-    try:
-        width = estimator._components_width()
-    except (TypeError, ValueError, IndexError):
-        width = None  # a damaged layer_widths_: the test prediction reports it
-    expected = (estimator.k, width)
-    for name in ("components_", "cluster_centers_"):
-        array = getattr(estimator, name, None)
-        if array is None and name == "cluster_centers_":
-            continue
-        shape = np.shape(array)
-        if len(shape) != 2 or shape[0] != expected[0] or width is not None and shape[1] != width:
-            shown = f"({expected[0]}, {width if width is not None else 'd'})"
-            raise ValueError(
-                f"{path / 'model.safetensors'}: {name} has shape {shape}, expected {shown}: config.json says "
-                f"k={estimator.k}" + (f" and the fitted layer is {width} features wide" if width is not None else "")
-                + ". The folder's two files do not belong together; save the estimator again."
-            )
+        return load_estimator(cls, path)
 
 
 @contextmanager
@@ -1074,30 +751,8 @@ def _naming_argument(name: str):
         raise kind(f"{name}: {message}") from exc
 
 
-def _stream():
-    """The streaming module (imported late: it builds on this one)."""
-    from . import _stream as module
-
-    return module
-
-
 def _restore_state(estimator, state: dict) -> None:
     """Put back exactly the attributes ``state`` holds (after a failed fit)."""
     for name in list(vars(estimator)):
         delattr(estimator, name)
     vars(estimator).update(state)
-
-
-def _jsonable(value, name):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, name) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.random.RandomState):
-        warnings.warn(f"{name}: a RandomState object cannot be saved; it is stored as None.", stacklevel=3)
-        return None
-    raise TypeError(f"cannot save attribute {name!r} of type {type(value).__name__} to JSON")

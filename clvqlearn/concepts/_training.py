@@ -292,6 +292,33 @@ def as_float_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+#: Token rows per inference batch for per-token work (encoding, assignment, a per-token network's output).
+TOKEN_BATCH = 8192
+
+
+def rows_through(function, rows: torch.Tensor, device):
+    """``function`` of token rows, :data:`TOKEN_BATCH` rows at a time on ``device``, concatenated on the CPU.
+
+    ``function`` returns a tensor, or a tuple of tensors (then a tuple of
+    concatenated tensors is returned).  ``rows`` must hold at least one row.
+
+    Examples
+    --------
+    >>> rows = torch.arange(6.0).reshape(3, 2)
+    >>> rows_through(lambda r: r.sum(dim=1), rows, "cpu")
+    tensor([1., 5., 9.])
+    >>> [t.shape for t in rows_through(lambda r: (r, r[:, 0]), rows, "cpu")]
+    [torch.Size([3, 2]), torch.Size([3])]
+    """
+    parts = []
+    for start in range(0, rows.shape[0], TOKEN_BATCH):
+        out = function(rows[start:start + TOKEN_BATCH].to(device))
+        parts.append(tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu())
+    if parts and isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
+    return torch.cat(parts)
+
+
 def train_module(
     module: nn.Module,
     loss_fn: LossFn,

@@ -21,9 +21,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
-from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
+from ._base import ConceptEstimator
+from ._data import StreamData, _Data
 from ._init import INIT_MAX_SAMPLES
-from ._stream import StreamData
+from ._persistence import _STATISTIC_DTYPES
 
 #: ``algorithm="auto"`` uses full k-means up to this many tokens and
 #: MiniBatchKMeans above it.

@@ -18,14 +18,15 @@ import torch
 
 from .._linalg import orthonormalize
 from .._sklearn_compat import Interval, StrOptions
-from .._torch_utils import load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from .._torch_utils import make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
-from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
-from ._stream import StreamData, initial_sample, training_source
-from ._training import TrainConfig, as_float_tensor, estimator_config, train_module
+from ._base import ConceptEstimator
+from ._data import StreamData, _Data
+from ._network import _NetworkEstimator
+from ._persistence import _STATISTIC_DTYPES
+from ._stream import initial_sample, training_source
+from ._training import TrainConfig, as_float_tensor, estimator_config, rows_through, train_module
 
-#: Token rows per inference batch.
-_TOKEN_BATCH = 8192
 #: A latent is dead after this many training tokens without firing (or one
 #: epoch's worth of training tokens, when that is fewer).
 DEAD_AFTER_TOKENS = 1_000_000
@@ -40,7 +41,7 @@ _STATE = {
 }
 
 
-class SparseAutoencoder(ConceptEstimator):
+class SparseAutoencoder(_NetworkEstimator):
     """Sparse autoencoder concepts: ReLU (or TopK) latents, lower -> higher layer.
 
     ``latents = act(W_enc x_source + b_enc)`` and
@@ -309,19 +310,14 @@ class SparseAutoencoder(ConceptEstimator):
             network.normalize_decoder_()
         return network.to(device)
 
+    def _start_network(self, data, rng, device) -> SparseAutoencoderNet:
+        self.n_resampled_ = 0
+        return self._new_network(initial_sample(data, rng), torch_seed(rng), device)
+
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_hyperparameters()
         device = self._resolve_device()
-        if self._resumes(partial):
-            rng = getattr(self, "_rng", None) or self._check_random_state()
-            network = self._network(device)
-        else:
-            rng = self._check_random_state()
-            network = self._new_network(initial_sample(data, rng), torch_seed(rng), device)
-            self.n_iter_, self.n_steps_, self.n_resampled_ = 0, 0, 0
-            self.loss_curve_, self.validation_curve_ = [], []
-            self._train_state = None
-        self._rng = rng
+        rng, network = self._start_or_resume(data, partial, device)
         seed = torch_seed(rng)
         config = self._train_config(partial)
         n_train = data.n_tokens if partial else int(round(data.n_tokens * (1 - config.validation_fraction)))
@@ -357,7 +353,7 @@ class SparseAutoencoder(ConceptEstimator):
                 config=config, rng=rng, device=device, after_step=after_step,
                 state=getattr(self, "_train_state", None),
             )
-        self._cache_network = (device, self._network_settings(), network)
+        self._keep_network(network, device)
         for attr, value in to_numpy_state(network).items():
             setattr(self, _attribute_of(attr), value)
         self.tokens_since_fired_ = np.asarray(self.tokens_since_fired_, dtype=np.float64)
@@ -385,23 +381,13 @@ class SparseAutoencoder(ConceptEstimator):
         self.n_dead_latents_ = int((self.firing_rate_ == 0).sum())
 
     # ------------------------------------------------------------ inference
-    def _network(self, device=None) -> SparseAutoencoderNet:
-        """The torch network for the fitted state (a private, rebuilt cache)."""
-        device = device or self._resolve_device()
-        cached = getattr(self, "_cache_network", None)
-        if cached is not None and cached[:2] == (device, self._network_settings()):
-            return cached[2]
+    def _empty_network(self) -> SparseAutoencoderNet:
         k, d_in = self.encoder_weights_.shape
-        with seeded(0, device):  # weights are overwritten below
-            network = SparseAutoencoderNet(
-                d_in, self.components_.shape[1], k, activation=self.activation,
-                top_k=self.top_k if self.activation == "topk" else None,
-            )
-        network.to(device)
-        load_numpy_state(network, {param: getattr(self, attr) for attr, param in _STATE.items()})
-        network.eval()
-        self._cache_network = (device, self._network_settings(), network)
-        return network
+        return SparseAutoencoderNet(d_in, self.components_.shape[1], k, activation=self.activation,
+                                    top_k=self.top_k if self.activation == "topk" else None)
+
+    def _network_arrays(self) -> dict:
+        return {param: getattr(self, attr) for attr, param in _STATE.items()}
 
     @torch.no_grad()
     def _forward(self, source: np.ndarray):
@@ -410,15 +396,16 @@ class SparseAutoencoder(ConceptEstimator):
         network = self._network(device)
         network.eval()
         source_t = as_float_tensor(source)
-        latents, pre = [], []
-        for start in range(0, source_t.shape[0], _TOKEN_BATCH):
-            p = network.pre_activations(source_t[start:start + _TOKEN_BATCH].to(device))
-            latents.append(network.activate(p).cpu())
-            pre.append(p.cpu())
-        if not latents:
+        if source_t.shape[0] == 0:
             empty = np.zeros((0, self.k), dtype=np.float32)
             return empty, empty
-        return torch.cat(latents).numpy(), torch.cat(pre).numpy()
+
+        def latents_and_pre(rows):
+            pre = network.pre_activations(rows)
+            return network.activate(pre), pre
+
+        latents, pre = rows_through(latents_and_pre, source_t, device)
+        return latents.numpy(), pre.numpy()
 
     def _activations(self, data: _Data) -> np.ndarray:
         return self._forward(data.source)[0]
@@ -431,13 +418,9 @@ class SparseAutoencoder(ConceptEstimator):
         device = self._resolve_device()
         network = self._network(device)
         source_t = as_float_tensor(data.source)
-        out = [
-            network(source_t[start:start + _TOKEN_BATCH].to(device)).prediction.float().cpu()
-            for start in range(0, source_t.shape[0], _TOKEN_BATCH)
-        ]
-        if not out:
+        if source_t.shape[0] == 0:
             return np.zeros((0, self.components_.shape[1]), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return rows_through(lambda rows: network(rows).prediction.float(), source_t, device).numpy()
 
     # ------------------------------------------------------------ concepts
     def concept_directions(self, concept: int) -> np.ndarray:

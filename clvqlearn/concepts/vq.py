@@ -11,19 +11,20 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._sklearn_compat import Interval, StrOptions
-from .._torch_utils import frozen, load_numpy_state, make_generator, seeded, to_numpy_state, torch_seed
+from .._torch_utils import frozen, make_generator, seeded, to_numpy_state, torch_seed
 from ..metrics import usage_perplexity
 from ..nn.clvq import CLVQNetwork
 from ..nn.decoders import DECODERS, fit_output_layer
 from ..nn.encoders import ENCODERS, MLPEncoder
-from ._base import _STATISTIC_DTYPES, ConceptEstimator, _Data
+from ._base import ConceptEstimator
+from ._data import StreamData, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
-from ._stream import StreamData, initial_sample, training_source
-from ._training import (TrainConfig, as_float_tensor, estimator_config, predict_batches, rows_of_documents,
-                        sample_documents, train_module)
+from ._network import _NetworkEstimator
+from ._persistence import _STATISTIC_DTYPES
+from ._stream import initial_sample, training_source
+from ._training import (TOKEN_BATCH, TrainConfig, as_float_tensor, estimator_config, predict_batches,
+                        rows_of_documents, rows_through, sample_documents, train_module)
 
-#: Token rows per inference batch for per-token work (encoding, assignment).
-_TOKEN_BATCH = 8192
 #: How the ``"mlp"`` encoder is fitted to the target layer before the codes
 #: are placed (:meth:`_VQEstimator._fit_encoder`): tokens of whole documents
 #: it reads at most, token batches of at most ``batch_size`` (about 50 per
@@ -36,7 +37,7 @@ ENCODER_FIT = dict(max_tokens=100_000, batch_size=1024, min_epochs=4, min_steps=
                    warmup_steps=20)
 
 
-class _VQEstimator(ConceptEstimator):
+class _VQEstimator(_NetworkEstimator):
     """Shared machinery of CrossLayerVQ and SingleLayerVQ (not public).
 
     The two estimators are siblings under this base, as scikit-learn's
@@ -179,15 +180,7 @@ class _VQEstimator(ConceptEstimator):
     def _fit_data(self, data, partial: bool) -> None:
         self._check_hyperparameters()
         device = self._resolve_device()
-        if self._resumes(partial):
-            rng = getattr(self, "_rng", None) or self._check_random_state()
-            network = self._network(device)
-        else:
-            rng = self._check_random_state()
-            network = self._initial_network(initial_sample(data, rng, self._init_tokens()), rng, device)
-            self.n_iter_, self.n_steps_, self.loss_curve_, self.validation_curve_ = 0, 0, [], []
-            self._train_state = None
-        self._rng = rng
+        rng, network = self._start_or_resume(data, partial, device)
         seed = torch_seed(rng)
         network.codebook.generator = make_generator(seed, device)
 
@@ -204,6 +197,9 @@ class _VQEstimator(ConceptEstimator):
             )
         network.codebook.generator = None
         self._store_fitted(network, result, data, device)
+
+    def _start_network(self, data, rng, device) -> CLVQNetwork:
+        return self._initial_network(initial_sample(data, rng, self._init_tokens()), rng, device)
 
     def _init_tokens(self) -> int:
         """Tokens of a streamed store that the start reads (more when an MLP encoder is fitted)."""
@@ -247,7 +243,7 @@ class _VQEstimator(ConceptEstimator):
         """
         readout = torch.nn.Linear(encoder.linear.out_features, init_sample.target.shape[1])
         with torch.no_grad():
-            start = _rows_through(encoder, as_float_tensor(init_sample.source), device).float()
+            start = rows_through(encoder, as_float_tensor(init_sample.source), device).float()
         fit_output_layer(readout, start, as_float_tensor(init_sample.target))
         readout.requires_grad_(False)
         sample = _document_sample(data, ENCODER_FIT["max_tokens"], rng)
@@ -273,12 +269,12 @@ class _VQEstimator(ConceptEstimator):
         decoder, length-bucketed document batches for a sequence decoder."""
         network.eval()
         unit = "tokens" if network.per_token else "documents"
-        batch = _TOKEN_BATCH if network.per_token else self.batch_size
+        batch = TOKEN_BATCH if network.per_token else self.batch_size
         return predict_batches(function, data.source, data.source, data.offsets, batch_size=batch, unit=unit,
                                device=device, compute_dtype=compute_dtype)
 
     def _store_fitted(self, network, result, data, device) -> None:
-        self._cache_network = (device, self._network_kwargs(), network)
+        self._keep_network(network, device)
         self.network_state_ = to_numpy_state(network)
         self.n_target_features_ = network.out_features
         self.components_ = network.codebook.codes.detach().cpu().numpy().astype(np.float32)
@@ -336,34 +332,28 @@ class _VQEstimator(ConceptEstimator):
             self.n_target_features_ = int(biases[0].shape[0])
 
     # ------------------------------------------------------------ inference
-    def _network(self, device=None) -> CLVQNetwork:
-        """The torch network for the fitted state (a private, rebuilt cache)."""
-        device = device or self._resolve_device()
-        cached = getattr(self, "_cache_network", None)
-        if cached is not None and cached[:2] == (device, self._network_kwargs()):
-            return cached[2]  # rebuilt when set_params changed a setting it is built with (temperature, ...)
-        with seeded(0, device):  # construction draws from the global RNG; weights are overwritten
-            network = CLVQNetwork(self.components_.shape[1], self.n_target_features_, self.k,
-                                  **self._network_kwargs())
-        network.to(device)
-        load_numpy_state(network, self.network_state_)
-        network.eval()
-        self._cache_network = (device, self._network_kwargs(), network)
-        return network
+    def _network_settings(self) -> dict:
+        return self._network_kwargs()
+
+    def _empty_network(self) -> CLVQNetwork:
+        return CLVQNetwork(self.components_.shape[1], self.n_target_features_, self.k, **self._network_kwargs())
+
+    def _network_arrays(self) -> dict:
+        return self.network_state_
 
     @staticmethod
     def _encode(network, source, device) -> np.ndarray:
         network.eval()
         if source.shape[0] == 0:
             return np.zeros((0, source.shape[1]), np.float32)
-        return _rows_through(network.encode, as_float_tensor(source), device).float().numpy()
+        return rows_through(network.encode, as_float_tensor(source), device).float().numpy()
 
     @torch.no_grad()
     def _assign(self, data) -> np.ndarray:
         device = self._resolve_device()
         network = self._network(device)
         network.eval()
-        ids = _rows_through(lambda rows: network.quantize(rows)[1].indices, as_float_tensor(data.source), device)
+        ids = rows_through(lambda rows: network.quantize(rows)[1].indices, as_float_tensor(data.source), device)
         return ids.numpy().astype(np.int64)
 
     def _predict_ids(self, data) -> np.ndarray:
@@ -427,12 +417,6 @@ RECIPES["paper-decoder-lm"] = {**RECIPES["paper"], "learning_rate": 1e-3, "batch
 #: and the same decoder trained on these fixed codes.
 RECIPES["two-stage"] = dict(init="k-means++", ema_decay=1.0, top_k=1, encoder_learning_rate=0.0,
                             dead_code_threshold=None)
-
-
-def _rows_through(function, rows: torch.Tensor, device) -> torch.Tensor:
-    """``function`` of token rows, ``_TOKEN_BATCH`` rows at a time on ``device``, concatenated on the CPU."""
-    return torch.cat([function(rows[i:i + _TOKEN_BATCH].to(device)).cpu()
-                      for i in range(0, rows.shape[0], _TOKEN_BATCH)])
 
 
 def _encoder_fit_config(n_tokens: int, **settings) -> TrainConfig:

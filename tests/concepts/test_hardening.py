@@ -128,7 +128,7 @@ CONFIG_EDITS = {
     "private attribute": (_set(["attributes", "__class__"], "x"), "'__class__' is not a fitted"),
     "missing fitted attribute": (lambda c: c["attributes"].pop("n_iter_"), r"missing fitted attribute.*n_iter_"),
     "n_features_in_ wrong type": (_set(["attributes", "n_features_in_"], "8"), "n_features_in_ must be"),
-    "config not an object": (lambda c: c.clear(), "does not hold a clvqlearn estimator"),
+    "config without a format": (lambda c: c.clear(), "holds format None, not 'clvqlearn.estimator'"),
 }
 
 

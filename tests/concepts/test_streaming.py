@@ -15,14 +15,8 @@ import torch
 from lazy_store import NpyStore, write_store
 
 from clvqlearn import CrossLayerVQ, LayerPairs, SingleLayerVQ
-from clvqlearn.concepts._stream import (
-    BLOCKS_PER_BUFFER,
-    BUFFER_ENV,
-    StoreDocuments,
-    StreamData,
-    is_lazy_pairs,
-    stream_buffer_bytes,
-)
+from clvqlearn.concepts._data import BLOCKS_PER_BUFFER, BUFFER_ENV, StreamData, is_lazy_pairs, stream_buffer_bytes
+from clvqlearn.concepts._stream import StoreDocuments
 from clvqlearn.concepts.kmeans import KMeansConcepts
 from clvqlearn.concepts.sae import SparseAutoencoder
 
