@@ -122,8 +122,12 @@ def own_encoder_references(vq, train, test, k: int) -> dict:
     and ``ami_kmeans_own_z_seeds`` the same k-means with two seeds (its yardstick).
     """
     from clvqlearn import KMeansConcepts
-    from clvqlearn.evaluation.diagnostics import (cluster_means, concept_agreement, kmeans_seed_agreement,
-                                                  reference_ladder)
+    from clvqlearn.evaluation.diagnostics import (
+        cluster_means,
+        concept_agreement,
+        kmeans_seed_agreement,
+        reference_ladder,
+    )
     from clvqlearn.metrics import fraction_of_variance_explained
 
     ladder = reference_ladder(train, test, k, encoder=vq, random_state=0).set_index("method")["fve"]

@@ -130,7 +130,8 @@ def to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
 def load_numpy_state(module: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
     """Load a :func:`to_numpy_state` dict into ``module`` (on its device)."""
     ref = module.state_dict()
-    module.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(ref[k].device, ref[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(ref[k].device, ref[k].dtype)
+                            for k, v in state.items()})
 
 
 def parameter_groups(module: torch.nn.Module, weight_decay: float, lr_scales: dict | None = None,

@@ -804,7 +804,9 @@ def extract_to_store(extractor: LayerPairExtractor, texts: list) -> ShardedLayer
     def make_shard(start, stop):
         return extractor._transform_in_memory(texts[start:stop], allow_empty=True)
 
-    return write_store(extractor.store, make_shard, spec, texts=texts)
+    store = write_store(extractor.store, make_shard, spec, texts=texts)
+    assert store is not None  # write_store waits by default, then opens the whole store
+    return store
 
 
 def _store_spec(extractor: LayerPairExtractor, texts: list) -> StoreSpec:

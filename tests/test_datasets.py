@@ -17,9 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clvqlearn._config import DATA_ENV
-from clvqlearn.datasets import (EmptyTextWarning, TextDataset, bbc_news, load_ag_news,
-                                load_bbc_news, load_dataset, load_eraser_movie, load_jigsaw,
-                                load_movie_reviews)
+from clvqlearn.datasets import (
+    EmptyTextWarning,
+    TextDataset,
+    bbc_news,
+    load_ag_news,
+    load_bbc_news,
+    load_dataset,
+    load_eraser_movie,
+    load_jigsaw,
+    load_movie_reviews,
+)
 from clvqlearn.datasets.ag_news import clean_ag_news_text
 
 

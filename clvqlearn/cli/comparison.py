@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -358,7 +359,7 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
     row = BY_NAME[method]
     cls = getattr(clvqlearn, row.estimator)
     k, seed, device = config.k, config.seed, config.device
-    settings = {
+    by_family: dict[str, dict[str, Any]] = {
         # CrossLayerVQ's own defaults (a frozen encoder fitted as a regression of h on l;
         # see docs/crosslayervq.md), with the decoder and epoch budget of the comparison.
         "vq": dict(top_k=min(5, k), decoder=config.clvq_decoder, decoder_hidden=512,
@@ -366,7 +367,8 @@ def make_estimator(method: str, config: ComparisonConfig, model: str, table: str
         "kmeans": dict(random_state=seed),
         "sae": dict(max_epochs=config.concept_epochs, early_stopping_patience=5, batch_size=256,
                     random_state=seed, device=device),
-    }[row.family]
+    }
+    settings = by_family[row.family]
     if row.layers:  # a single-layer estimator, or the SAE (cross-layer where its table gives no layer)
         settings["layer"] = row.comparison_layer(table)
     if row.recipe is None:

@@ -150,11 +150,12 @@ def _split(options: DemoOptions):
     data = load_dataset(options.dataset)
     if options.n_texts < len(data):
         data = data.sample(options.n_texts, shuffle=True, random_state=options.seed)
-    stratify = data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1
-    if stratify:
+    stratify = None  # the labels, when every class has two texts or more
+    if data.labels is not None and np.unique(data.labels, return_counts=True)[1].min() > 1:
         _check_classes_fit(len(data), len(np.unique(data.labels)), data.name)
+        stratify = data.labels
     train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=HELD_OUT,
-                                           stratify=data.labels if stratify else None, random_state=options.seed)
+                                           stratify=stratify, random_state=options.seed)
     return data, train_idx, test_idx
 
 

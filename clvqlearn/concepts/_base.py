@@ -44,8 +44,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions, _fit_context, validate_data
 from .._torch_utils import release_free_memory, resolve_device
-from ..metrics import fraction_of_variance_explained
 from ..data import LayerPairs
+from ..metrics import fraction_of_variance_explained
 from ._data import _LAYER_NAMES, BUFFER_ENV, StreamData, _Data, all_documents, is_lazy_pairs, open_store, streamed_fve
 from ._persistence import _STATISTIC_DTYPES, load_estimator, save_estimator
 
@@ -559,6 +559,44 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         data = self._validate_input(X, reset=False)
         return np.asarray(self._predict_ids(data), dtype=np.int64)
 
+    def decision_function(self, X):
+        """Graded concept activations of every token: how strongly each concept holds.
+
+        Where :meth:`transform` is one-hot for the VQ models and k-means,
+        this grades every concept, which activation quantiles need (the
+        tokens of a concept at its median or its 90th percentile):
+
+        - CrossLayerVQ and SingleLayerVQ: the softmax over the negative
+          squared distances from the token's codebook vector ``z`` to the
+          ``k`` codes, at the estimator's ``temperature`` (the distribution
+          training samples from, over all codes instead of the ``top_k``);
+        - KMeansConcepts: the softmax over the negative squared distances to
+          the centres, divided by twice the variance of one coordinate around
+          its centre (``2 * loss_curve_[-1] / d``): the posterior of an
+          isotropic Gaussian mixture with equal weights at the k-means
+          variance;
+        - SparseAutoencoder: its latents (non-negative, as :meth:`transform`).
+
+        For the VQ models and k-means each row sums to one and its arg-max is
+        :meth:`predict` (ties go to the lower id, as in :meth:`predict`; see
+        :func:`softmax_of_distances`).
+
+        Parameters
+        ----------
+        X : LayerPairs or array-like of shape (n_tokens, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, k), dtype float64
+        """
+        self._check_fitted()
+        data = self._validate_input(X, reset=False)
+        return np.asarray(self._graded(data), dtype=np.float64)
+
+    def _graded(self, data: _Data) -> np.ndarray:
+        """Graded activations behind :meth:`decision_function` (a hook; default :meth:`transform`'s)."""
+        return self._activations(data)
+
     def inverse_transform(self, X):
         """Map concept activations back to vectors: ``X @ components_`` (+ bias).
 
@@ -736,6 +774,40 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             chooses another.
         """
         return load_estimator(cls, path)
+
+
+def softmax_of_distances(distances: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(-distances / temperature)`` by rows, in float64, the nearest always largest.
+
+    The nearest entry's logit is exactly 0 (distances are taken relative to
+    the row's minimum), so its weight is the row's largest: the arg-max is
+    the arg-min of the distances, ties to the lower index (a distance less
+    than about ``1e-16 * temperature`` above the minimum can tie with it).
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n, k)
+        Non-negative squared distances.
+    temperature : float
+        Positive; 0 gives the one-hot limit.
+
+    Returns
+    -------
+    ndarray of shape (n, k), float64, rows summing to one
+
+    Examples
+    --------
+    >>> softmax_of_distances(np.array([[0.0, np.log(3.0)]]), 1.0).round(3).tolist()
+    [[0.75, 0.25]]
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    if distances.shape[0] == 0:
+        return distances.copy()
+    gaps = distances - distances.min(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        logits = np.where(gaps > 0, -gaps / temperature, 0.0) if temperature > 0 else np.where(gaps > 0, -np.inf, 0.0)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 @contextmanager

@@ -32,9 +32,9 @@ grow with the store.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from sklearn.utils import check_array

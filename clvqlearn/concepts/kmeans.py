@@ -15,13 +15,13 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans, kmeans_plusplus
-from sklearn.utils import check_random_state
 from sklearn.metrics import pairwise_distances
+from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
-from ._base import ConceptEstimator
+from ._base import ConceptEstimator, softmax_of_distances
 from ._data import StreamData, _Data
 from ._init import INIT_MAX_SAMPLES
 from ._persistence import _STATISTIC_DTYPES
@@ -342,6 +342,28 @@ class KMeansConcepts(ConceptEstimator):
 
     def _predict_ids(self, data: _Data) -> np.ndarray:
         return self._nearest(data.source)
+
+    def _graded(self, data: _Data) -> np.ndarray:
+        """Softmax over the negative squared distances to the centres (see ``decision_function``).
+
+        The distances are those :meth:`_nearest` ranks (``||x||^2`` does not
+        change a row's softmax), on the standardised scale; the temperature
+        is twice the fitted per-coordinate variance around the centres,
+        ``2 * loss_curve_[-1] / d``, on the same scale.
+        """
+        X = data.source
+        centers = self._standardized_centers(X.dtype)
+        half_norms = 0.5 * np.einsum("ij,ij->i", centers, centers)
+        out = np.empty((X.shape[0], self.k))
+        scale = self._scaling()[1]
+        with np.errstate(over="ignore", under="ignore"):
+            temperature = 2.0 * (float(self.loss_curve_[-1]) / scale) / scale / centers.shape[1]
+        for start in range(0, X.shape[0], _ASSIGN_CHUNK):
+            scores = self._standardize(X[start:start + _ASSIGN_CHUNK]) @ centers.T
+            scores -= half_norms  # as _nearest computes them: its arg-max is the prediction
+            out[start:start + _ASSIGN_CHUNK] = softmax_of_distances(-2.0 * np.asarray(scores, np.float64),
+                                                                    temperature)
+        return out
 
     def _reconstruct_data(self, data: _Data) -> np.ndarray:
         X = data.source

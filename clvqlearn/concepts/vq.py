@@ -14,16 +14,26 @@ from .._sklearn_compat import Interval, StrOptions
 from .._torch_utils import frozen, make_generator, seeded, to_numpy_state, torch_seed
 from ..metrics import usage_perplexity
 from ..nn.clvq import CLVQNetwork
+from ..nn.codebook import squared_distances
 from ..nn.decoders import DECODERS, fit_output_layer
 from ..nn.encoders import ENCODERS, MLPEncoder
-from ._base import ConceptEstimator
+from ._base import ConceptEstimator, softmax_of_distances
 from ._data import StreamData, _Data
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
 from ._network import _NetworkEstimator
 from ._persistence import _STATISTIC_DTYPES
 from ._stream import initial_sample, training_source
-from ._training import (TOKEN_BATCH, TrainConfig, as_float_tensor, estimator_config, predict_batches,
-                        rows_of_documents, rows_through, sample_documents, train_module)
+from ._training import (
+    TOKEN_BATCH,
+    TrainConfig,
+    as_float_tensor,
+    estimator_config,
+    predict_batches,
+    rows_of_documents,
+    rows_through,
+    sample_documents,
+    train_module,
+)
 
 #: How the ``"mlp"`` encoder is fitted to the target layer before the codes
 #: are placed (:meth:`_VQEstimator._fit_encoder`): tokens of whole documents
@@ -92,7 +102,8 @@ class _VQEstimator(_NetworkEstimator):
                  decoder_heads=8,
                  decoder_ff=1024, decoder_hidden=1024, decoder_norm_first=True, decoder_skip="auto",
                  decoder_positions=0.3,
-                 decoder_init="least-squares", dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
+                 decoder_init="least-squares", dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32,
+                 learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
                  gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", device="auto",
                  random_state=None, verbose=0):
@@ -175,7 +186,8 @@ class _VQEstimator(_NetworkEstimator):
 
     def _check_hyperparameters(self) -> None:
         if self.top_k > self.k:
-            raise ValueError(f"top_k={self.top_k} cannot exceed k={self.k} (it samples among the top_k nearest of k codes).")
+            raise ValueError(f"top_k={self.top_k} cannot exceed k={self.k} "
+                             "(it samples among the top_k nearest of k codes).")
 
     def _fit_data(self, data, partial: bool) -> None:
         self._check_hyperparameters()
@@ -366,11 +378,26 @@ class _VQEstimator(_NetworkEstimator):
         return onehot
 
     @torch.no_grad()
+    def _graded(self, data) -> np.ndarray:
+        """Softmax over the negative squared distances of ``z`` to all codes, at ``temperature``."""
+        device = self._resolve_device()
+        network = self._network(device)
+        network.eval()
+        if data.source.shape[0] == 0:
+            return np.zeros((0, self.k))
+
+        def distances(rows):  # as the codebook's nearest-code search computes them
+            return squared_distances(network.encode(rows), network.codebook.codes)
+
+        found = rows_through(distances, as_float_tensor(data.source), device).numpy()
+        return softmax_of_distances(found, float(self.temperature))
+
+    @torch.no_grad()
     def _reconstruct_data(self, data) -> np.ndarray:
         device = self._resolve_device()
         network = self._network(device)
-        return self._over_documents(network, lambda b: network(b.source, b.lengths, b.max_length).prediction, data, device,
-                                    self.compute_dtype)
+        return self._over_documents(network, lambda b: network(b.source, b.lengths, b.max_length).prediction, data,
+                                    device, self.compute_dtype)
 
     def encode(self, X) -> np.ndarray:
         """Codebook-space vectors ``z`` (the encoder output) of every token.

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -137,7 +138,8 @@ class LayerPairs:
             raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
         if not isinstance(self.model_name, str):
             raise TypeError(f"model_name must be a string; got {type(self.model_name).__name__}.")
-        self.layers = tuple(int(v) for v in layers)
+        low, high = layers
+        self.layers = (int(low), int(high))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -321,7 +323,7 @@ class LayerPairs:
         (path / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path, mmap_mode: str | None = "r") -> "LayerPairs":
+    def load(cls, path, mmap_mode: Literal["r", "c"] | None = "r") -> "LayerPairs":
         """Read a folder written by :meth:`save`.
 
         Parameters

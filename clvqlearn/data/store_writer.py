@@ -172,7 +172,7 @@ def _writer_lock(folder: Path, rank: int):
     written without a lock, and any write fails with its own clear error.
     """
     path = folder / _lock_name(rank)
-    lock = FileLock(str(path), timeout=_LOCK_WAIT_S)
+    lock, held = FileLock(str(path), timeout=_LOCK_WAIT_S), True
     try:
         lock.acquire()
     except Timeout:
@@ -185,11 +185,11 @@ def _writer_lock(folder: Path, rank: int):
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise _write_error(exc, path.name, folder) from exc
-        lock = None  # not writable: no other process can write it either
+        held = False  # not writable: no other process can write it either
     try:
         yield
     finally:
-        if lock is not None:
+        if held:
             lock.release()
 
 
@@ -397,7 +397,8 @@ def _wait_for_shards(folder: Path, spec: StoreSpec, rank: int, world_size: int) 
     a missing shard of a rank whose writer lock has been free for
     ``_ABANDONED_S`` seconds (that rank stopped, or was never started).
     """
-    pending, free_since = list(range(spec.n_shards)), {}
+    pending = list(range(spec.n_shards))
+    free_since: dict[int, float] = {}  # rank -> when its writer lock was first seen free
     while True:
         pending = [k for k in pending if not _shard_finished(folder, spec, k)]
         if not pending:

@@ -6,8 +6,7 @@ import html
 import re
 
 from ._base import TextDataset
-from ._io import (data_file, drop_empty, fallback_hint, hf_load_dataset, parse_labels,
-                  read_csv, resolve)
+from ._io import data_file, drop_empty, fallback_hint, hf_load_dataset, parse_labels, read_csv, resolve
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 HF_ID = "fancyzhx/ag_news"

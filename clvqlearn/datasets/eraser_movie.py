@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from ._base import TextDataset
-from ._io import (data_file, drop_empty, fallback_hint, hf_load_dataset,
-                  missing_file_error, parse_labels, read_json, read_jsonl, read_text)
+from ._io import (
+    data_file,
+    drop_empty,
+    fallback_hint,
+    hf_load_dataset,
+    missing_file_error,
+    parse_labels,
+    read_json,
+    read_jsonl,
+    read_text,
+)
 
 LABEL_NAMES = ["neg", "pos"]
 HF_ID = "eraser-benchmark/movie_rationales"

@@ -17,6 +17,8 @@ Each submodule has one job:
 ``ablation``           scoring: the report, the scikit-learn scorer
 ``pooling``            reports of several seeds pooled (Rubin's rules)
 ``diagnostics``        the reference ladder and concept agreement
+``alignment``          alignment with human-defined concepts (ConceptX): lexical
+                       and spaCy labels of the token rows, purity, coverage
 ``judge``, ``llm``,    evaluation axes 2 and 3: LLM judges, backends, the human
 ``study``              study's scoring
 =====================  ===========================================================
@@ -29,6 +31,15 @@ Examples
 """
 
 from .ablation import AblationReport, concept_ablation_report, concept_ablation_score, make_ablation_scorer
+from .alignment import (
+    LEXICAL_KINDS,
+    SPACY_KINDS,
+    AlignmentReport,
+    concept_alignment,
+    lexical_labels,
+    spacy_labels,
+    token_words,
+)
 from .diagnostics import cluster_means, concept_agreement, kmeans_seed_agreement, reference_ladder
 from .judge import (
     concept_representations,
@@ -64,13 +75,16 @@ from .zero_shot import ZERO_SHOT_PRESETS, ZeroShotClassifier
 
 __all__ = [
     "AblationReport",
+    "AlignmentReport",
     "BackendAuthError",
     "BackendError",
     "ClassifierResult",
     "HFChatBackend",
+    "LEXICAL_KINDS",
     "MLPProbe",
     "OpenAIBackend",
     "PooledAblationReport",
+    "SPACY_KINDS",
     "Saliency",
     "ZERO_SHOT_PRESETS",
     "ZeroShotClassifier",
@@ -80,10 +94,12 @@ __all__ = [
     "concept_ablation_report",
     "concept_ablation_score",
     "concept_agreement",
+    "concept_alignment",
     "concept_representations",
     "cross_val_probe",
     "fine_tune_classifier",
     "judge_agreement",
+    "lexical_labels",
     "kmeans_seed_agreement",
     "linear_head_classifier",
     "llm_annotate",
@@ -106,7 +122,9 @@ __all__ = [
     "saliency_memory",
     "save_checkpoint",
     "score_study",
+    "spacy_labels",
     "splice_logits",
     "splice_projection",
     "token_saliency",
+    "token_words",
 ]

@@ -50,8 +50,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._sklearn_compat import Hidden, Interval, StrOptions, validate_parameter_constraints, validate_params
 from .._validation import check_texts
 from ..concepts._base import ConceptEstimator
-from ..extraction import LayerPairExtractor
 from ..data import LayerPairs
+from ..extraction import LayerPairExtractor
 from .directions import salient_rows, sentence_directions
 from .protocols import VARIANTS, probe_protocol, splice_protocol
 from .saliency import Saliency, cached_token_saliency
@@ -311,8 +311,10 @@ def _split_pipeline(estimator) -> tuple[LayerPairExtractor, ConceptEstimator]:
             "the pipeline's last step must be a clvqlearn concept estimator with concept_directions "
             f"and concept_space_; got {type(concepts).__name__}."
         )
-    check_is_fitted(extractor, "layers_", msg="The pipeline's LayerPairExtractor is not fitted; call pipe.fit(texts) first.")
-    check_is_fitted(concepts, msg=f"The pipeline's {type(concepts).__name__} is not fitted; call pipe.fit(texts) first.")
+    check_is_fitted(extractor, "layers_",
+                    msg="The pipeline's LayerPairExtractor is not fitted; call pipe.fit(texts) first.")
+    check_is_fitted(concepts,
+                    msg=f"The pipeline's {type(concepts).__name__} is not fitted; call pipe.fit(texts) first.")
     return extractor, concepts
 
 
@@ -920,7 +922,8 @@ def make_ablation_scorer(**options):
     """
     unknown = sorted(set(options) - _REPORT_OPTIONS - {"score"})
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for concept_ablation_score; valid: {sorted(_REPORT_OPTIONS | {'score'})}.")
+        raise TypeError(f"unknown option(s) {unknown} for concept_ablation_score; "
+                        f"valid: {sorted(_REPORT_OPTIONS | {'score'})}.")
     checked = {k: v for k, v in options.items() if k in _REPORT_CONSTRAINTS}
     validate_parameter_constraints(_REPORT_CONSTRAINTS, checked, caller_name="make_ablation_scorer")
     if "score" in options and options["score"] not in _SCORES:

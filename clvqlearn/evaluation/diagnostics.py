@@ -64,9 +64,9 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import adjusted_mutual_info_score
 
 from .._sklearn_compat import HasMethods, Interval, StrOptions, validate_params
-from ..metrics import fraction_of_variance_explained
 from ..concepts.kmeans import KMeansConcepts
 from ..data import LayerPairs
+from ..metrics import fraction_of_variance_explained
 
 __all__ = ["reference_ladder", "concept_agreement", "kmeans_seed_agreement", "cluster_means"]
 
@@ -114,7 +114,8 @@ def _encoded_kmeans(encoder, train, k, random_state):
 
 @validate_params(
     {"train": [LayerPairs], "test": [LayerPairs], "k": [Interval(Integral, 1, None, closed="left")],
-     "estimators": [dict, None], "encoder": [None, HasMethods(["encode", "predict"])], "random_state": ["random_state"]},
+     "estimators": [dict, None], "encoder": [None, HasMethods(["encode", "predict"])],
+     "random_state": ["random_state"]},
     prefer_skip_nested_validation=True,
 )
 def reference_ladder(train, test, k, *, estimators=None, encoder=None, random_state=0) -> pd.DataFrame:
@@ -206,7 +207,8 @@ def concept_agreement(a, b, X=None) -> float:
 
 @validate_params(
     {"train": [LayerPairs], "test": [LayerPairs], "k": [Interval(Integral, 1, None, closed="left")],
-     "layer": [StrOptions({"low", "high"})], "seeds": [tuple, list], "encoder": [None, HasMethods(["encode", "predict"])]},
+     "layer": [StrOptions({"low", "high"})], "seeds": [tuple, list],
+     "encoder": [None, HasMethods(["encode", "predict"])]},
     prefer_skip_nested_validation=True,
 )
 def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1), encoder=None) -> float:

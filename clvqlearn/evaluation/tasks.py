@@ -525,7 +525,8 @@ def _validation_ids(validation_data, classes: np.ndarray):
         raise ValueError(f"validation_data has {len(val_texts)} texts but {val_y.shape} labels.")
     unknown = set(np.unique(val_y).tolist()) - set(classes.tolist())
     if unknown:
-        raise ValueError(f"validation_data has labels {sorted(unknown)} not seen in training labels {classes.tolist()}.")
+        raise ValueError(f"validation_data has labels {sorted(unknown)} not seen in training labels "
+                         f"{classes.tolist()}.")
     return val_texts, np.searchsorted(classes, val_y).astype(np.int64)
 
 

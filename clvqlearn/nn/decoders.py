@@ -118,7 +118,8 @@ class TokenDecoder(nn.Module):
     def __init__(self, d_low, d_high, hidden=1024, skip=False):
         super().__init__()
         self.skip = skip
-        self.net = nn.Sequential(nn.Linear(d_low, hidden), nn.GELU(), nn.Linear(hidden + (d_low if skip else 0), d_high))
+        self.net = nn.Sequential(nn.Linear(d_low, hidden), nn.GELU(),
+                                 nn.Linear(hidden + (d_low if skip else 0), d_high))
 
     @property
     def out(self) -> nn.Linear:

@@ -120,7 +120,7 @@ def token_words(pairs: LayerPairs) -> np.ndarray:
     if word.size == 0:
         return np.array([], dtype=object)
     n_words = int(word[-1]) + 1
-    parts = [[] for _ in range(n_words)]
+    parts: list[list[str]] = [[] for _ in range(n_words)]
     for row, tok in enumerate(tokens):
         parts[word[row]].append(_clean(tok))
     text = np.array(["".join(p) for p in parts], dtype=object)

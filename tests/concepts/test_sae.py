@@ -74,7 +74,8 @@ def test_learns_a_cross_layer_map_and_beats_the_mean():
 def test_l1_makes_codes_sparser():
     pairs = _linear_pairs()
     dense = SparseAutoencoder(k=16, l1=0.0, learning_rate=1e-2, max_epochs=20, batch_size=64, random_state=0).fit(pairs)
-    sparse = SparseAutoencoder(k=16, l1=0.5, learning_rate=1e-2, max_epochs=20, batch_size=64, random_state=0).fit(pairs)
+    sparse = SparseAutoencoder(k=16, l1=0.5, learning_rate=1e-2, max_epochs=20, batch_size=64,
+                               random_state=0).fit(pairs)
     assert sparse.l0_ < dense.l0_
     assert np.abs(sparse.transform(pairs)).sum(1).mean() < np.abs(dense.transform(pairs)).sum(1).mean()
 

@@ -9,13 +9,13 @@ import pytest
 from sklearn.pipeline import Pipeline
 
 from clvqlearn.concepts.kmeans import KMeansConcepts
+from clvqlearn.evaluation import fine_tune_classifier
 from clvqlearn.evaluation.ablation import (
     AblationReport,
     concept_ablation_report,
     concept_ablation_score,
     make_ablation_scorer,
 )
-from clvqlearn.evaluation import fine_tune_classifier
 from clvqlearn.extraction import LayerPairExtractor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

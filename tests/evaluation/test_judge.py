@@ -160,7 +160,8 @@ def test_refused_key_stops_the_run_at_once(server, tmp_path, status):
     out = tmp_path / "judge.jsonl"
     server.script = ["good", status, "good"]
     backend = OpenAIBackend("fake-judge", base_url=server.base_url, api_key=KEY, max_retries=0)
-    with pytest.raises(BackendAuthError, match=rf"endpoint {server.base_url}/? refused the API key \(HTTP {status}") as info:
+    refused = rf"endpoint {server.base_url}/? refused the API key \(HTTP {status}"
+    with pytest.raises(BackendAuthError, match=refused) as info:
         run_judge(_items(4), backend, out, n_attempts=3)
     assert len(server.requests) == 2  # no retry, no further item
     assert KEY not in str(info.value) and info.value.__cause__ is None and info.value.__suppress_context__

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from clvqlearn.evaluation.saliency import Saliency, _top_positions, rank_words, token_saliency
 from clvqlearn.evaluation import fine_tune_classifier
+from clvqlearn.evaluation.saliency import Saliency, _top_positions, rank_words, token_saliency
 
 TEXTS = ["a wonderful moving film", "great acting and a great story", "i loved every minute of it",
          "a dull and boring film", "terrible acting , awful story", "i hated every minute"]

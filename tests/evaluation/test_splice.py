@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from clvqlearn.evaluation import fine_tune_classifier
 from clvqlearn.evaluation.projection import (
     project_out,
 )
 from clvqlearn.evaluation.splice import splice_logits, splice_projection
 from clvqlearn.models import hook_site
-from clvqlearn.evaluation import fine_tune_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -16,7 +16,8 @@ from clvqlearn.evaluation.tasks import INFO_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from movie_corpus import SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
+from movie_corpus import SHORT_LABELS as LABELS  # noqa: E402
+from movie_corpus import SHORT_TEXTS as TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def test_fine_tune_changes_weights_and_saves_loadable_checkpoint(tiny_bert, tmp_
     assert 0.0 <= result.accuracy <= 1.0 and len(result.history) == 2
 
     before, after = _state(tiny_bert), _state(out)
-    changed = [k for k in before if k in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight")]
+    shared = ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight")
+    changed = [k for k in before if k in shared]
     assert changed, "expected to find shared parameter names"
     for key in changed:
         assert not torch.equal(before[key], after["bert." + key]), f"{key} did not change"

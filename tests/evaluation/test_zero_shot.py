@@ -14,7 +14,8 @@ from clvqlearn.evaluation import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from movie_corpus import SHORT_LABELS as LABELS, SHORT_TEXTS as TEXTS  # noqa: E402
+from movie_corpus import SHORT_LABELS as LABELS  # noqa: E402
+from movie_corpus import SHORT_TEXTS as TEXTS
 
 
 # --------------------------------------------------------------------------- zero-shot

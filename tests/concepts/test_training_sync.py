@@ -1,4 +1,4 @@
-"""GPU discipline: no host synchronisation inside a training step.
+"""The training loop (``concepts/_training.py``) on a GPU: no host synchronisation inside a step.
 
 On the CPU, a profiler trace of the training epoch must hold no
 ``aten::_local_scalar_dense`` (the op behind ``.item()``, ``float(t)``,

@@ -1,3 +1,5 @@
+"""The human study's scoring (``evaluation/study.py``)."""
+
 import json
 
 import numpy as np

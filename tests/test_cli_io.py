@@ -1,4 +1,5 @@
-"""The ``clvq`` command's edges (issue 23): output folders, interrupts, config files, early checks."""
+"""The command line's files and edges (``cli/_io.py``, issue 23): output folders staged and never an input,
+interrupts, config files (``read_config``), early checks."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""Issue 23, item 3: saved estimators.
+"""Saved estimators (``concepts/_persistence.py``): ``save`` and ``load``.
 
-``load`` refuses tensors holding NaN or infinity and tensors of another
-dtype than ``save`` writes, naming the file and the tensor; a model saved
-with ``device="cuda"`` loads on a machine without CUDA; ``save`` into a
-folder that holds files asks for ``overwrite=True`` and never leaves a
-half-written save; a wrongly shaped ``components_`` is named as such.
+Issue 23, item 3: ``load`` refuses tensors holding NaN or infinity and
+tensors of another dtype than ``save`` writes, naming the file and the
+tensor; a model saved with ``device="cuda"`` loads on a machine without
+CUDA; ``save`` into a folder that holds files asks for ``overwrite=True``
+and never leaves a half-written save; a wrongly shaped ``components_`` is
+named as such.  Issue 15: ``config.json`` is validated, and an unreadable
+``model.safetensors`` refused, each error naming the file.
 """
 
 import json
@@ -196,3 +198,71 @@ def test_loaded_and_unpickled_models_remember_their_fitted_settings(tmp_path, na
         with pytest.raises(ValueError, match=r"k changed since fit.*Call fit \(not partial_fit"):
             est.partial_fit(_pairs(seed=1))
         assert est.components_.shape[0] == 3
+
+
+# ------------------------------------------------------------------ config.json and unreadable files (issue 15)
+def _edit_config(folder, edit):
+    file = folder / "config.json"
+    config = json.loads(file.read_text())
+    edit(config)
+    file.write_text(json.dumps(config))
+    return file
+
+
+def _set(path, value):
+    def edit(config):
+        target = config
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return edit
+
+
+CONFIG_EDITS = {
+    "k disagrees with tensors": (_set(["params", "k"], 5),
+                                 r"components_ has shape \(3, 5\), expected \(5, 5\): config.json says k=5"),
+    "missing params": (lambda c: c.pop("params"), r"missing key\(s\) \['params'\]"),
+    "params not an object": (_set(["params"], [1, 2]), "'params' must be a JSON dict"),
+    "unknown param": (_set(["params", "n_clusters"], 3), r"params \['n_clusters'\] are not parameters"),
+    "param of the wrong type": (_set(["params", "k"], "3"), "invalid params.*k"),
+    "property as attribute": (_set(["attributes", "concept_space_"], "low"), "'concept_space_' is not a fitted"),
+    "private attribute": (_set(["attributes", "__class__"], "x"), "'__class__' is not a fitted"),
+    "missing fitted attribute": (lambda c: c["attributes"].pop("n_iter_"), r"missing fitted attribute.*n_iter_"),
+    "n_features_in_ wrong type": (_set(["attributes", "n_features_in_"], "8"), "n_features_in_ must be"),
+    "config without a format": (lambda c: c.clear(), "holds format None, not 'clvqlearn.estimator'"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_EDITS)
+def test_load_validates_config_and_names_the_file(tmp_path, case):
+    edit, match = CONFIG_EDITS[case]
+    _, folder = _saved(tmp_path, "KMeansConcepts")
+    _edit_config(folder, edit)
+    with pytest.raises(ValueError, match=match) as info:
+        KMeansConcepts.load(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_load_checks_k_against_the_saved_network(tmp_path):
+    _, folder = _saved(tmp_path, "CrossLayerVQ")
+    _edit_config(folder, _set(["params", "k"], 4))
+    with pytest.raises(ValueError, match=r"k=4") as info:
+        CrossLayerVQ.load(folder)
+    assert str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "empty"])
+def test_unreadable_safetensors_names_the_file(tmp_path, damage):
+    _, folder = _saved(tmp_path, "KMeansConcepts")
+    file = folder / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "foreign": b"PK\x03\x04 not tensors", "empty": b""}[damage])
+    with pytest.raises(ValueError, match="safetensors") as info:
+        KMeansConcepts.load(folder)
+    assert str(file) in str(info.value)
+
+
+def test_load_round_trip_still_works(tmp_path):
+    est, folder = _saved(tmp_path, "SparseAutoencoder")
+    loaded = SparseAutoencoder.load(folder)
+    np.testing.assert_allclose(loaded.transform(_pairs()), est.transform(_pairs()), rtol=1e-6)
