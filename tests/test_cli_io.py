@@ -110,6 +110,15 @@ def test_rerunning_fit_asks_for_overwrite_and_replaces_the_whole_folder(capsys, 
     assert _no_partial_folders(tmp_path)
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_an_earlier_run(capsys, saved_pairs, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("a user's own file")
+    _one_line(capsys, main(_fit(saved_pairs, tmp_path / "mine", "--overwrite", "true")), 2,
+              "holds files but no config.yaml", "not the output of an earlier clvq run")
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "a user's own file"
+    assert _no_partial_folders(tmp_path)
+
+
 def test_table_asks_for_resume_or_overwrite(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("clvqlearn.cli.comparison.run_comparison", lambda *a, **k: None)
     (tmp_path / "comparison.csv").write_text("an earlier table\n")

@@ -334,3 +334,23 @@ def test_save_refuses_a_folder_with_files_and_overwrite_leaves_nothing_of_the_ea
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
         first.save(tmp_path / "f", overwrite=True)
+
+
+def test_overwrite_replaces_only_an_earlier_save_and_keeps_the_folder_readable(tmp_path):
+    import os
+    import stat
+
+    pairs = _pairs()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("a user's own file")
+    with pytest.raises(FileExistsError, match="not a LayerPairs.save folder"):
+        pairs.save(mine, overwrite=True)
+    assert (mine / "thesis.txt").read_text() == "a user's own file"
+    with pytest.raises(ValueError, match="does not name a folder of its own"):
+        pairs.save(tmp_path / "..", overwrite=True)
+    folder = pairs.save(tmp_path / "p")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p"]

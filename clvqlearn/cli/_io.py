@@ -136,6 +136,9 @@ def _check_replaceable(target: Path, overwrite: bool) -> None:
     if target.is_dir() and (target.resolve() == here or target.resolve() in here.parents):
         raise ValueError(f"output folder {target} holds the current directory; choose a folder inside it or "
                          "elsewhere.")
+    if overwrite and target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).is_file():
+        raise FileExistsError(f"output folder {target} holds files but no {CONFIG_FILE}, so it is not the output of "
+                              "an earlier clvq run; --overwrite replaces only such a folder. Choose another folder.")
 
 
 @contextmanager
@@ -186,7 +189,11 @@ def _publish(stage: Path, target: Path) -> None:
         return
     old = target.parent / f".{target.name}.clvq-old-{secrets.token_hex(4)}"
     os.replace(target, old)
-    os.replace(stage, target)
+    try:
+        os.replace(stage, target)
+    except BaseException:
+        os.replace(old, target)  # the earlier output comes back; the caller removes the stage
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -250,6 +250,9 @@ def _set_saved_state(estimator, config: dict, tensors: dict, config_file: Path, 
         _check_attribute_name(cls, name, config_file)
         if isinstance(value, dict) and "__dict_of_arrays__" in value:
             keys = value["__dict_of_arrays__"]
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{config_file}: attribute {name!r} must list its array names as strings; "
+                                 f"got {keys!r:.60}.")
             missing = [k for k in keys if f"dict.{name}.{k}" not in tensors] if isinstance(keys, list) else keys
             if missing:
                 raise ValueError(f"{tensor_file}: {name}: missing tensors {missing!r:.200}.")

@@ -14,8 +14,10 @@ reader registers its ``open_store`` here when it is imported (which
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ __all__ = ["LayerPairs"]
 
 _FORMAT = "clvqlearn.LayerPairs"
 _FORMAT_VERSION = 1
+#: the files ``LayerPairs.save`` writes (``overwrite=True`` replaces only a folder holding nothing else)
+_SAVED_FILES = frozenset({"low.npy", "high.npy", "offsets.npy", "token_ids.npy", "positions.npy", "meta.json"})
 _STORE_OPENER: dict[str, Callable] = {}  # "open": the store reader's open_store, registered by the reader
 
 
@@ -272,8 +276,10 @@ class LayerPairs:
         path : str or path-like
             Folder to create.
         overwrite : bool, default=False
-            Replace a folder that already holds files; without it such a
-            folder is refused (``FileExistsError``) and left as it is.
+            Replace an earlier ``LayerPairs.save`` folder; without it a
+            folder that holds files is refused (``FileExistsError``) and left
+            as it is.  A folder holding anything else is refused even with
+            ``overwrite=True``.
 
         Returns
         -------
@@ -432,19 +438,48 @@ class LayerPairs:
 
 
 def _check_save_target(path: Path, overwrite: bool) -> None:
-    """``path`` must be absent, an empty folder, or (with ``overwrite``) a folder."""
+    """``path`` must be absent, an empty folder, or (with ``overwrite``) an earlier ``LayerPairs.save`` folder.
+
+    ``overwrite`` never replaces a folder that holds anything else, so a
+    wrong path cannot delete a user's files.
+    """
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"{path} does not name a folder of its own; give LayerPairs.save a new folder.")
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file; LayerPairs.save writes a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
         raise FileExistsError(f"{path} already holds files; pass overwrite=True to replace them.")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in _SAVED_FILES)
+    if foreign or not (path / "meta.json").is_file():
+        raise FileExistsError(
+            f"{path} is not a LayerPairs.save folder (it holds {foreign[:5] or 'no meta.json'}); overwrite=True "
+            "replaces only an earlier save. Choose another folder."
+        )
 
 
 def _replace_folder(staging: Path, path: Path) -> None:
-    """Move the finished ``staging`` folder to ``path``, replacing what was there."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        path.rename(old / path.name)
+    """Move the finished ``staging`` folder to ``path``; an earlier save is removed only after the move.
+
+    If the move fails, the earlier save is put back and the error raised.
+    """
+    _match_umask(staging)
+    if not path.exists():
         staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    path.rename(old)
+    try:
         staging.rename(path)
+    except BaseException:
+        old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _match_umask(folder: Path) -> None:
+    """``tempfile.mkdtemp`` makes a private (0700) folder; give it the permissions ``mkdir`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)

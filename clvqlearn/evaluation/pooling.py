@@ -33,6 +33,7 @@ understates the between-seed variance by a factor ``(m - 1) / m``.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from numbers import Real
 
@@ -242,6 +243,11 @@ def pool_ablation_reports(reports, *, confidence: float = 0.95) -> PooledAblatio
             f"report(s) {missing} have no bootstrap standard error of the drop (drop_se is nan): compute them "
             "with n_bootstrap > 0 (and an accuracy before above 0)."
         )
+    if len({int(r.n_sentences) for r in reports}) > 1:
+        warnings.warn(
+            "the pooled reports scored different numbers of sentences "
+            f"({sorted({int(r.n_sentences) for r in reports})}); Rubin's rules assume the same sentences, so the "
+            "interval also counts sentence sampling across seeds (it is conservative).", UserWarning, stacklevel=2)
     n_complete = min(r.n_sentences for r in reports) - 1
     drops = {}
     for name in POOLED_DROPS:
@@ -254,7 +260,7 @@ def pool_ablation_reports(reports, *, confidence: float = 0.95) -> PooledAblatio
                            "se": float("nan"), "within_se": float("nan"), "seed_sd": float(np.std(values, ddof=1)),
                            "df": float("nan"), "per_seed": [float(v) for v in values]}
     means = {name: float(np.mean([getattr(r, name) for r in reports])) for name in AVERAGED}
-    seeds = [(r.settings.get("random_state"), r.settings.get("estimator_params", {}).get("random_state"))
+    seeds = [(r.settings.get("random_state"), (r.settings.get("estimator_params") or {}).get("random_state"))
              for r in reports]
     return PooledAblationReport(protocol=reports[0].protocol, n_seeds=len(reports), confidence=float(confidence),
                                 drops=drops, means=means, n_sentences=[int(r.n_sentences) for r in reports],
