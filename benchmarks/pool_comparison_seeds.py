@@ -2,12 +2,15 @@
 
 Each run's ``comparison.csv`` gives, per (model, data set, method,
 protocol), the drop of every removal (the concept and its three controls)
-with its bootstrap standard error over sentences.  The runs share the
-evaluation sentences; the seed changes the concept fits (and the task
-classifier's fine-tuning).  The pooled figure and its interval follow
-Rubin's rules (:func:`clvqlearn.evaluation.pooling.rubin_pool`): the
-sentence bootstrap variance plus the spread across seeds, with
-Barnard-Rubin degrees of freedom.
+with its bootstrap standard error over sentences.  ``--seed`` changes the
+concept fits, the task classifier's fine-tuning AND the texts drawn for
+the classifier, the concept fit and the evaluation, so the spread across
+seeds already holds sentence sampling.  The pooled figure and its interval
+follow Rubin's rules (:func:`clvqlearn.evaluation.pooling.rubin_pool`): the
+within-run bootstrap variance plus the spread across seeds, with
+Barnard-Rubin degrees of freedom.  With the evaluation texts redrawn per
+seed this counts sentence sampling twice, so the interval is conservative
+(wider than the seeds alone would give).
 
 Usage::
 
@@ -76,7 +79,9 @@ def main():
     command = "python benchmarks/pool_comparison_seeds.py " + shlex.join(sys.argv[1:])
     text = (f"# {len(args.runs)} seeds pooled\n\nCommand: `{command}`\n\n"
             "Rubin's rules over the seeds (sentence bootstrap variance + seed-to-seed spread), "
-            f"at least {n_sentences} sentences per run.\n")
+            f"at least {n_sentences} sentences per run. Each seed redraws the concept fit, the classifier and the "
+            "texts (classifier, fit and evaluation), so the interval counts sentence sampling twice: it is "
+            "conservative.\n")
     for (model, dataset, table), part in frame.groupby(["model", "dataset", "table"], sort=False):
         text += f"\n## {model} / {dataset} / {table}\n\n" + to_markdown(part)
     (out / "pooled.md").write_text(text)
