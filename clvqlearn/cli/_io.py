@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -17,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from .._folders import replace_folder, sibling_folder
 
 CONFIG_FILE = "config.yaml"
 TEXTS_FILE = "texts.jsonl"
@@ -110,15 +110,14 @@ def staged_output(path, *, overwrite: bool = False):
     created = _missing_parents(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        stage = target.parent / f".{target.name}{PARTIAL_TAG}{secrets.token_hex(4)}"
-        stage.mkdir()
+        stage = sibling_folder(target, PARTIAL_TAG)
     except OSError as exc:
         _remove_empty(created)
         raise OSError(f"output folder {target} is not writable ({exc.strerror or exc}); choose another "
                       "folder.") from None
     try:
         yield stage
-        _publish(stage, target)
+        replace_folder(stage, target, old_tag=".clvq-old-")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_empty(created)
@@ -180,21 +179,6 @@ def _remove_empty(folders) -> None:
             folder.rmdir()
         except OSError:
             return
-
-
-def _publish(stage: Path, target: Path) -> None:
-    """Move the finished ``stage`` to ``target``; an existing ``target`` is removed only after the move."""
-    if not target.exists():
-        os.replace(stage, target)
-        return
-    old = target.parent / f".{target.name}.clvq-old-{secrets.token_hex(4)}"
-    os.replace(target, old)
-    try:
-        os.replace(stage, target)
-    except BaseException:
-        os.replace(old, target)  # the earlier output comes back; the caller removes the stage
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def writable_folder(path) -> Path:

@@ -14,10 +14,7 @@ reader registers its ``open_store`` here when it is imported (which
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from .._folders import replace_folder, sibling_folder
 from .._sidecar import read_sidecar
 
 __all__ = ["LayerPairs"]
@@ -301,10 +299,10 @@ class LayerPairs:
         path = Path(path)
         _check_save_target(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+        staging = sibling_folder(path, ".saving-")
         try:
             self._write_files(staging)
-            _replace_folder(staging, path)
+            replace_folder(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -457,29 +455,3 @@ def _check_save_target(path: Path, overwrite: bool) -> None:
             f"{path} is not a LayerPairs.save folder (it holds {foreign[:5] or 'no meta.json'}); overwrite=True "
             "replaces only an earlier save. Choose another folder."
         )
-
-
-def _replace_folder(staging: Path, path: Path) -> None:
-    """Move the finished ``staging`` folder to ``path``; an earlier save is removed only after the move.
-
-    If the move fails, the earlier save is put back and the error raised.
-    """
-    _match_umask(staging)
-    if not path.exists():
-        staging.rename(path)
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    path.rename(old)
-    try:
-        staging.rename(path)
-    except BaseException:
-        old.rename(path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _match_umask(folder: Path) -> None:
-    """``tempfile.mkdtemp`` makes a private (0700) folder; give it the permissions ``mkdir`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
