@@ -107,9 +107,9 @@ def _check_encoder(encoder) -> None:
     check_is_fitted(encoder, msg="encoder must be a fitted CrossLayerVQ; call fit first.")
 
 
-def _encoded_kmeans(encoder, train, k, random_state):
-    """k-means (:class:`KMeansConcepts`) on ``encoder.encode(train)``: the two-stage clustering."""
-    return KMeansConcepts(k, random_state=random_state).fit(encoder.encode(train))
+def _encoded_kmeans(z_train, k, random_state):
+    """k-means (:class:`KMeansConcepts`) on the encoder output ``z_train``: the two-stage clustering."""
+    return KMeansConcepts(k, random_state=random_state).fit(z_train)
 
 
 @validate_params(
@@ -160,7 +160,7 @@ def reference_ladder(train, test, k, *, estimators=None, encoder=None, random_st
                  time.perf_counter() - start))
     if encoder is not None:
         start = time.perf_counter()
-        clusters = _encoded_kmeans(encoder, train, k, random_state)
+        clusters = _encoded_kmeans(encoder.encode(train), k, random_state)
         means = cluster_means(clusters.labels_, train.high, k)
         rows.append(("k-means(encoder z) -> mean(high)",
                      fraction_of_variance_explained(test.high, means[clusters.predict(encoder.encode(test))]),
@@ -246,6 +246,6 @@ def kmeans_seed_agreement(train, test, k, *, layer="low", seeds=(0, 1), encoder=
         fits = [KMeansConcepts(k, layer=layer, random_state=seed).fit(train) for seed in seeds]
         return concept_agreement(fits[0], fits[1], test)
     _check_encoder(encoder)
-    held_out = encoder.encode(test)
-    fits = [_encoded_kmeans(encoder, train, k, seed) for seed in seeds]
+    z_train, held_out = encoder.encode(train), encoder.encode(test)  # once, for both seeds
+    fits = [_encoded_kmeans(z_train, k, seed) for seed in seeds]
     return concept_agreement(fits[0], fits[1], held_out)
