@@ -231,14 +231,14 @@ def _agreement(estimators, train, test, options, frame) -> dict:
     from ..concepts.kmeans import KMeansConcepts
     from ..evaluation.diagnostics import concept_agreement, kmeans_seed_agreement
 
-    reference = KMeansConcepts(options.k, layer="low", random_state=options.seed).fit(train)
-    two_stage = estimators["CrossLayerVQ-two-stage"].predict(test)
+    reference = KMeansConcepts(options.k, layer="low", random_state=options.seed).fit(train).predict(test)
+    ids = {name: est.predict(test) for name, est in estimators.items()}  # each method's ids, once
     frame["ami_kmeans_low"] = np.nan
     frame["ami_two_stage"] = np.nan
-    for name, est in estimators.items():
+    for name in estimators:
         row = frame["method"] == name
-        frame.loc[row, "ami_kmeans_low"] = concept_agreement(est, reference, test)
-        frame.loc[row, "ami_two_stage"] = concept_agreement(est.predict(test), two_stage)
+        frame.loc[row, "ami_kmeans_low"] = concept_agreement(ids[name], reference)
+        frame.loc[row, "ami_two_stage"] = concept_agreement(ids[name], ids["CrossLayerVQ-two-stage"])
     seeds = (options.seed, options.seed + 1)
     return {"kmeans_low": kmeans_seed_agreement(train, test, options.k, seeds=seeds),
             "kmeans_encoder_z": kmeans_seed_agreement(train, test, options.k, seeds=seeds,
