@@ -8,6 +8,7 @@ from .concepts import CrossLayerVQ, KMeansConcepts, SingleLayerVQ, SparseAutoenc
 from .data import LayerPairs, ShardedLayerPairs
 from .evaluation import concept_ablation_report, concept_ablation_score
 from .extraction import LayerPairExtractor
+from .sharing import export_delphi_cache, export_saelens, load_concepts, read_model_card, write_model_card
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,11 @@ __all__ = [
     "SparseAutoencoder",
     "concept_ablation_report",
     "concept_ablation_score",
+    "export_delphi_cache",
+    "export_saelens",
+    "load_concepts",
     "metrics",
+    "read_model_card",
+    "write_model_card",
     "__version__",
 ]

@@ -1,11 +1,13 @@
-"""`LayerPairExtractor`: texts in, token vectors of two layers out.
+"""`LayerPairExtractor`: texts in, token vectors of two (or more) layers out.
 
 The extractor is a scikit-learn transformer.  ``fit`` checks the parameters
 and the model's depth; ``transform`` runs the language model over the
 documents and returns a :class:`~clvqlearn.LayerPairs` with one row
-per (non-padding, optionally non-special, non-outlier) token.  Documents go
-in and token rows come out: that deviates from scikit-learn's "same number
-of rows" contract on purpose.  Pipelines and cross-validation still work
+per (non-padding, optionally non-special, non-outlier) token; given more
+than two layers, it returns a :class:`~clvqlearn.data.LayerStack` of them
+all from the same forward pass, any two of which are a ``LayerPairs``.
+Documents go in and token rows come out: that deviates from scikit-learn's
+"same number of rows" contract on purpose.  Pipelines and cross-validation still work
 because ``len(pairs)`` is the number of documents and CV splits documents.
 
 How it is fast:
@@ -19,7 +21,10 @@ How it is fast:
   never run (hooks are removed in ``finally``);
 * activations are written straight into preallocated arrays (float16 if
   asked) or, above a size threshold, into ``np.memmap`` files;
-* bfloat16 autocast is available as an opt-in (``compute_dtype``).
+* bfloat16 autocast is available as an opt-in (``compute_dtype``);
+* a model larger than one device loads through Accelerate
+  (``device_map``, ``torch_dtype``): the inputs go to the device of its
+  embeddings, every captured layer comes back to the CPU.
 
 With ``store=folder`` the output goes to a sharded activation store instead:
 :func:`extract_to_store` builds the store's :class:`~clvqlearn.data.StoreSpec`
@@ -31,6 +36,7 @@ neither the model nor the extractor.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import os
 import uuid
@@ -43,14 +49,24 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from torch import dtype as _TorchDtype
 
 from ._batching import length_batches, pad_right
 from ._sklearn_compat import Interval, StrOptions
 from ._torch_utils import resolve_device
 from ._validation import check_texts as _check_texts
-from .data import LayerPairs, ShardedLayerPairs, StoreSpec, texts_fingerprint, write_store
+from .data import (
+    LayerPairs,
+    LayerStack,
+    ShardedLayerPairs,
+    ShardedLayerStack,
+    StoreSpec,
+    texts_fingerprint,
+    write_store,
+)
 from .models import (
     PACKAGED_MODELS,
+    get_embedding_module,
     layer_hook,
     load_model,
     load_tokenizer,
@@ -62,6 +78,11 @@ from .models import (
 __all__ = ["LayerPairExtractor", "extract_to_store"]
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_TORCH_DTYPES = ("float32", "float16", "bfloat16")
+_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# from_pretrained arguments the extractor sets itself (model_kwargs may not)
+_OWN_KWARGS = frozenset({"dtype", "torch_dtype", "device_map", "trust_remote_code", "local_files_only",
+                         "output_loading_info"})
 
 
 class _StopForward(Exception):
@@ -90,7 +111,7 @@ class _Batch:
 
 
 class LayerPairExtractor(TransformerMixin, BaseEstimator):
-    """Token hidden states of a lower and a higher layer of a language model.
+    """Token hidden states of a lower and a higher layer (or of several layers) of a language model.
 
     Parameters
     ----------
@@ -99,12 +120,16 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         directory saved with ``save_pretrained``, a ``.gguf`` file, or a
         Hugging Face id already in the local cache.  Always a string: the
         model is loaded lazily and never pickled.
-    layers : tuple of (int, int), default=(4, 6)
+    layers : tuple of int, default=(4, 6)
         ``(low, high)`` layer indices: 0 is the embeddings output, ``i`` the
         output of block ``i``, ``n_layers`` the model's last hidden state
         (for decoders with a final norm, after that norm, as Hugging Face's
         ``output_hidden_states`` reports it).  Negative indices count from
-        the end (-1 is the last layer).  ``low <= high``.
+        the end (-1 is the last layer).  ``low <= high``.  Three or more
+        strictly increasing indices, e.g. ``(2, 4, 6)``, are extracted in
+        one forward pass into a :class:`~clvqlearn.data.LayerStack` (a store
+        of all of them with ``store``); ``stack.pair(l, h)`` is the
+        ``LayerPairs`` of any two, without copying.
     max_length : int, default=300
         Truncate documents to this many tokens (special tokens included),
         as in the paper.
@@ -115,8 +140,9 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         output rows, or keep them.
     outliers : {"drop", "keep"}, default="drop"
         Drop "massive activation" rows: tokens whose norm at the low or the
-        high layer exceeds ``outlier_threshold`` times the median token norm
-        of that layer in the batch.  SmolLM2's first token (an attention
+        high layer (at any of the layers, for more than two) exceeds
+        ``outlier_threshold`` times the median token norm of that layer in
+        the batch.  SmolLM2's first token (an attention
         sink) has a norm 30-150x the median from layer 12 to 28 (ordinary
         tokens stay below 2x), and would dominate any MSE-based concept
         model.  The number dropped is stored in ``pairs.extra["n_outliers"]``.
@@ -134,7 +160,25 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         faster on recent hardware, less exact).
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.  Results always
-        come back to the CPU.
+        come back to the CPU.  Leave it at ``"auto"`` when ``device_map`` is
+        set.
+    device_map : str or dict, optional
+        Place the model with Hugging Face Accelerate instead of moving it to
+        ``device``, for models larger than one device: ``"auto"``,
+        ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, a device
+        (``"cpu"``, ``"cuda:1"``) or a dict from module names to devices
+        (``"disk"`` offloads to ``model_kwargs["offload_folder"]``).  Needs
+        the ``accelerate`` package.  The inputs go to the device of the
+        embeddings; every captured layer comes back to the CPU.
+    torch_dtype : {"float32", "float16", "bfloat16"} or torch.dtype, optional
+        dtype of the model's weights (default float32): ``"bfloat16"``
+        halves the memory a model needs.  The returned vectors are float32
+        (or ``storage_dtype``) whatever the weights are.
+    model_kwargs : dict, optional
+        More keyword arguments for ``from_pretrained``, e.g. ``max_memory``
+        and ``offload_folder`` for ``device_map``.  The extractor sets
+        ``dtype``, ``device_map``, ``trust_remote_code`` and
+        ``local_files_only`` itself.
     memmap_dir : str or path-like, optional
         When set, outputs larger than ``memmap_threshold_mb`` are written to
         ``np.memmap`` files in a new sub-folder of this folder instead of RAM,
@@ -161,7 +205,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    layers_ : tuple of (int, int)
+    layers_ : tuple of int
         The non-negative layer indices.
     n_layers_ : int
         Number of transformer blocks of the model.
@@ -194,6 +238,13 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     (2, 384, (4, 6))
     >>> list(pairs.tokens[:3])
     ['the', 'cat', 'sat']
+
+    Three layers in one pass, then any pair of them:
+
+    >>> stack = LayerPairExtractor("minilm", layers=(2, 4, 6), max_length=32).fit_transform(
+    ...     ["The cat sat.", "Stocks fell sharply on Monday."])
+    >>> stack.layers, stack.pair(4, 6).layers, stack.pair(2, 6).high is stack.pair(4, 6).high
+    ((2, 4, 6), (4, 6), True)
     """
 
     _parameter_constraints: dict = {
@@ -207,6 +258,9 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         "storage_dtype": [StrOptions({"float32", "float16", "bfloat16"})],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
         "device": [str],
+        "device_map": [None, str, dict],
+        "torch_dtype": [None, StrOptions(set(_TORCH_DTYPES)), _TorchDtype],
+        "model_kwargs": [None, dict],
         "memmap_dir": [None, str, os.PathLike],
         "memmap_threshold_mb": [Interval(Real, 0, None, closed="left")],
         "store": [None, str, os.PathLike],
@@ -228,6 +282,9 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         storage_dtype="float32",
         compute_dtype="float32",
         device="auto",
+        device_map=None,
+        torch_dtype=None,
+        model_kwargs=None,
         memmap_dir=None,
         memmap_threshold_mb=1024,
         store=None,
@@ -245,6 +302,9 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         self.storage_dtype = storage_dtype
         self.compute_dtype = compute_dtype
         self.device = device
+        self.device_map = device_map
+        self.torch_dtype = torch_dtype
+        self.model_kwargs = model_kwargs
         self.memmap_dir = memmap_dir
         self.memmap_threshold_mb = memmap_threshold_mb
         self.store = store
@@ -269,6 +329,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
+        # pickles made before device_map, torch_dtype and model_kwargs existed: their defaults
+        state = {"device_map": None, "torch_dtype": None, "model_kwargs": None, **state}
         device = state.get("device")
         if isinstance(device, str) and device.startswith("cuda"):
             import torch
@@ -288,16 +350,20 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ lazy model
     def _load_key(self):
-        return (os.fspath(self.model), str(self.device), bool(self.trust_remote_code))
+        return (os.fspath(self.model), str(self.device), bool(self.trust_remote_code), repr(self.device_map),
+                _dtype_name(self.torch_dtype), repr(sorted((self.model_kwargs or {}).items(), key=str)))
 
     @property
     def model_(self):
-        """The bare HF model on the extractor's device (loaded on first use)."""
+        """The bare HF model on the extractor's device, or placed by ``device_map`` (loaded on first use)."""
         key = self._load_key()
         if getattr(self, "_cache_model", None) is None or getattr(self, "_cache_model_key", None) != key:
             self._cache_model = load_model(
                 os.fspath(self.model),
-                device=resolve_device(self.device),
+                device=resolve_device(self.device) if self.device_map is None else None,
+                device_map=self.device_map,
+                torch_dtype=_dtype_name(self.torch_dtype),
+                model_kwargs=self.model_kwargs,
                 trust_remote_code=self.trust_remote_code,
             )
             self._cache_model_key = key
@@ -334,11 +400,16 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         self._check_max_length()  # needs the tokenizer only, not the model
         model = self.model_
         n = num_layers(model)
-        low, high = resolve_layers(layers, n)
-        if low > high:
+        resolved = resolve_layers(layers, n)
+        if len(resolved) == 2 and resolved[0] > resolved[1]:
             raise ValueError(
-                f"layers must be (low, high) with low <= high; got {tuple(layers)} = ({low}, {high}) "
+                f"layers must be (low, high) with low <= high; got {tuple(layers)} = {resolved} "
                 f"for a model with {n} layers."
+            )
+        if len(resolved) > 2 and any(b <= a for a, b in zip(resolved, resolved[1:])):
+            raise ValueError(
+                f"more than two layers must be strictly increasing; got {tuple(layers)} = {resolved} for a "
+                f"model with {n} layers."
             )
         max_pos = getattr(model.config, "max_position_embeddings", None)
         if isinstance(max_pos, int) and self.max_length > max_pos:
@@ -346,7 +417,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
                 f"max_length={self.max_length} exceeds the model's maximum sequence length "
                 f"({max_pos} positions); use max_length <= {max_pos}."
             )
-        self.layers_ = (low, high)
+        self.layers_ = resolved
         self.n_layers_ = n
         self.hidden_size_ = int(model.config.get_text_config().hidden_size)
         self.is_decoder_ = bool(spec.is_decoder)
@@ -365,15 +436,43 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             )
         self._validate_params()
         layers = self.layers
-        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 2:
-            raise ValueError(f"layers must be a (low, high) pair of ints; got {layers!r}.")
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) < 2:
+            raise ValueError(f"layers must be a (low, high) pair of ints, or three or more layer indices to "
+                             f"extract in one pass; got {layers!r}.")
         if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in layers):
             raise TypeError(f"layers must be integers (layer indices); got {tuple(layers)!r}.")
         resolve_device(self.device)  # fail early on an unavailable device
+        self._check_placement()
         if self.storage_dtype == "bfloat16" and self.store is None:
             raise ValueError(
                 "storage_dtype='bfloat16' needs store=folder: NumPy arrays cannot hold bfloat16, a sharded "
                 "store can (it reads back as float32). Use storage_dtype='float16' in memory."
+            )
+
+    def _check_placement(self) -> None:
+        """``device_map``, ``torch_dtype`` and ``model_kwargs`` (before any loading)."""
+        if self.device_map is not None:
+            if self.device != "auto":
+                raise ValueError(
+                    f"device={self.device!r} and device_map={self.device_map!r} were both given: device_map "
+                    "places the model itself. Pass one of them (leave device at 'auto' with device_map)."
+                )
+            if isinstance(self.device_map, str) and self.device_map not in _DEVICE_MAPS:
+                try:
+                    resolve_device(self.device_map)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"device_map must be one of {list(_DEVICE_MAPS)}, a device ('cpu', 'cuda:0') or a dict "
+                        f"from module names to devices; got {self.device_map!r} ({exc})"
+                    ) from None
+            if importlib.util.find_spec("accelerate") is None:
+                raise ImportError("device_map needs Hugging Face Accelerate: pip install accelerate (or "
+                                  "pip install 'clvqlearn[models]').")
+        own = sorted(_OWN_KWARGS.intersection(self.model_kwargs or {}))
+        if own:
+            raise ValueError(
+                f"model_kwargs may not set {own}: the extractor passes them itself; use the extractor's "
+                "torch_dtype, device_map and trust_remote_code parameters."
             )
 
     def _check_max_length(self) -> None:
@@ -400,7 +499,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
                 "Call fit again."
             )
 
-    def transform(self, texts) -> LayerPairs:
+    def transform(self, texts) -> LayerPairs | LayerStack:
         """Hidden states of ``layers`` for every kept token of ``texts``.
 
         Parameters
@@ -410,11 +509,13 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        LayerPairs
+        LayerPairs or LayerStack
             Rows in document order, tokens in position order; padding never
             appears, special tokens and outliers as the parameters say.
+            A :class:`~clvqlearn.data.LayerStack` for more than two layers.
             With ``store``, the store opened lazily
-            (:class:`~clvqlearn.ShardedLayerPairs`).
+            (:class:`~clvqlearn.ShardedLayerPairs`, or
+            :class:`~clvqlearn.data.ShardedLayerStack` for more layers).
         """
         check_is_fitted(self, "layers_")
         self._check_settings()
@@ -425,9 +526,10 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             return extract_to_store(self, texts)
         return self._transform_in_memory(texts)
 
-    def _transform_in_memory(self, texts: list, *, allow_empty: bool = False) -> LayerPairs:
-        """The extraction itself (checked texts in, LayerPairs out); a store calls it once per shard."""
-        low, high = self.layers_
+    def _transform_in_memory(self, texts: list, *, allow_empty: bool = False) -> LayerPairs | LayerStack:
+        """The extraction itself (checked texts in, LayerPairs or LayerStack out); a store calls it per shard."""
+        layers = self.layers_
+        unique = tuple(sorted(set(layers)))  # layers=(l, l) runs the hook once and stores it twice
         enc = self._encode(texts, self.special_tokens)
         upper = np.array([int(k.sum()) for k in enc.keep], dtype=np.int64)
         if not upper.sum() and not allow_empty:
@@ -439,36 +541,32 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         upper_off = np.concatenate([[0], np.cumsum(upper)])
         n_upper = int(upper_off[-1])
         dtype = np.dtype("float32" if self.storage_dtype == "bfloat16" else self.storage_dtype)
-        d = self.hidden_size_
-        arrays, folder = self._allocate(n_upper, d, dtype)
-        low_arr, high_arr = arrays
+        names = ["low", "high"] if len(layers) == 2 else [f"layer_{v}" for v in layers]
+        arrays, folder = self._allocate(n_upper, self.hidden_size_, dtype, names)
         token_ids = np.empty(n_upper, dtype=np.int64)
         positions = np.empty(n_upper, dtype=np.int64)
         counts = np.zeros(len(texts), dtype=np.int64)
         n_dropped = 0
-        layer_list = (low, high) if low != high else (low,)
-        for batch in self._iter_batches(enc, layer_list, outliers=self.outliers):
-            states = batch.states if low != high else batch.states * 2
+        for batch in self._iter_batches(enc, unique, outliers=self.outliers):
+            states = [batch.states[unique.index(v)] for v in layers]
             self._check_range(states)
             row = 0
             for doc, c in zip(batch.docs, batch.counts):
                 start = upper_off[doc]
-                low_arr[start : start + c] = states[0][row : row + c]
-                high_arr[start : start + c] = states[1][row : row + c]
+                for array, state in zip(arrays, states):
+                    array[start : start + c] = state[row : row + c]
                 token_ids[start : start + c] = batch.token_ids[row : row + c]
                 positions[start : start + c] = batch.positions[row : row + c]
                 counts[doc] = c
                 row += c
             n_dropped += batch.n_dropped
         if np.any(counts != upper):
-            low_arr, high_arr, token_ids, positions = _compact(
-                [low_arr, high_arr, token_ids, positions], upper_off, counts
-            )
+            *arrays, token_ids, positions = _compact([*arrays, token_ids, positions], upper_off, counts)
         else:
-            low_arr, high_arr = low_arr[:n_upper], high_arr[:n_upper]
-        if isinstance(low_arr, np.memmap):
-            low_arr.flush()
-            high_arr.flush()
+            arrays = [a[:n_upper] for a in arrays]
+        for array in arrays:
+            if isinstance(array, np.memmap):
+                array.flush()
         tokens = np.asarray(self.tokenizer_.convert_ids_to_tokens(token_ids.tolist()), dtype=object)
         extra = {
             "n_outliers": int(n_dropped),
@@ -481,17 +579,11 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         }
         if folder is not None:
             extra["memmap_dir"] = str(folder)
-        return LayerPairs(
-            low=low_arr,
-            high=high_arr,
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
-            token_ids=token_ids,
-            tokens=tokens,
-            positions=positions,
-            layers=(low, high),
-            model_name=os.fspath(self.model),
-            extra=extra,
-        )
+        rows = dict(offsets=np.concatenate([[0], np.cumsum(counts)]), token_ids=token_ids, tokens=tokens,
+                    positions=positions, model_name=os.fspath(self.model), extra=extra)
+        if len(layers) == 2:
+            return LayerPairs(low=arrays[0], high=arrays[1], layers=layers, **rows)
+        return LayerStack(arrays=arrays, layers=layers, **rows)
 
     # ------------------------------------------------------------------ helpers for evaluation
     def hidden_states(self, texts, layers=None, *, special_tokens=None, outliers=None) -> list:
@@ -503,7 +595,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             Documents.
         layers : int or sequence of int, optional
             Layer indices (same convention as ``layers``; negative allowed).
-            Default: the fitted ``(low, high)`` pair.
+            Default: the fitted layers.
         special_tokens : {"drop", "keep"}, optional
             Override the extractor's setting (e.g. "keep" to read [CLS]).
         outliers : {"drop", "keep"}, optional
@@ -550,7 +642,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         texts : list of str
             Documents.
         layer : int, optional
-            Layer index (default: the high layer).
+            Layer index (default: the highest fitted layer).
         pooling : {"mean", "first", "last"}, default="mean"
             ``"mean"`` averages the rows ``transform`` would return (special
             tokens and outliers as configured); ``"first"`` is the first input
@@ -571,7 +663,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         if pooling not in ("mean", "first", "last"):
             raise ValueError(f"pooling must be 'mean', 'first' or 'last'; got {pooling!r}")
         check_is_fitted(self, "layers_")
-        layer = self.layers_[1] if layer is None else layer
+        layer = self.layers_[-1] if layer is None else layer
         if pooling == "mean":
             states = self.hidden_states(texts, [layer])
         else:
@@ -616,17 +708,18 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
                 return value
         return 0
 
-    def _allocate(self, n_rows: int, d: int, dtype: np.dtype):
-        nbytes = 2 * n_rows * d * dtype.itemsize
+    def _allocate(self, n_rows: int, d: int, dtype: np.dtype, names: list):
+        """One ``(n_rows, d)`` array per layer, in RAM or (``memmap_dir``, large) as ``<name>.npy`` memmaps."""
+        nbytes = len(names) * n_rows * d * dtype.itemsize
         use_memmap = self.memmap_dir is not None and nbytes >= float(self.memmap_threshold_mb) * 2**20
         use_memmap = use_memmap and self.store is None  # a store's shards stay in memory until written
         if not use_memmap:
-            return [np.empty((n_rows, d), dtype=dtype) for _ in range(2)], None
+            return [np.empty((n_rows, d), dtype=dtype) for _ in names], None
         folder = Path(self.memmap_dir).expanduser() / f"clvq-pairs-{uuid.uuid4().hex[:12]}"
         folder.mkdir(parents=True, exist_ok=False)
         arrays = [
             np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(max(n_rows, 0), d))
-            for name in ("low", "high")
+            for name in names
         ]
         return arrays, folder
 
@@ -645,7 +738,7 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         import torch
 
         model = self.model_
-        device = next(model.parameters()).device
+        device = _input_device(model)
         pad_id = self._pad_id()
         batches = length_batches(enc.lengths, self.batch_size, descending=True)
         progress = None
@@ -671,7 +764,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
                     layers,
                 )
                 keep_t = torch.from_numpy(keep).to(device)
-                rows = [captured[layer][keep_t].float() for layer in layers]
+                # under a device_map the layers may sit on other devices: gather each on the input's device
+                rows = [captured[layer].to(device)[keep_t].float() for layer in layers]
                 n_dropped = 0
                 if outliers == "drop" and rows[0].shape[0] > 0:
                     bad = torch.zeros(rows[0].shape[0], dtype=torch.bool, device=device)
@@ -739,6 +833,31 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         return captured
 
 
+def _input_device(model):
+    """Where a forward's inputs go: the device of the embeddings (the first device under a ``device_map``).
+
+    A weight offloaded by Accelerate sits on the ``meta`` device; its
+    inputs are then sent to the CPU, and Accelerate moves them on.
+    """
+    import torch
+
+    weight = getattr(get_embedding_module(model), "weight", None)
+    if weight is None:  # pragma: no cover - every HF embedding has a weight
+        return next(model.parameters()).device
+    hook = getattr(get_embedding_module(model), "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:  # Accelerate's hook: the device the module computes on
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
+
+
+def _dtype_name(value) -> str | None:
+    """``torch_dtype`` as a name ("bfloat16"), or None."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value).removeprefix("torch.")
+
+
 def _accepts(model, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
@@ -779,7 +898,7 @@ def _compact(arrays, upper_off: np.ndarray, counts: np.ndarray):
 _STORE_SETTINGS = ("max_length", "special_tokens", "outliers", "outlier_threshold", "compute_dtype", "batch_size")
 
 
-def extract_to_store(extractor: LayerPairExtractor, texts: list) -> ShardedLayerPairs:
+def extract_to_store(extractor: LayerPairExtractor, texts: list) -> ShardedLayerPairs | ShardedLayerStack:
     """Run a fitted extractor over ``texts`` into ``extractor.store``, this rank's shards only.
 
     Called by ``LayerPairExtractor.transform`` when ``store`` is set (the
@@ -796,8 +915,9 @@ def extract_to_store(extractor: LayerPairExtractor, texts: list) -> ShardedLayer
 
     Returns
     -------
-    ShardedLayerPairs
-        The whole store, once every rank has finished its shards.
+    ShardedLayerPairs or ShardedLayerStack
+        The whole store, once every rank has finished its shards (a stack
+        when the extractor has more than two layers: one store, one pass).
     """
     spec = _store_spec(extractor, texts)
 
@@ -815,9 +935,12 @@ def _store_spec(extractor: LayerPairExtractor, texts: list) -> StoreSpec:
     settings = {name: _plain(getattr(extractor, name)) for name in _STORE_SETTINGS}
     settings["outlier_threshold"] = float(settings["outlier_threshold"])
     settings["trust_remote_code"] = bool(extractor.trust_remote_code)
+    weights = _dtype_name(extractor.torch_dtype)
+    if weights not in (None, "float32"):  # recorded only when it changes the values: older stores still resume
+        settings["torch_dtype"] = weights
     return StoreSpec(
         model_name=os.fspath(extractor.model), layers=extractor.layers_,
-        widths=(extractor.hidden_size_, extractor.hidden_size_), n_docs=len(texts),
+        widths=(extractor.hidden_size_,) * len(extractor.layers_), n_docs=len(texts),
         shard_size=int(extractor.shard_size), texts_sha256=texts_fingerprint(texts),
         dtype=extractor.storage_dtype, model_revision=_model_revision(extractor), settings=settings,
     )

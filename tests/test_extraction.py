@@ -368,7 +368,7 @@ def test_bad_texts(tiny_bert_dir, texts, error, match):
         (dict(layers=(1, 5)), ValueError, r"out of range .* 0\.\.4"),
         (dict(layers=(-6, 2)), ValueError, r"-5\.\.-1"),
         (dict(layers=(3, 1)), ValueError, "low <= high"),
-        (dict(layers=(1, 2, 3)), ValueError, "pair"),
+        (dict(layers=(1, 3, 2)), ValueError, "strictly increasing"),
         (dict(layers=(1.0, 2)), TypeError, "integers"),
         (dict(max_length=1000), ValueError, "max_length"),
         (dict(special_tokens="remove"), ValueError, "special_tokens"),
@@ -515,7 +515,7 @@ def test_layers_changed_after_fit_are_not_ignored(tiny_bert_dir):
 @pytest.mark.parametrize("layers, error, match", [
     ((1.5, 2), TypeError, "layers must be integers"),
     (("1", 2), TypeError, "layers must be integers"),
-    ((1, 2, 3), ValueError, "layers must be a"),
+    ((1,), ValueError, "layers must be a"),
     (5, ValueError, "layers"),
 ])
 def test_bad_layers_refused_before_loading(tiny_bert_dir, monkeypatch, layers, error, match):

@@ -27,6 +27,10 @@ SUBCOMMANDS = {
               "clvq table --models [minilm] --datasets [ag_news] --out benchmarks/results/comparison"),
     "judge": (opts.JudgeOptions, "concept browser, human study kit, LLM judge and LLM annotator (axes 2 and 3)",
               "clvq judge --out clvq_judges --n_sentences 100 --base_url http://localhost:8000/v1"),
+    "loss": (opts.LossOptions, "loss recovered on a decoder: next-token CE and KL with a layer replaced by each "
+             "method's reconstruction", "clvq loss --dataset ag_news --n_eval 100 --output loss_recovered"),
+    "export": (opts.ExportOptions, "a saved model -> a delphi latent cache, or a SAELens SAE (a SparseAutoencoder)",
+               "clvq export --model vq --to delphi --pairs pairs --output vq_delphi"),
     "demo": (opts.DemoOptions, "the main job: all four methods on MiniLM + BBC News, compared and plotted",
              "clvq demo --output clvq_output"),
 }
@@ -104,7 +108,7 @@ def _run(name: str, options, argv) -> dict:
         from .demo import run_demo
 
         return run_demo(options)
-    if name in ("table", "judge"):
+    if name in ("table", "judge", "loss"):
         command = " ".join(["clvq", *(shlex.quote(a) for a in argv)])
         return getattr(commands, f"run_{name}")(options, command=command)
     return getattr(commands, f"run_{name}")(options)

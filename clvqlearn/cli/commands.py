@@ -32,7 +32,15 @@ from ._io import (
     write_texts,
 )
 from .methods import BY_OPTION, METHODS
-from .options import DescribeOptions, EvaluateOptions, ExtractOptions, FitOptions, TableOptions
+from .options import (
+    DescribeOptions,
+    EvaluateOptions,
+    ExportOptions,
+    ExtractOptions,
+    FitOptions,
+    LossOptions,
+    TableOptions,
+)
 
 EXTRACTOR_FILE = "extractor.json"
 MODEL_FOLDER = "model"
@@ -209,7 +217,7 @@ def run_fit(options: FitOptions) -> dict:
         write_config(options, stage, "fit")
         pairs, record = _fit_data(options)
         estimator.fit(pairs)
-        estimator.save(stage / MODEL_FOLDER)
+        estimator.save(stage / MODEL_FOLDER, card={"data": pairs})
         (stage / EXTRACTOR_FILE).write_text(json.dumps(record, indent=1))
         score = float(estimator.score(pairs))
     _say(options.quiet)(f"[clvq] {type(estimator).__name__}(k={options.k}) on {pairs.n_tokens} tokens: "
@@ -286,6 +294,37 @@ def run_describe(options: DescribeOptions) -> dict:
         write_concept_browser(stage / "browser.html", {type(estimator).__name__: ids}, pairs,
                               title=f"clvq describe: {options.model}")
     return {"n_concepts": len(table), "n_used": int((table["n_tokens"] > 0).sum()), "output": str(out)}
+
+
+# ------------------------------------------------------------------------- export
+def run_export(options: ExportOptions) -> dict:
+    """``clvq export``: a saved model -> ``OUTPUT/latents/HOOKPOINT`` (delphi) or ``OUTPUT/sae`` (SAELens).
+
+    Parameters
+    ----------
+    options : ExportOptions
+
+    Returns
+    -------
+    dict
+        ``to``, ``path`` (the folder the tool reads) and ``output``.
+    """
+    from ..sharing import export_delphi_cache, export_saelens
+
+    out = check_inputs_outside(options.output, {"--model": options.model, "--pairs": options.pairs})
+    estimator = load_estimator(options.model)
+    pairs = load_pairs(options.pairs) if options.to == "delphi" else None
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "export")
+        if options.to == "delphi":
+            written = export_delphi_cache(estimator, pairs, stage / "latents", hookpoint=options.hookpoint,
+                                          n_splits=options.n_splits, top_k=options.top_k)
+        else:
+            written = export_saelens(estimator, stage / "sae", hook_name=options.hook_name,
+                                     hook_name_out=options.hook_name_out)
+    path = out / written.relative_to(stage)
+    _say(options.quiet)(f"[clvq] {type(estimator).__name__}(k={estimator.k}) -> {options.to}: wrote {path}")
+    return {"to": options.to, "path": str(path), "output": str(out)}
 
 
 # ----------------------------------------------------------------------- evaluate
@@ -447,6 +486,148 @@ def run_table(options: TableOptions, command: str = "clvq table") -> dict:
     return {"output": str(out)}
 
 
+# --------------------------------------------------------------------------- loss
+LOSS_FILES = ("loss_recovered.csv", "loss_recovered.md")
+
+
+def run_loss(options: LossOptions, command: str = "clvq loss") -> dict:
+    """``clvq loss``: loss recovered by every method on a decoder -> ``loss_recovered.csv`` / ``.md``.
+
+    Parameters
+    ----------
+    options : LossOptions
+    command : str
+        The command line recorded in ``loss_recovered.md``.
+
+    Returns
+    -------
+    dict
+        ``output`` and ``recovered`` (method name -> recovered fraction).
+    """
+    import time
+
+    from ..models import resolve_model
+
+    if not resolve_model(options.model).is_decoder:  # before minutes of fitting
+        raise ValueError(f"--model {options.model}: loss recovered needs a causal language model (a decoder such "
+                         "as smollm2); this one is an encoder.")
+    say = _say(options.quiet)
+    out = check_inputs_outside(options.output, {"--model": options.model})
+    started = time.perf_counter()
+    with staged_output(out, overwrite=options.overwrite) as stage:
+        write_config(options, stage, "loss")
+        frame, baselines = loss_table(options, say)
+        frame.to_csv(stage / LOSS_FILES[0], index=False)
+        minutes = (time.perf_counter() - started) / 60
+        (stage / LOSS_FILES[1]).write_text(loss_markdown(frame, baselines, options, command, minutes))
+    say(f"[clvq] wrote {out / LOSS_FILES[0]} and {LOSS_FILES[1]} ({minutes:.1f} min)")
+    return {"output": str(out), "recovered": dict(zip(frame["method"], frame["recovered"]))}
+
+
+def loss_table(options: LossOptions, say=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit the methods and measure the loss each recovers: (one row per method, one row per replaced layer)."""
+    import time
+
+    from ..evaluation import loss_recovered_many
+    from ..extraction import LayerPairExtractor
+    from .comparison import MODELS, ComparisonConfig, load_splits, make_estimator
+    from .methods import BY_NAME
+    from .options import parse_layers
+
+    if options.layers is not None:
+        layers = parse_layers(options.layers)
+    elif options.model in MODELS:
+        layers = parse_layers(MODELS[options.model]["layers"])
+    else:
+        raise ValueError(f"--model {options.model}: give --layers l,h (the comparison has no layer pair for it).")
+    config = ComparisonConfig(datasets=(options.dataset,), methods=tuple(options.methods), protocols=("splice",),
+                              tables=(options.table,), max_length=options.max_length, k=options.k,
+                              concept_epochs=options.concept_epochs, clvq_decoder=options.clvq_decoder,
+                              seed=options.seed, device=options.device)
+    _, fit_texts, evaluation = load_splits(options.dataset, config, n_eval=options.n_eval,
+                                           n_train=config.n_classifier_train_decoder, n_fit=options.n_fit)
+    extractor = LayerPairExtractor(options.model, layers=layers, max_length=options.max_length,
+                                   device=options.device, verbose=not options.quiet)
+    pairs = extractor.fit_transform(fit_texts)
+    say(f"[loss] {options.model} layers {extractor.layers_}: {pairs.n_tokens} fit tokens of {len(fit_texts)} "
+        f"{options.dataset} texts; {len(evaluation)} evaluation texts")
+    groups: dict = {}
+    for method in options.methods:
+        estimator = make_estimator(method, config, options.model, options.table)
+        t = time.perf_counter()
+        estimator.fit(pairs)
+        replaced = BY_NAME[method].comparison_layer(options.table) or "high"
+        groups.setdefault(replaced, {})[method] = (estimator, time.perf_counter() - t)
+        say(f"[loss] fitted {method} ({groups[replaced][method][1]:.0f} s)")
+    rows, baselines = [], []
+    for replaced, fitted in groups.items():
+        mean = np.asarray(getattr(pairs, replaced), dtype=np.float64).mean(axis=0)  # the training rows' mean
+        results = loss_recovered_many({m: e for m, (e, _) in fitted.items()}, extractor, evaluation.texts,
+                                      mean_activation=mean, batch_size=options.batch_size,
+                                      n_bootstrap=options.n_bootstrap, random_state=options.seed,
+                                      verbose=not options.quiet)
+        for method, result in results.items():
+            rows.append({"method": method, "model": options.model, "dataset": options.dataset,
+                         "table": options.table, "k": options.k, "fit_seconds": round(fitted[method][1], 1),
+                         **result.summary()})
+            say(f"[loss] {method:22s} layer {result.source_layer}->{result.layer}: CE {result.ce_spliced:.3f} "
+                f"(clean {result.ce_clean:.3f}, zero {result.ce_zero:.3f}, mean {result.ce_mean:.3f}); "
+                f"recovered {result.recovered:.3f}, vs mean {result.recovered_mean:.3f}; KL {result.kl_spliced:.3f}")
+        first = next(iter(results.values())).summary()
+        baselines.append({k: v for k, v in first.items() if k.split("_ci_")[0] in (
+            "layer", "ce_clean", "ce_zero", "ce_mean", "kl_zero", "kl_mean", "n_texts", "n_scored", "n_edited",
+            "n_kept")})
+    return pd.DataFrame(rows), pd.DataFrame(baselines)
+
+
+def _with_ci(row, name: str, fmt: str = "{:.3f}") -> str:
+    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    value = fmt.format(row[name])
+    if low is None or not np.isfinite(low):
+        return value
+    return f"{value} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def loss_markdown(frame: pd.DataFrame, baselines: pd.DataFrame, options: LossOptions, command: str,
+                  minutes: float) -> str:
+    """``loss_recovered.md``: the command, the settings, the baselines and one row per method."""
+    settings = {k: v for k, v in vars(options).items() if k not in ("output", "overwrite", "quiet")}
+    confidence = int(round(100 * float(frame["confidence"].iloc[0])))
+    lines = [
+        "# Loss recovered: next-token loss with a layer replaced by each method's reconstruction\n",
+        f"Produced by `{command.strip()}` in {minutes:.1f} min. Settings: {json.dumps(settings)}\n",
+        "CE is the mean next-token cross-entropy (nats per scored token) of the language model; recovered = "
+        "(CE_zero - CE_spliced) / (CE_zero - CE_clean) and, against mean ablation, (CE_mean - CE_spliced) / "
+        "(CE_mean - CE_clean); KL = mean KL(clean || spliced) per token; FVE = the reconstruction's fraction of "
+        "the replaced layer's variance explained on the evaluation rows. The mean vector is the mean of the "
+        "concept-fitting rows. Brackets: {}% percentile bootstrap intervals over texts "
+        f"({int(frame['n_bootstrap'].iloc[0])} draws). Definitions: docs/evaluation.md, \"Loss recovered\".\n"
+        .replace("{}", str(confidence)),
+        "## Baselines\n",
+        "| replaced layer | CE clean | CE zero-ablated | CE mean-ablated | KL zero | KL mean | texts | scored "
+        "tokens | edited rows | rows left clean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, b in baselines.iterrows():
+        lines.append(f"| {int(b['layer'])} | {_with_ci(b, 'ce_clean')} | {_with_ci(b, 'ce_zero')} | "
+                     f"{_with_ci(b, 'ce_mean')} | {_with_ci(b, 'kl_zero')} | {_with_ci(b, 'kl_mean')} | "
+                     f"{int(b['n_texts'])} | {int(b['n_scored'])} | {int(b['n_edited'])} | {int(b['n_kept'])} |")
+    lines += [
+        "\n## Methods\n",
+        "| method | layers | FVE | CE spliced | recovered (vs zero) | recovered (vs mean) | KL(clean \\|\\| spliced) "
+        "| fit s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in frame.iterrows():
+        layers = (f"{int(r['source_layer'])} -> {int(r['layer'])}" if r["source_layer"] != r["layer"]
+                  else f"{int(r['layer'])}")
+        causal = "" if r["causal"] else " (non-causal decoder)"
+        lines.append(f"| {r['method']}{causal} | {layers} | {r['fve']:.3f} | {_with_ci(r, 'ce_spliced')} | "
+                     f"{_with_ci(r, 'recovered')} | {_with_ci(r, 'recovered_mean')} | {_with_ci(r, 'kl_spliced')} "
+                     f"| {r['fit_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_judge(options, command: str = "clvq judge") -> dict:
     """``clvq judge``: :func:`clvqlearn.cli.judging.run_judging` with these options.
 
@@ -475,5 +656,6 @@ def run_judge(options, command: str = "clvq judge") -> dict:
                            log=None if options.quiet else (lambda m: print(f"[judge] {m}", flush=True)))
 
 
-__all__ = ["load_estimator", "load_pairs", "load_source", "make_estimator", "read_config", "removal_report",
-           "run_describe", "run_evaluate", "run_extract", "run_fit", "run_judge", "run_table"]
+__all__ = ["load_estimator", "load_pairs", "load_source", "loss_markdown", "loss_table", "make_estimator",
+           "read_config", "removal_report", "run_describe", "run_evaluate", "run_extract", "run_fit", "run_judge",
+           "run_loss", "run_table"]

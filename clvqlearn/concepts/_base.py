@@ -706,16 +706,25 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         # torch modules and the optimiser's streaming state stay out of pickles
         return {k: v for k, v in state.items() if not k.startswith("_cache") and k != "_train_state"}
 
-    def save(self, path, *, overwrite=False) -> Path:
-        """Save a fitted estimator without pickle: safetensors + JSON.
+    def save(self, path, *, overwrite=False, card=None) -> Path:
+        """Save a fitted estimator without pickle: safetensors + JSON, and a model card.
 
         Parameters
         ----------
         path : str or path-like
-            A folder; ``model.safetensors`` and ``config.json`` are written.
+            A folder; ``model.safetensors``, ``config.json`` and the model
+            card ``README.md`` (Hugging Face's format: docs/sharing.md) are
+            written.
         overwrite : bool, default=False
-            Allow a folder that already holds files; its ``config.json`` and
-            ``model.safetensors`` are replaced (other files are left alone).
+            Allow a folder that already holds files; its ``config.json``,
+            ``model.safetensors`` and ``README.md`` are replaced (other files
+            are left alone).
+        card : dict, optional
+            What the model card says beyond the estimator's own record: keys
+            ``"data"`` (a description, a dict with ``n_docs``/``n_tokens``,
+            or the training LayerPairs), ``"metrics"`` (held-out figures,
+            name -> number), ``"model"`` and ``"layers"`` (for an estimator
+            fitted on a plain array); see ``clvqlearn.write_model_card``.
 
         Returns
         -------
@@ -727,15 +736,16 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             When ``path`` is a non-empty folder and ``overwrite`` is False,
             or is a file.
         ValueError
-            When a setting that shapes the fitted state changed since fit.
+            When a setting that shapes the fitted state changed since fit,
+            or ``card`` holds something the card cannot (named).
 
         Notes
         -----
-        Both files are written under temporary names in the folder and then
+        The files are written under temporary names in the folder and then
         moved into place, so a failed save leaves an earlier save whole.
         """
         self._check_fitted()
-        return save_estimator(self, path, overwrite=overwrite)
+        return save_estimator(self, path, overwrite=overwrite, card=card)
 
     @classmethod
     def load(cls, path):

@@ -213,20 +213,38 @@ class StreamData:
         bounds = np.unique(np.concatenate([[0], cuts, [self.n_docs]]))
         return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
-    def chunks(self, keep: np.ndarray | None = None):
+    def chunks(self, keep: np.ndarray | None = None, share: tuple[int, int] = (0, 1)):
         """Yield ``_Data`` of about one block each, in store order (statistics passes).
 
-        ``keep`` (boolean, one per document) drops documents.
+        ``keep`` (boolean, one per document) drops documents; ``share``
+        ``(rank, world_size)`` keeps every ``world_size``-th chunk from
+        ``rank`` on (the ranks of a distributed fit split a pass).
         """
+        for index, docs in enumerate(self.chunk_documents(keep)):
+            if index % share[1] == share[0]:
+                yield self.take(docs)
+
+    def chunk_documents(self, keep: np.ndarray | None = None):
+        """The documents of each chunk of :meth:`chunks` (nothing is read)."""
         for start, stop in self.blocks():
             docs = np.arange(start, stop)
             if keep is not None:
                 docs = docs[keep[start:stop]]
             if docs.size:
-                yield self.take(docs)
+                yield docs
 
     def epoch_buffers(self, keep: np.ndarray, rng):
         """Yield one epoch of shuffle buffers: ``BLOCKS_PER_BUFFER`` random blocks each."""
+        for docs in self.epoch_documents(keep, rng):
+            yield self.take(docs)
+
+    def epoch_documents(self, keep: np.ndarray, rng):
+        """The documents of each buffer of :meth:`epoch_buffers`, drawn alike (nothing is read).
+
+        A training epoch plans its batches from these before reading a
+        buffer, so a rank reads only its share and a resumed fit skips
+        the buffers it has done.
+        """
         blocks = self.blocks()
         order = rng.permutation(len(blocks))
         for first in range(0, order.size, BLOCKS_PER_BUFFER):
@@ -234,7 +252,7 @@ class StreamData:
             docs = np.concatenate(docs)
             docs = docs[keep[docs]]
             if docs.size:
-                yield self.take(docs)
+                yield docs
 
 
 

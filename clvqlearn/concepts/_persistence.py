@@ -2,10 +2,11 @@
 
 ``ConceptEstimator.save`` and ``ConceptEstimator.load`` are thin wrappers
 of :func:`save_estimator` and :func:`load_estimator`.  A saved estimator is
-a folder with ``model.safetensors`` (every fitted array) and
+a folder with ``model.safetensors`` (every fitted array),
 ``config.json`` (class, format version, params, the other fitted
 attributes), read with the shared reader of saved folders' JSON
-(:func:`clvqlearn._sidecar.read_sidecar`).  Loading checks everything
+(:func:`clvqlearn._sidecar.read_sidecar`), and ``README.md``, a model card
+in Hugging Face's format (:mod:`._card`; ``load`` does not read it).  Loading checks everything
 before it returns: the format and class, the JSON schema, each tensor's
 dtype (each class declares in ``_saved_dtypes`` what ``save`` writes) and
 finiteness, the parameters against the tensors' shapes, and one prediction.
@@ -24,6 +25,7 @@ import numpy as np
 
 from .._sidecar import read_sidecar
 from .._torch_utils import resolve_device
+from ._card import CARD_FILE, card_text, check_card_argument
 from ._data import _LAYER_NAMES
 
 FORMAT_NAME = "clvqlearn.estimator"
@@ -38,28 +40,102 @@ _ADDED_PARAMS = {2: {"decoder_skip": False, "decoder_positions": 0.0}}
 _STATISTIC_DTYPES = ("float64", "float32")
 
 
-def save_estimator(estimator, path, *, overwrite: bool = False) -> Path:
+def save_estimator(estimator, path, *, overwrite: bool = False, card=None) -> Path:
     """Write a fitted estimator to the folder ``path`` (see ``ConceptEstimator.save``).
 
-    Both files are written under temporary names in the folder and then
-    moved into place, so a failed save leaves an earlier save whole; a
-    folder this call created is removed again when the save fails.
+    The three files (weights, config, model card) are written under
+    temporary names in the folder and then moved into place, so a failed
+    save leaves an earlier save whole; a folder this call created is removed
+    again when the save fails.  ``card`` holds what the model card says
+    beyond the estimator's own record (keys ``data``, ``metrics``, ``model``,
+    ``layers``; see :func:`write_model_card`); it is checked before any file
+    is written.
     """
     from safetensors.numpy import save_file
 
     tensors, config = saved_content(estimator)
+    readme = card_text(estimator, **check_card_argument(card))
     path = Path(path)
     created = _check_save_folder(path, overwrite)
     try:
         _replace_files(path, {
             "model.safetensors": lambda file: save_file(tensors, str(file)),
             "config.json": lambda file: file.write_text(json.dumps(config, indent=1)),
+            CARD_FILE: lambda file: file.write_text(readme, encoding="utf-8"),
         })
     except BaseException:
         if created and not any(path.iterdir()):
             path.rmdir()
         raise
     return path
+
+
+def write_model_card(path, estimator, *, data=None, metrics=None, model=None, layers=None) -> Path:
+    """Write (or rewrite) the model card ``README.md`` of a saved estimator's folder.
+
+    ``estimator.save(path, card={...})`` writes the same card in the same
+    call; this function adds one to a folder saved earlier, or replaces it,
+    for instance with held-out figures computed after saving.  The card is
+    Hugging Face's model-card format: YAML metadata (``library_name:
+    clvqlearn``, ``tags``, ``base_model`` when the language model has a hub
+    id, and a ``clvqlearn`` block with the estimator's class, ``k``, model,
+    layers, parameters, data and figures), then a Markdown description.
+    :func:`read_model_card` reads the metadata back.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder given to ``save`` (it must exist).
+    estimator : fitted concept estimator
+        The estimator saved there.
+    data : str, dict, LayerPairs or None, default=None
+        The training data: a description, a dict (``"description"``,
+        ``"n_docs"``, ``"n_tokens"`` and any other JSON values), or the
+        training ``LayerPairs`` themselves (their document and token counts,
+        model and layers are recorded; they must come from the model and
+        layers the estimator was fitted on).
+    metrics : dict of str to float or str, optional
+        Held-out figures, for example ``{"held-out FVE": 0.21}``.
+    model : str, optional
+        The language model, for an estimator that records none (fitted on a
+        plain array); default the recorded ``pairs_model_name_``.
+    layers : (int, int), optional
+        The layer pair, likewise; default the recorded ``pairs_layers_``.
+
+    Returns
+    -------
+    pathlib.Path
+        The card file.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is not a folder.
+    ValueError, TypeError
+        For a value of ``data``, ``metrics``, ``model`` or ``layers`` the
+        card cannot hold (the message names it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from clvqlearn import KMeansConcepts, read_model_card, write_model_card
+    >>> X = np.random.default_rng(0).normal(size=(50, 4))
+    >>> est = KMeansConcepts(k=3, random_state=0).fit(X)
+    >>> folder = est.save(tempfile.mkdtemp() + "/concepts")
+    >>> _ = write_model_card(folder, est, model="minilm", layers=(4, 6),
+    ...                      data="50 random rows", metrics={"held-out FVE": 0.1})
+    >>> card = read_model_card(folder)
+    >>> card["clvqlearn"]["data"], card["clvqlearn"]["metrics"]
+    ({'description': '50 random rows'}, {'held-out FVE': 0.1})
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; write_model_card writes into a folder given to save().")
+    estimator._check_fitted()
+    text = card_text(estimator, data=data, metrics=metrics, model=model, layers=layers)
+    _replace_files(folder, {CARD_FILE: lambda file: file.write_text(text, encoding="utf-8")})
+    return folder / CARD_FILE
 
 
 def saved_content(estimator) -> tuple[dict, dict]:
@@ -188,7 +264,7 @@ def _check_save_folder(path: Path, overwrite: bool) -> bool:
         if not overwrite and any(path.iterdir()):
             raise FileExistsError(
                 f"{path} already exists and is not empty; pass overwrite=True to replace the saved estimator "
-                "in it (config.json and model.safetensors), or choose another folder."
+                "in it (config.json, model.safetensors and README.md), or choose another folder."
             )
         return False
     path.mkdir(parents=True)

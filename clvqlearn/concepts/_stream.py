@@ -16,11 +16,18 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import StreamData
-from ._training import ArrayDocuments, DocumentSource, validation_size
+from ._distributed import SINGLE
+from ._training import ArrayDocuments, DocumentSource, batch_share, plan_batches, shared_batch, validation_size
 
 
 class StreamedPart:
-    """The training documents of a store, read one shuffle buffer at a time."""
+    """The training documents of a store, read one shuffle buffer at a time.
+
+    Each buffer's batches are planned from the documents' lengths before
+    anything is read: a resumed epoch skips whole buffers unread, and a rank
+    of a data-parallel fit reads only the documents of its shares (every
+    document of the buffer for per-token batches, whose rows mix them).
+    """
 
     def __init__(self, data: StreamData, keep: np.ndarray):
         self.data, self.keep = data, keep
@@ -29,14 +36,35 @@ class StreamedPart:
     def n_docs(self) -> int:
         return int(self.keep.sum())
 
-    def batches(self, config, rng, shuffle, device):
+    def batches(self, config, rng, shuffle, device, *, skip=0, comm=SINGLE):
         if shuffle:
-            buffers = self.data.epoch_buffers(self.keep, rng)
+            buffers = self.data.epoch_documents(self.keep, rng)
         else:
-            buffers = self.data.chunks(self.keep)
-        for buffer in buffers:
-            part = ArrayDocuments(buffer.source, buffer.target, buffer.offsets, device=device)
-            yield from part.part(np.arange(buffer.offsets.size - 1)).batches(config, rng, shuffle, device)
+            buffers = self.data.chunk_documents(self.keep)
+        for docs in buffers:
+            lengths = self.data.lengths[docs]
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            plan = plan_batches(offsets, np.arange(docs.size), config, rng, shuffle)
+            if skip >= len(plan):
+                skip -= len(plan)
+                continue
+            shares = [batch_share(index, config.batch_unit, lengths, comm) for index in plan[skip:]]
+            skip = 0
+            yield from self._read_shares(docs, shares, config.batch_unit, device, comm)
+
+    def _read_shares(self, docs, shares, unit, device, comm):
+        """Read the buffer's documents that ``shares`` use, then yield their batches."""
+        if comm.active and unit == "documents":
+            needed = np.unique(np.concatenate([share[0] for share in shares]))
+        else:
+            needed = np.arange(docs.size)
+        buffer = self.data.take(docs[needed])
+        held = ArrayDocuments(buffer.source, buffer.target, buffer.offsets, device=device)
+        lengths = np.diff(held.offsets)
+        for index, start, total in shares:
+            local = np.searchsorted(needed, index) if unit == "documents" else index
+            yield shared_batch(held.source_t, held.target_t, held.offsets, lengths, (local, start, total), unit,
+                               device, comm)
 
 
 class StoreDocuments(DocumentSource):

@@ -22,7 +22,8 @@ from .._torch_utils import make_generator, seeded, to_numpy_state, torch_seed
 from ..nn.sae import SparseAutoencoderNet, auxk_loss, resample_dead_, sae_loss
 from ._base import ConceptEstimator
 from ._data import StreamData, _Data
-from ._network import _NetworkEstimator
+from ._distributed import SINGLE, Comm, sum_arrays
+from ._network import TRAINING_CONSTRAINTS, _data_widths, _NetworkEstimator
 from ._persistence import _STATISTIC_DTYPES
 from ._stream import initial_sample, training_source
 from ._training import TrainConfig, as_float_tensor, estimator_config, rows_through, train_module
@@ -109,6 +110,28 @@ class SparseAutoencoder(_NetworkEstimator):
     n_low_features : int or None, default=None
         For a plain 2-D array ``[low | high]`` (cross-layer only): how many
         leading columns are the low layer (None = half).
+    checkpoint_dir : str, path-like or None, default=None
+        A folder where ``fit`` writes a checkpoint at the end of every epoch
+        (and every ``checkpoint_every`` steps), in a subfolder named after
+        the fit's settings and data (clones in a grid search or a
+        cross-validation never share one); the same ``fit`` run again
+        resumes it exactly (with a ``UserWarning``) (docs/scale.md).
+    checkpoint_every : int or None, default=None
+        Optimiser steps between checkpoints (None: at epoch ends only).
+    callbacks : list or None, default=None
+        Training callbacks, e.g.
+        :class:`~clvqlearn.concepts.callbacks.TensorBoardLogger`; they
+        receive the loss, its parts (``mse``, ``l1``, ``l0``), the learning
+        rate and the number of dead latents.
+    distributed : bool or "auto", default=False
+        Data-parallel training over the initialised ``torch.distributed``
+        group (``torchrun``): each rank computes a share of every token
+        batch (``batch_size`` is the global batch), equal to a one-process
+        fit except for ``dead_latents="resample"`` (rank 0 resamples and
+        broadcasts).  Every rank must then call ``fit`` with the same data
+        and settings.  ``True``: the group must exist; ``"auto"``: when a
+        group is initialised; ``False``: never (each process fits on its
+        own).
     random_state : int, RandomState instance or None, default=None
     device : str, default="auto"
         "auto", "cpu", "cuda" or "cuda:N".  Fitted state is numpy, so a
@@ -202,6 +225,7 @@ class SparseAutoencoder(_NetworkEstimator):
         "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
         "n_low_features": [Interval(Integral, 1, None, closed="left"), None],
+        **TRAINING_CONSTRAINTS,
     }
 
     def __init__(
@@ -225,6 +249,10 @@ class SparseAutoencoder(_NetworkEstimator):
         gradient_clip=2.0,
         compute_dtype="float32",
         n_low_features=None,
+        checkpoint_dir=None,
+        checkpoint_every=None,
+        callbacks=None,
+        distributed=False,
         random_state=None,
         device="auto",
         verbose=0,
@@ -247,6 +275,10 @@ class SparseAutoencoder(_NetworkEstimator):
         self.gradient_clip = gradient_clip
         self.compute_dtype = compute_dtype
         self.n_low_features = n_low_features
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.callbacks = callbacks
+        self.distributed = distributed
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -314,18 +346,28 @@ class SparseAutoencoder(_NetworkEstimator):
         self.n_resampled_ = 0
         return self._new_network(initial_sample(data, rng), torch_seed(rng), device)
 
+    def _blank_network(self, data, device) -> SparseAutoencoderNet:
+        """A network of the data's widths, its weights to be overwritten (a resumed checkpoint)."""
+        self.n_resampled_ = 0
+        source, target = _data_widths(data)
+        with seeded(0, device):
+            network = SparseAutoencoderNet(source, target, self.k, activation=self.activation,
+                                           top_k=self.top_k if self.activation == "topk" else None)
+        return network.to(device)
+
     def _fit_data(self, data: _Data, partial: bool) -> None:
         self._check_hyperparameters()
-        device = self._resolve_device()
-        rng, network = self._start_or_resume(data, partial, device)
-        seed = torch_seed(rng)
+        run = self._begin_fit(data, partial)
+        network, device, comm = run.network, run.device, run.comm
+        seed = torch_seed(run.rng)
         config = self._train_config(partial)
         n_train = data.n_tokens if partial else int(round(data.n_tokens * (1 - config.validation_fraction)))
         dead_after = float(max(1, min(n_train, DEAD_AFTER_TOKENS)))
         l1, aux_k = float(self.l1), 2 * (self.top_k or 1)
-        use_auxk, use_resample = self.dead_latents == "auxk", self.dead_latents == "resample"
+        use_auxk = self.dead_latents == "auxk"
         resample_generator = make_generator(seed, torch.device("cpu"))
         clock = {"tokens": 0.0, "resampled": 0}
+        report = bool(run.callbacks)
 
         def loss_fn(net, batch):
             out = net(batch.source)
@@ -333,25 +375,22 @@ class SparseAutoencoder(_NetworkEstimator):
             if net.training:
                 if use_auxk:
                     loss = loss + auxk_loss(net, out, batch.target, net.dead_mask(dead_after), aux_k)
-                net.update_fired(out.latents)
-            return loss
+                net.update_fired(out.latents, batch.total_rows, comm.active)
+            return (loss, _loss_parts(out, batch.target)) if report else loss
 
-        def after_step(net, batch):
-            if self.normalize_decoder:
-                net.normalize_decoder_()
-            if use_resample:
-                clock["tokens"] += batch.n_tokens
-                if clock["tokens"] >= dead_after:
-                    clock["tokens"] = 0.0
-                    clock["resampled"] += resample_dead_(
-                        net, batch.source, batch.target, net.dead_mask(dead_after), resample_generator
-                    )
+        def idle_step(net, batch):
+            net.update_fired(torch.zeros(0, self.k, device=device), batch.total_rows, True)
 
-        with seeded(seed, device):
+        after_step = self._after_step(dead_after, resample_generator, clock, comm)
+        with seeded(run.dropout_seed(seed), device):
             result, self._train_state = train_module(
                 network, loss_fn, *training_source(data),
-                config=config, rng=rng, device=device, after_step=after_step,
+                config=config, rng=run.rng, device=device, after_step=after_step,
                 state=getattr(self, "_train_state", None),
+                **run.train_kwargs(loss_parts=("mse", "l1", "l0") if report else (),
+                                   monitor=lambda net: {"dead_latents": int(net.dead_mask(dead_after).sum())},
+                                   idle_step=idle_step,
+                                   random_states={"resample": resample_generator, "clock": clock}),
             )
         self._keep_network(network, device)
         for attr, value in to_numpy_state(network).items():
@@ -363,18 +402,53 @@ class SparseAutoencoder(_NetworkEstimator):
         self.loss_curve_ = list(self.loss_curve_) + result.loss_curve
         self.validation_curve_ = list(self.validation_curve_) + result.validation_curve
         self.best_epoch_ = result.best_epoch
-        self._record_usage(data)
+        self._record_usage(data, comm)
 
-    def _record_usage(self, data: _Data) -> None:
-        """Usage, firing rates and L0, accumulated chunk by chunk (one chunk in memory, a store's blocks)."""
-        chunks = data.chunks() if isinstance(data, StreamData) else [data]
-        top, fired, active, n = np.zeros(self.k), np.zeros(self.k), 0.0, 0
+    def _after_step(self, dead_after: float, generator, clock: dict, comm: Comm):
+        """What runs after each optimiser step: decoder normalisation, dead-latent resampling.
+
+        Resampling draws tokens of the batch; in a distributed fit rank 0
+        resamples from its share and gives every rank the result.
+        """
+        use_resample = self.dead_latents == "resample"
+
+        def after_step(net, batch):
+            if self.normalize_decoder:
+                net.normalize_decoder_()
+            if not use_resample:
+                return
+            clock["tokens"] += batch.total_rows
+            if clock["tokens"] < dead_after:
+                return
+            clock["tokens"] = 0.0
+            dead = net.dead_mask(dead_after)
+            resampled = 0
+            if comm.is_main and batch.n_tokens:
+                resampled = resample_dead_(net, batch.source, batch.target, dead, generator)
+            if comm.active:
+                comm.broadcast_module(net)
+                resampled = comm.broadcast_object(resampled)
+            clock["resampled"] += resampled
+
+        return after_step
+
+    def _record_usage(self, data: _Data, comm: Comm = SINGLE) -> None:
+        """Usage, firing rates and L0, accumulated chunk by chunk (one chunk in memory, a store's blocks).
+
+        The ranks of a distributed fit split a store's chunks and sum their
+        counts; in memory every rank counts all of it.
+        """
+        streamed = isinstance(data, StreamData)
+        chunks = data.chunks(share=(comm.rank, comm.world_size)) if streamed else [data]
+        top, fired, totals = np.zeros(self.k), np.zeros(self.k), np.zeros(2)  # totals: active, tokens
         for chunk in chunks:
             latents, pre = self._forward(chunk.source)
             top += np.bincount(_most_active(latents, pre), minlength=self.k)
             fired += (latents > 0).sum(axis=0)
-            active += float((latents > 0).sum())
-            n += latents.shape[0]
+            totals += (float((latents > 0).sum()), latents.shape[0])
+        if streamed:
+            top, fired, totals = sum_arrays(comm, [top, fired, totals])
+        active, n = float(totals[0]), int(totals[1])
         self.usage_ = top / max(n, 1)
         self.firing_rate_ = fired / max(n, 1)
         self.l0_ = active / n if n else 0.0
@@ -501,6 +575,13 @@ def _most_active(latents: np.ndarray, pre: np.ndarray) -> np.ndarray:
     if silent.any():
         ids[silent] = pre[silent].argmax(axis=1)
     return ids
+
+
+def _loss_parts(out, target) -> tuple:
+    """The reported parts of the SAE loss (per token): squared error, L1 of the latents, active latents."""
+    latents = out.latents.detach().float()
+    mse = (out.prediction.detach().float() - target).pow(2).sum(dim=-1).mean()
+    return mse, latents.abs().sum(dim=-1).mean(), (latents > 0).sum(dim=-1).float().mean()
 
 
 def _attribute_of(parameter: str) -> str:

@@ -19,8 +19,9 @@ from ..nn.decoders import DECODERS, fit_output_layer
 from ..nn.encoders import ENCODERS, MLPEncoder
 from ._base import ConceptEstimator, softmax_of_distances
 from ._data import StreamData, _Data
+from ._distributed import SINGLE, Comm, sum_arrays
 from ._init import INIT_MAX_SAMPLES, INITS, initial_codes
-from ._network import _NetworkEstimator
+from ._network import TRAINING_CONSTRAINTS, _data_widths, _NetworkEstimator
 from ._persistence import _STATISTIC_DTYPES
 from ._stream import initial_sample, training_source
 from ._training import (
@@ -90,6 +91,7 @@ class _VQEstimator(_NetworkEstimator):
         "gradient_clip": [Interval(Real, 0, None, closed="neither"), None],
         "dead_code_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "compute_dtype": [StrOptions({"float32", "bfloat16"})],
+        **TRAINING_CONSTRAINTS,
     }
     _saved_dtypes = {**ConceptEstimator._saved_dtypes, "source_counts_": _STATISTIC_DTYPES,
                      "network_state_.codebook.n_replaced": ("int64",)}
@@ -105,7 +107,8 @@ class _VQEstimator(_NetworkEstimator):
                  decoder_init="least-squares", dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32,
                  learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
-                 gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", device="auto",
+                 gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", checkpoint_dir=None,
+                 checkpoint_every=None, callbacks=None, distributed=False, device="auto",
                  random_state=None, verbose=0):
         self.k = k
         self.top_k = top_k
@@ -139,6 +142,10 @@ class _VQEstimator(_NetworkEstimator):
         self.gradient_clip = gradient_clip
         self.dead_code_threshold = dead_code_threshold
         self.compute_dtype = compute_dtype
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.callbacks = callbacks
+        self.distributed = distributed
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -191,24 +198,39 @@ class _VQEstimator(_NetworkEstimator):
 
     def _fit_data(self, data, partial: bool) -> None:
         self._check_hyperparameters()
-        device = self._resolve_device()
-        rng, network = self._start_or_resume(data, partial, device)
-        seed = torch_seed(rng)
-        network.codebook.generator = make_generator(seed, device)
+        run = self._begin_fit(data, partial)
+        network, device, comm = run.network, run.device, run.comm
+        seed = torch_seed(run.rng)
+        codebook = network.codebook
+        codebook.generator, codebook.data_parallel = make_generator(seed, device), comm.active
+        report = bool(run.callbacks)
 
         def loss_fn(net, batch):
+            net.codebook.shard = (batch.row_start, batch.total_rows)
             out = net(batch.source, batch.lengths, batch.max_length)
             mse = torch.nn.functional.mse_loss(out.prediction.float(), batch.target)
-            return mse + self.commitment * out.commitment
+            loss = mse + self.commitment * out.commitment
+            return (loss, (mse, out.commitment)) if report else loss
 
-        with seeded(seed, device), frozen(network.encoder, self.encoder_learning_rate == 0):
+        with seeded(run.dropout_seed(seed), device), frozen(network.encoder, self.encoder_learning_rate == 0):
             result, self._train_state = train_module(
                 network, loss_fn, *training_source(data),
-                config=self._train_config(partial), rng=rng, device=device,
+                config=self._train_config(partial), rng=run.rng, device=device,
                 state=getattr(self, "_train_state", None),
+                **run.train_kwargs(loss_parts=("mse", "commitment") if report else (),
+                                   monitor=_codebook_metrics if report else None,
+                                   idle_step=lambda net, batch: net.codebook.idle_step(batch.total_rows),
+                                   random_states={"codebook": codebook.generator}),
             )
-        network.codebook.generator = None
-        self._store_fitted(network, result, data, device)
+        codebook.generator, codebook.data_parallel, codebook.shard = None, False, None
+        self._store_fitted(network, result, data, device, comm)
+
+    def _blank_network(self, data, device) -> CLVQNetwork:
+        """A network of the data's widths, its weights to be overwritten (a resumed checkpoint)."""
+        source, target = _data_widths(data)
+        with seeded(0, device):
+            network = CLVQNetwork(source, target, self.k, encoder_init="identity", **self._network_kwargs())
+        return network.to(device)
 
     def _start_network(self, data, rng, device) -> CLVQNetwork:
         return self._initial_network(initial_sample(data, rng, self._init_tokens()), rng, device)
@@ -285,7 +307,7 @@ class _VQEstimator(_NetworkEstimator):
         return predict_batches(function, data.source, data.source, data.offsets, batch_size=batch, unit=unit,
                                device=device, compute_dtype=compute_dtype)
 
-    def _store_fitted(self, network, result, data, device) -> None:
+    def _store_fitted(self, network, result, data, device, comm: Comm = SINGLE) -> None:
         self._keep_network(network, device)
         self.network_state_ = to_numpy_state(network)
         self.n_target_features_ = network.out_features
@@ -297,16 +319,13 @@ class _VQEstimator(_NetworkEstimator):
         self.best_epoch_ = result.best_epoch
         self.diverged_ = result.diverged is not None
         self.encoder_mix_ = float(network.encoder.mix.detach()) if hasattr(network.encoder, "mix") else 0.0
-        self._record_statistics(data)
+        self._record_statistics(data, comm)
 
-    def _record_source_means(self, ids: np.ndarray, source: np.ndarray) -> None:
-        """Per-code mean of the source layer, accumulated over fit / partial_fit calls."""
-        counts = np.bincount(ids, minlength=self.k).astype(np.float64)
-        sums = np.zeros((self.k, source.shape[1]))
-        np.add.at(sums, ids, np.asarray(source, dtype=np.float64))
+    def _record_source_means(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        """Per-code mean of the source layer from per-code token counts and sums, accumulated over calls."""
         previous = getattr(self, "source_counts_", None)
         if previous is not None:  # partial_fit: add this batch to the earlier ones
-            sums += self.source_means_.astype(np.float64) * previous[:, None]
+            sums = sums + self.source_means_.astype(np.float64) * previous[:, None]
             counts = counts + previous
         self.source_counts_ = counts
         self.source_means_ = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
@@ -320,13 +339,21 @@ class _VQEstimator(_NetworkEstimator):
             return self.source_means_[concept]
         return self.components_[concept]
 
-    def _record_statistics(self, data) -> None:
-        """Usage and per-code source means, chunk by chunk (one chunk in memory, a store's blocks)."""
-        counts = np.zeros(self.k)
-        for chunk in data.chunks() if isinstance(data, StreamData) else [data]:
+    def _record_statistics(self, data, comm: Comm = SINGLE) -> None:
+        """Usage and per-code source means, chunk by chunk (one chunk in memory, a store's blocks).
+
+        The ranks of a distributed fit split a store's chunks and sum
+        their counts; in memory every rank counts all of it.
+        """
+        streamed = isinstance(data, StreamData)
+        counts, sums = np.zeros(self.k), np.zeros((self.k, _data_widths(data)[0]))
+        for chunk in data.chunks(share=(comm.rank, comm.world_size)) if streamed else [data]:
             ids = self._assign(chunk)
             counts += np.bincount(ids, minlength=self.k)
-            self._record_source_means(ids, chunk.source)
+            np.add.at(sums, ids, np.asarray(chunk.source, dtype=np.float64))
+        if streamed:
+            counts, sums = sum_arrays(comm, [counts, sums])
+        self._record_source_means(counts, sums)
         self._record_counts(counts)
 
     def _record_counts(self, counts: np.ndarray) -> None:
@@ -444,6 +471,17 @@ RECIPES["paper-decoder-lm"] = {**RECIPES["paper"], "learning_rate": 1e-3, "batch
 #: and the same decoder trained on these fixed codes.
 RECIPES["two-stage"] = dict(init="k-means++", ema_decay=1.0, top_k=1, encoder_learning_rate=0.0,
                             dead_code_threshold=None)
+
+
+def _codebook_metrics(network) -> dict:
+    """What the training callbacks see of the codebook: its EMA usage's perplexity, and its active codes.
+
+    A code is active while its EMA count is at least 1 % of the average
+    code's (a code the EMA has all but forgotten is not).
+    """
+    sizes = network.codebook.cluster_size.detach().double().cpu().numpy()
+    return {"perplexity": usage_perplexity(sizes / max(sizes.sum(), 1e-12)),
+            "active_codes": int((sizes >= 0.01 * sizes.mean()).sum())}
 
 
 def _encoder_fit_config(n_tokens: int, **settings) -> TrainConfig:
@@ -600,8 +638,34 @@ class CrossLayerVQ(_VQEstimator):
         For a plain 2-D array ``[low | high]``: how many leading columns are
         the low layer (None = half; the width must then be even).  Ignored
         for LayerPairs.
+    checkpoint_dir : str, path-like or None, default=None
+        A folder where ``fit`` writes a checkpoint at the end of every epoch
+        (and every ``checkpoint_every`` steps), in a subfolder named after
+        the fit's settings and data (clones in a grid search or a
+        cross-validation never share one); the same ``fit`` run again
+        resumes it exactly (with a ``UserWarning``).  Rank 0
+        writes in a distributed fit; ``partial_fit`` ignores it
+        (docs/scale.md).
+    checkpoint_every : int or None, default=None
+        Optimiser steps between checkpoints (None: at epoch ends only).
+    callbacks : list or None, default=None
+        Training callbacks (``on_train_begin``, ``on_step_end``,
+        ``on_epoch_end``, ``on_train_end``), e.g.
+        :class:`~clvqlearn.concepts.callbacks.TensorBoardLogger`; they
+        receive the loss, its parts (``mse``, ``commitment``), the learning
+        rate, the codebook's perplexity and its active codes.
+    distributed : bool or "auto", default=False
+        Data-parallel training over the initialised ``torch.distributed``
+        group (``torchrun --nproc_per_node=N``): each rank computes a share
+        of every batch (``batch_size`` is the global batch) and all ranks
+        hold the same model, equal to a one-process fit with ``dropout=0``.
+        Every rank must then call ``fit`` with the same data and settings.
+        ``True``: the group must exist; ``"auto"``: when a group is
+        initialised; ``False``: never (each process fits on its own, also
+        inside a group).
     device : str, default="auto"
-        "auto", "cpu", "cuda" or "cuda:N".
+        "auto", "cpu", "cuda" or "cuda:N".  In a distributed fit "auto" and
+        "cuda" take the GPU of the rank's ``LOCAL_RANK``.
     random_state : int, RandomState or None, default=None
     verbose : int, default=0
 
@@ -673,6 +737,7 @@ class CrossLayerVQ(_VQEstimator):
                  dropout=0.1, commitment=0.1, max_epochs=10, batch_size=32, learning_rate=1e-3,
                  weight_decay=1e-4, warmup_steps=200, early_stopping_patience=3, validation_fraction=0.1,
                  gradient_clip=2.0, dead_code_threshold=None, compute_dtype="float32", n_low_features=None,
+                 checkpoint_dir=None, checkpoint_every=None, callbacks=None, distributed=False,
                  device="auto", random_state=None, verbose=0):
         super().__init__(
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
@@ -686,7 +751,8 @@ class CrossLayerVQ(_VQEstimator):
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
             gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold, compute_dtype=compute_dtype,
-            device=device, random_state=random_state, verbose=verbose,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, callbacks=callbacks,
+            distributed=distributed, device=device, random_state=random_state, verbose=verbose,
         )
         self.n_low_features = n_low_features
 
@@ -781,7 +847,8 @@ class SingleLayerVQ(_VQEstimator):
                  commitment=0.1,
                  max_epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=1e-4, warmup_steps=200,
                  early_stopping_patience=3, validation_fraction=0.1, gradient_clip=2.0, dead_code_threshold=None,
-                 compute_dtype="float32", device="auto", random_state=None, verbose=0):
+                 compute_dtype="float32", checkpoint_dir=None, checkpoint_every=None, callbacks=None,
+                 distributed=False, device="auto", random_state=None, verbose=0):
         super().__init__(
             k, top_k=top_k, temperature=temperature, ema_decay=ema_decay, ema_update=ema_update, init=init,
             encoder=encoder, alpha=alpha, encoder_init=encoder_init, encoder_learning_rate=encoder_learning_rate,
@@ -794,7 +861,8 @@ class SingleLayerVQ(_VQEstimator):
             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             early_stopping_patience=early_stopping_patience, validation_fraction=validation_fraction,
             gradient_clip=gradient_clip, dead_code_threshold=dead_code_threshold, compute_dtype=compute_dtype,
-            device=device, random_state=random_state, verbose=verbose,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, callbacks=callbacks,
+            distributed=distributed, device=device, random_state=random_state, verbose=verbose,
         )
         self.layer = layer
 

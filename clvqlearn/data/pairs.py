@@ -34,13 +34,81 @@ _SAVED_FILES = frozenset({"low.npy", "high.npy", "offsets.npy", "token_ids.npy",
 _STORE_OPENER: dict[str, Callable] = {}  # "open": the store reader's open_store, registered by the reader
 
 
+def rows_of_documents(offsets: np.ndarray, docs) -> np.ndarray:
+    """The token rows of documents ``docs`` (non-negative indices), document after document.
+
+    A vectorised ``concatenate([arange(offsets[d], offsets[d + 1]) for d in docs])``.
+
+    Parameters
+    ----------
+    offsets : ndarray of shape (n_docs + 1,)
+        Document ``d`` holds rows ``offsets[d]:offsets[d + 1]``.
+    docs : array-like of int
+        Documents in the order wanted (repeats allowed).
+
+    Returns
+    -------
+    ndarray of int64
+
+    Examples
+    --------
+    >>> rows_of_documents(np.array([0, 2, 5, 6]), [2, 0, 0])
+    array([5, 0, 1, 0, 1])
+    """
+    docs = np.asarray(docs)
+    starts, stops = offsets[docs], offsets[docs + 1]
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (np.repeat(starts, lengths) + within).astype(np.int64, copy=False)
+
+
+def select_documents(offsets: np.ndarray, docs) -> tuple[np.ndarray, np.ndarray]:
+    """The token rows of documents ``docs`` and the offsets of those documents taken alone.
+
+    Parameters
+    ----------
+    offsets : ndarray of shape (n_docs + 1,)
+    docs : array-like of int or bool
+        Document indices in the order wanted (negative ones count from the
+        end), or a boolean mask over the documents.
+
+    Returns
+    -------
+    rows : ndarray of int64
+    new_offsets : ndarray of int64, shape (len(docs) + 1,)
+
+    Raises
+    ------
+    IndexError
+        When an index is out of range.
+
+    Examples
+    --------
+    >>> select_documents(np.array([0, 2, 5, 6]), [-1, 0])
+    (array([5, 0, 1]), array([0, 1, 3]))
+    """
+    n_docs = offsets.size - 1
+    docs = np.asarray(docs)
+    if docs.dtype == bool:
+        docs = np.flatnonzero(docs)
+    if docs.size and (docs.min() < -n_docs or docs.max() >= n_docs):
+        raise IndexError(f"document index out of range for {n_docs} documents")
+    docs = np.where(docs < 0, docs + n_docs, docs).astype(np.int64)
+    lengths = offsets[docs + 1] - offsets[docs]
+    return rows_of_documents(offsets, docs), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 def _register_store_opener(opener: Callable) -> None:
-    """Make ``opener(path)`` what :meth:`LayerPairs.open` calls (the store reader registers itself).
+    """Make ``opener(path, layers)`` what :meth:`LayerPairs.open` calls (the store reader registers itself).
 
     Parameters
     ----------
     opener : callable
-        Takes a store folder, returns its lazy ``LayerPairs`` view.
+        Takes a store folder and a (low, high) pair or None, returns the
+        lazy ``LayerPairs`` view of that pair.
     """
     _STORE_OPENER["open"] = opener
 
@@ -196,19 +264,7 @@ class LayerPairs:
 
     def take(self, docs) -> "LayerPairs":
         """Return the documents ``docs`` (integer indices), in that order."""
-        docs = np.asarray(docs)
-        if docs.dtype == bool:
-            docs = np.flatnonzero(docs)
-        if docs.size and (docs.min() < -self.n_docs or docs.max() >= self.n_docs):
-            raise IndexError(f"document index out of range for {self.n_docs} documents")
-        docs = np.where(docs < 0, docs + self.n_docs, docs).astype(np.int64)
-        starts, stops = self.offsets[docs], self.offsets[docs + 1]
-        rows = (
-            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
-            if docs.size
-            else np.zeros(0, dtype=np.int64)
-        )
-        offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+        rows, offsets = select_documents(self.offsets, docs)
 
         def pick(a):  # a[rows] first: a lazy column of a store reads only these rows
             return None if a is None else np.asarray(a[rows])
@@ -379,7 +435,7 @@ class LayerPairs:
         )
 
     @classmethod
-    def open(cls, path) -> "LayerPairs":
+    def open(cls, path, layers=None) -> "LayerPairs":
         """Open a sharded activation store lazily (memory-mapped).
 
         A store is what ``LayerPairExtractor(..., store=path)`` writes (see
@@ -394,6 +450,12 @@ class LayerPairs:
         ----------
         path : str or path-like
             The store folder (holding ``manifest.json``).
+        layers : tuple of (int, int), optional
+            The (low, high) pair to read, two of the store's layers.
+            Needed for a store of more than two layers (extracted with
+            ``layers=(l1, l2, l3, ...)``), which raises a ``ValueError``
+            listing its layers without it; default: a two-layer store's
+            own pair.
 
         Returns
         -------
@@ -409,7 +471,7 @@ class LayerPairs:
         """
         if "open" not in _STORE_OPENER:  # cannot happen: importing this module imports clvqlearn.data first
             raise RuntimeError("no activation-store reader is registered; import clvqlearn.data.")
-        return _STORE_OPENER["open"](path)
+        return _STORE_OPENER["open"](path, layers)
 
     @classmethod
     def concatenate(cls, parts) -> "LayerPairs":

@@ -2,8 +2,8 @@
 
 :class:`_Reader` keeps a small LRU of memory-mapped shards and hashes each
 shard's bytes against its sidecar on first read; :class:`_ShardedArray` is
-one column (``low``, ``high``, ``token_ids``, ``positions``, ``tokens``)
-across all shards, indexed like a NumPy array.  The view that holds them,
+one column (an activation tensor such as ``low`` or ``layer_4``,
+``token_ids``, ``positions``, ``tokens``) across all shards, indexed like a NumPy array.  The view that holds them,
 :class:`~clvqlearn.data.store_reader.ShardedLayerPairs`, and the checks that
 find the shards live in :mod:`clvqlearn.data.store_reader`.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store_format import _damaged
+from .store_format import _damaged, _is_activation
 
 _MAX_OPEN_SHARDS = 64  # memory maps kept open at once (each holds a file descriptor)
 _HASH_CHUNK = 1 << 22  # bytes read at a time when hashing a shard
@@ -33,7 +33,7 @@ class _Shard:
     n_docs: int
     n_tokens: int
     layout: dict  # name -> (numpy dtype, shape, byte offset from the start of the file)
-    code: str  # storage code of low/high: F32, F16 or BF16
+    code: str  # storage code of the activations: F32, F16 or BF16
     sha256: str | None = None  # of the whole file, as its sidecar recorded it (None: format version 1)
 
 
@@ -146,7 +146,7 @@ def _token_strings(arrays: dict, rows: np.ndarray) -> np.ndarray:
 
 
 class _ShardedArray:
-    """One column of a store (``low``, ``high``, ``token_ids``, ``positions``, ``tokens``) across shards.
+    """One column of a store (an activation tensor, ``token_ids``, ``positions``, ``tokens``) across shards.
 
     Supports what :class:`~clvqlearn.LayerPairs` code does with its arrays:
     ``shape``, ``dtype``, ``len``, row indexing by int, slice, integer or
@@ -187,7 +187,7 @@ class _ShardedArray:
         """
         rows = np.asarray(rows, dtype=np.int64)
         dtype = self.dtype
-        if not decode and self._reader.shards and self._name in ("low", "high"):
+        if not decode and self._reader.shards and _is_activation(self._name):
             dtype = self._reader.shards[0].layout[self._name][0]
         out = np.empty((rows.size,) + self.shape[1:], dtype=dtype)
         starts = self._reader.row_starts
@@ -220,7 +220,11 @@ class _ShardedArray:
     def __getitem__(self, key):
         if isinstance(key, tuple):
             head, rest = (key[0] if key else slice(None)), key[1:]
-            return self[head][(slice(None),) + rest] if rest else self[head]
+            if not rest:
+                return self[head]
+            if isinstance(head, (int, np.integer)):  # one row: its own index drops the row dimension
+                return self[head][rest]
+            return self[head][(slice(None),) + rest]
         if isinstance(key, (int, np.integer)):
             return self.rows(self._normalise([key]))[0]
         rows = self._normalise(key)

@@ -19,10 +19,15 @@ manifest fields the shard was written with.  Stores of format version 1
 (sidecars without checksum and ``"store"``) are still read.
 
 Every shard holds the documents ``k * shard_size`` up to
-``(k + 1) * shard_size`` as safetensors tensors ``low``, ``high`` (float32,
+``(k + 1) * shard_size`` as safetensors tensors: the activations (float32,
 float16 or bfloat16), ``offsets`` (document boundaries inside the shard),
 ``token_ids``, ``positions`` and the token strings (``token_bytes``, UTF-8,
-cut by ``token_offsets``).
+cut by ``token_offsets``).  A store of two layers (format version 2) names
+its activations ``low`` and ``high``; a store of more layers, extracted in
+one pass (format version 3), holds one tensor per layer, ``layer_<index>``
+(``layer_4``), and its manifest lists every layer and width.  A store is
+written in the oldest version that holds it, so a two-layer store stays
+readable by earlier releases.
 
 This module is the format only: names, versions, :class:`StoreSpec`, the
 reading and checking of the manifest and the sidecars, and the errors that
@@ -45,14 +50,14 @@ from .._sidecar import read_sidecar
 __all__ = ["STORAGE_DTYPES", "STORE_FORMAT", "STORE_VERSION", "StoreSpec", "shard_name", "texts_fingerprint"]
 
 STORE_FORMAT = "clvqlearn.LayerPairStore"
-STORE_VERSION = 2  # 2: sidecars record the shard's SHA-256 and the store fields it was written with
+# the newest version read; 2: sidecars record the shard's SHA-256 and the store fields it was written with;
+# 3: more than two layers, one activation tensor per layer (layer_<index>); two-layer stores are still written as 2
+STORE_VERSION = 3
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 _CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _NUMPY = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "U8": np.uint8}
-_TENSORS = {  # name -> (allowed codes, number of dimensions)
-    "low": (("F32", "F16", "BF16"), 2),
-    "high": (("F32", "F16", "BF16"), 2),
+_TENSORS = {  # name -> (allowed codes, number of dimensions); the activations: _activation_names
     "offsets": (("I64",), 1),
     "token_ids": (("I64",), 1),
     "positions": (("I64",), 1),
@@ -62,6 +67,17 @@ _TENSORS = {  # name -> (allowed codes, number of dimensions)
 # the manifest fields that make two stores the same store (a resume and every shard must agree on them)
 _IDENTITY = ("model_name", "model_revision", "layers", "widths", "dtype", "settings", "texts_sha256",
              "n_docs", "shard_size")
+
+
+def _activation_names(layers, version: int) -> list[str]:
+    """The activation tensors of a shard, one per layer: ``low``, ``high`` up to version 2, ``layer_<i>`` from 3."""
+    if version < 3:
+        return ["low", "high"]
+    return [f"layer_{int(v)}" for v in layers]
+
+
+def _is_activation(name: str) -> bool:
+    return name in ("low", "high") or name.startswith("layer_")
 
 
 def shard_name(k: int) -> str:
@@ -113,10 +129,11 @@ class StoreSpec:
     ----------
     model_name : str
         The model the activations come from.
-    layers : tuple of (int, int)
-        The (low, high) layer indices.
-    widths : tuple of (int, int)
-        Widths of the low and high vectors.
+    layers : tuple of int
+        The (low, high) layer indices, or three or more strictly increasing
+        layer indices (a store of several layers, format version 3).
+    widths : tuple of int
+        The width of every layer.
     n_docs : int
         Number of documents in the whole store.
     shard_size : int
@@ -134,7 +151,9 @@ class StoreSpec:
     --------
     >>> from clvqlearn.data import StoreSpec
     >>> spec = StoreSpec("minilm", (4, 6), (384, 384), n_docs=10, shard_size=4, texts_sha256="0" * 64)
-    >>> spec.n_shards
+    >>> spec.n_shards, spec.format_version
+    (3, 2)
+    >>> StoreSpec("minilm", (2, 4, 6), (384,) * 3, n_docs=10, shard_size=4, texts_sha256="0" * 64).format_version
     3
     """
 
@@ -156,7 +175,18 @@ class StoreSpec:
         self.layers = tuple(int(v) for v in self.layers)
         self.widths = tuple(int(v) for v in self.widths)
         self.n_docs, self.shard_size = int(self.n_docs), int(self.shard_size)
+        increasing = all(0 <= a < b for a, b in zip(self.layers, self.layers[1:]))
+        if len(self.layers) < 2 or (len(self.layers) > 2 and not increasing):
+            raise ValueError(f"layers must be a (low, high) pair or three or more strictly increasing layer "
+                             f"indices; got {self.layers}.")
+        if len(self.widths) != len(self.layers) or min(self.widths) < 1:
+            raise ValueError(f"widths must give a positive width for each of the layers {self.layers}; got "
+                             f"{self.widths}.")
 
+    @property
+    def format_version(self) -> int:
+        """The store format written: 2 for two layers, 3 for more (the oldest that holds the store)."""
+        return 2 if len(self.layers) == 2 else 3
     @property
     def n_shards(self) -> int:
         """Number of shards."""
@@ -168,7 +198,7 @@ class StoreSpec:
 
     def manifest(self) -> dict:
         """The JSON manifest (without the ``shards`` summary)."""
-        out = {"format": STORE_FORMAT, "format_version": STORE_VERSION}
+        out = {"format": STORE_FORMAT, "format_version": self.format_version}
         out.update(asdict(self))
         out["layers"], out["widths"] = list(self.layers), list(self.widths)
         out["n_shards"] = self.n_shards
@@ -233,10 +263,22 @@ def _check_manifest(path: Path, stored: dict) -> None:
     def pair(low):
         return lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x, low) for x in v)
 
+    def several(v):  # format 3: two or more strictly increasing layers
+        return (isinstance(v, list) and len(v) >= 2 and all(_is_int(x, 0) for x in v)
+                and all(a < b for a, b in zip(v, v[1:])))
+
+    if stored.get("format_version", 0) >= 3:
+        layer_rule = ("layers", several, "a list of two or more strictly increasing layer indices")
+        n = len(stored["layers"]) if several(stored.get("layers")) else -1
+        width_rule = ("widths", lambda v: isinstance(v, list) and len(v) == n and all(_is_int(x, 1) for x in v),
+                      "a positive integer for each layer")
+    else:
+        layer_rule = ("layers", pair(None), "a [low, high] pair of integers")
+        width_rule = ("widths", pair(1), "a [low, high] pair of positive integers")
     rules = [
         ("model_name", lambda v: isinstance(v, str) and v != "", "a model name"),
-        ("layers", pair(None), "a [low, high] pair of integers"),
-        ("widths", pair(1), "a [low, high] pair of positive integers"),
+        layer_rule,
+        width_rule,
         ("dtype", lambda v: v in STORAGE_DTYPES, f"one of {list(STORAGE_DTYPES)}"),
         ("n_docs", lambda v: _is_int(v, 1), "a positive integer"),
         ("shard_size", lambda v: _is_int(v, 1), "a positive integer"),

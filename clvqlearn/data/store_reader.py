@@ -11,6 +11,11 @@ Stores of format version 1 (sidecars without checksum and ``"store"``) are
 still read: their shards' safetensors headers provide the model name and
 layers, and their bytes are not checked.
 
+A store of two layers opens as :class:`ShardedLayerPairs`; a store of more
+layers (format version 3) as :class:`ShardedLayerStack`, whose
+:meth:`~ShardedLayerStack.pair` is the ``ShardedLayerPairs`` of any two of
+its layers (the same shards, read and checked once).
+
 :class:`ShardedLayerPairs` subclasses :class:`~clvqlearn.LayerPairs`, so
 this module imports :mod:`clvqlearn.data.pairs`; ``pairs`` does not import
 it back: importing this module registers :func:`open_store` as what
@@ -29,13 +34,15 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .pairs import LayerPairs, _register_store_opener
+from .pairs import LayerPairs, _register_store_opener, rows_of_documents
+from .stack import LayerStack, _pair_indices
 from .store_columns import _Reader, _Shard, _ShardedArray
 from .store_format import (
     _CODES,
     _NUMPY,
     _TENSORS,
     MANIFEST,
+    _activation_names,
     _check_identity,
     _check_shard_files,
     _damaged,
@@ -47,20 +54,26 @@ from .store_format import (
     shard_name,
 )
 
-__all__ = ["ShardedLayerPairs", "TorchBatch", "open_store"]
+__all__ = ["ShardedLayerPairs", "ShardedLayerStack", "TorchBatch", "open_store"]
 
 
-def open_store(path) -> ShardedLayerPairs:
+def open_store(path, layers=None) -> ShardedLayerPairs | ShardedLayerStack:
     """Open a sharded activation store lazily (see :class:`ShardedLayerPairs`).
 
     Parameters
     ----------
     path : str or path-like
         The store folder.
+    layers : tuple of (int, int), optional
+        The (low, high) pair to view, two of the store's layers.  Default:
+        the store's own pair for a store of two layers, every layer for a
+        store of more.
 
     Returns
     -------
-    ShardedLayerPairs
+    ShardedLayerPairs or ShardedLayerStack
+        A :class:`ShardedLayerPairs` for a pair; a :class:`ShardedLayerStack`
+        for a store of more than two layers opened without ``layers``.
 
     Raises
     ------
@@ -72,7 +85,8 @@ def open_store(path) -> ShardedLayerPairs:
         to resume), truncated or otherwise damaged (the message names it),
         misplaced (renamed, swapped or copied), or when the manifest is
         damaged or disagrees with what its shards recorded (a manifest
-        problem; the message names the field).  These checks read only the
+        problem; the message names the field); when ``layers`` is not a
+        pair of the store's layers.  These checks read only the
         sidecars and headers; a shard's bytes are checked against its
         SHA-256 when it is first read (or by :meth:`ShardedLayerPairs.verify`).
 
@@ -86,6 +100,8 @@ def open_store(path) -> ShardedLayerPairs:
     """
     folder = Path(path).expanduser()
     manifest = _read_manifest(folder)
+    if layers is not None:
+        _check_pair(folder, manifest, layers)
     _check_shard_files(folder, manifest)
     found, unfinished = {}, []
     for k in range(manifest["n_shards"]):
@@ -105,7 +121,34 @@ def open_store(path) -> ShardedLayerPairs:
             f"are not finished ({listed}). An extraction was interrupted or is still running; run the same "
             "LayerPairExtractor(..., store=folder) again to resume it."
         )
-    return ShardedLayerPairs(folder, manifest, shards)
+    reader = _Reader(shards)
+    if layers is None and len(manifest["layers"]) > 2:
+        return ShardedLayerStack(folder, manifest, reader)
+    return ShardedLayerPairs(folder, manifest, reader, layers=layers)
+
+
+def _open_pairs(path, layers=None) -> ShardedLayerPairs:
+    """What :meth:`LayerPairs.open` calls: a pair view, or an error that lists a multi-layer store's layers."""
+    view = open_store(path, layers)
+    if isinstance(view, ShardedLayerStack):
+        low, high = view.layers[0], view.layers[-1]
+        raise ValueError(
+            f"the activation store {view.path} holds {len(view.layers)} layers {view.layers}, not one (low, high) "
+            f"pair: choose two of them, LayerPairs.open(path, layers=({low}, {high})) or "
+            f"open_store(path).pair({low}, {high})."
+        )
+    return view
+
+
+def _check_pair(folder: Path, manifest: dict, layers) -> None:
+    """``layers`` must be a (low, high) pair of the store's layers (ValueError naming them if not)."""
+    stored = tuple(manifest["layers"])
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 2:
+        raise ValueError(f"layers must be a (low, high) pair of the store's layers {stored}; got {layers!r}.")
+    try:
+        _pair_indices(stored, *layers)
+    except ValueError as exc:
+        raise ValueError(f"the activation store {folder} holds layers {stored}: {exc}") from None
 
 
 class _Unfinished(Exception):
@@ -203,9 +246,11 @@ def _load_shard(folder: Path, k: int, found: _Found, spec: dict) -> _Shard:
                                             found.size)
     start, stop = k * spec["shard_size"], min((k + 1) * spec["shard_size"], spec["n_docs"])
     n_tok, layout = int(info.get("n_tokens", -1)), {}
-    expected = {"low": (n_tok, spec["widths"][0]), "high": (n_tok, spec["widths"][1]),
-                "offsets": (stop - start + 1,), "token_ids": (n_tok,), "positions": (n_tok,)}
-    for name, (codes, ndim) in _TENSORS.items():
+    activations = _activation_names(spec["layers"], spec.get("format_version", 0))
+    expected = {name: (n_tok, width) for name, width in zip(activations, spec["widths"])}
+    expected.update({"offsets": (stop - start + 1,), "token_ids": (n_tok,), "positions": (n_tok,)})
+    tensors = dict.fromkeys(activations, (("F32", "F16", "BF16"), 2)) | _TENSORS
+    for name, (codes, ndim) in tensors.items():
         entry = header.get(name)
         if not isinstance(entry, dict) or entry.get("dtype") not in codes or len(entry.get("shape", ())) != ndim:
             raise _damaged(path, f"the tensor {name!r} is missing or has the wrong type")
@@ -216,9 +261,10 @@ def _load_shard(folder: Path, k: int, found: _Found, spec: dict) -> _Shard:
         if b - a != math.prod(shape) * dtype.itemsize or data_start + b > size:
             raise _damaged(path, f"the tensor {name!r} runs past the end of the file")
         layout[name] = (dtype, shape, data_start + a)
-    code = header["low"]["dtype"]
-    if code != _CODES[spec["dtype"]] or header["high"]["dtype"] != code:
-        raise _damaged(path, f"its activations are {code}, but the store holds {spec['dtype']}")
+    code = header[activations[0]]["dtype"]
+    if any(header[name]["dtype"] != _CODES[spec["dtype"]] for name in activations):
+        codes = sorted({header[name]["dtype"] for name in activations})
+        raise _damaged(path, f"its activations are {'/'.join(codes)}, but the store holds {spec['dtype']}")
     sha = info.get("sha256")
     return _Shard(path, start, stop - start, n_tok, layout, code, sha if isinstance(sha, str) else None)
 
@@ -232,10 +278,130 @@ class TorchBatch(NamedTuple):
     docs: np.ndarray  # the store's document numbers, in batch order
 
 
-class ShardedLayerPairs(LayerPairs):
+class _StoreView:
+    """What the lazy views of a store share: its shards, their offsets and token columns, the readers of documents.
+
+    Set up by :meth:`_open_view`; the subclasses add the activation columns.
+    """
+
+    path: Path
+    manifest: dict
+    shard_offsets: np.ndarray
+
+    def _open_view(self, path, manifest: dict, reader: _Reader, offsets: np.ndarray | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._reader = reader
+        self.token_ids = _ShardedArray(reader, "token_ids", None, np.int64)
+        self.positions = _ShardedArray(reader, "positions", None, np.int64)
+        self.tokens = _ShardedArray(reader, "tokens", None, object)
+        self.offsets = _store_offsets(reader) if offsets is None else offsets
+        self.shard_offsets = np.array([s.doc_start for s in reader.shards] + [manifest["n_docs"]], dtype=np.int64)
+        self.model_name = str(manifest["model_name"])
+        self.extra = dict(manifest.get("settings") or {}, storage_dtype=manifest["dtype"], store=str(self.path),
+                          model_revision=manifest.get("model_revision"))
+
+    def _column(self, layer: int) -> _ShardedArray:
+        """The lazy activation column of one of the store's layers."""
+        stored = [int(v) for v in self.manifest["layers"]]
+        names = _activation_names(stored, self.manifest.get("format_version", 0))
+        where = stored.index(int(layer))
+        dtype = np.float16 if self.manifest["dtype"] == "float16" else np.float32
+        return _ShardedArray(self._reader, names[where], int(self.manifest["widths"][where]), dtype)
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards."""
+        return len(self._reader.shards)
+
+    def verify(self):
+        """Check the bytes of every shard against the SHA-256 its sidecar recorded.
+
+        Reading a shard the first time does the same for that shard; this
+        method checks the whole store at once (it reads every byte, every
+        layer of a store of several layers).
+
+        Returns
+        -------
+        ShardedLayerPairs or ShardedLayerStack
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            When a shard was changed on disk after it was written (the
+            message names it).
+        """
+        for i in range(self.n_shards):
+            self._reader.verify(i)
+        return self
+
+    def to_memory(self):
+        """Read the whole store into memory (a :class:`~clvqlearn.LayerPairs` or a ``LayerStack``)."""
+        return self.take(np.arange(self.n_docs))  # type: ignore[attr-defined]
+
+    def iter_shards(self):
+        """Yield every shard in memory (LayerPairs, or LayerStack for a stack), in document order.
+
+        ``extra["doc_start"]`` is the store's number of the shard's first
+        document.
+        """
+        for i, shard in enumerate(self._reader.shards):
+            part = self[int(self.shard_offsets[i]) : int(self.shard_offsets[i + 1])]  # type: ignore[index]
+            part.extra.update(shard=i, doc_start=shard.doc_start)
+            yield part
+
+    def _batches(self, batch_docs, shuffle, random_state):
+        n_docs = int(self.offsets.size - 1)
+        if not isinstance(batch_docs, (int, np.integer)) or isinstance(batch_docs, bool) or batch_docs < 1:
+            raise ValueError(f"batch_docs must be a positive integer; got {batch_docs!r}.")
+        order = np.arange(n_docs)
+        if shuffle:
+            order = check_random_state(random_state).permutation(n_docs)
+        for i in range(0, n_docs, int(batch_docs)):
+            yield order[i : i + int(batch_docs)]
+
+    def iter_documents(self, batch_docs: int = 256, *, shuffle: bool = False, random_state=None):
+        """Yield in-memory LayerPairs (or LayerStack) of ``batch_docs`` documents each.
+
+        Parameters
+        ----------
+        batch_docs : int, default=256
+            Documents per batch (the last batch may hold fewer).
+        shuffle : bool, default=False
+            Visit the documents in a random order (drawn from
+            ``random_state``) instead of store order.
+        random_state : int, RandomState instance or None
+            Seed of the shuffle.
+
+        Yields
+        ------
+        LayerPairs or LayerStack
+            ``extra["docs"]`` holds the store's document numbers.
+        """
+        for docs in self._batches(batch_docs, shuffle, random_state):
+            part = self.take(docs)  # type: ignore[attr-defined]
+            part.extra["docs"] = docs
+            yield part
+
+
+def _store_offsets(reader: _Reader) -> np.ndarray:
+    """The store's document offsets, from each shard's own (checked to cover its rows)."""
+    offsets = [np.zeros(1, dtype=np.int64)]
+    for i, (shard, row_start) in enumerate(zip(reader.shards, reader.row_starts)):
+        local = np.asarray(reader.tensor(i, "offsets"))
+        if local[0] != 0 or local[-1] != shard.n_tokens or np.any(np.diff(local) < 0):
+            raise _damaged(shard.path, "its document offsets do not cover its token rows")
+        offsets.append(local[1:] + row_start)
+    return np.concatenate(offsets)
+
+
+class ShardedLayerPairs(_StoreView, LayerPairs):
     """A sharded activation store, read lazily through memory maps.
 
-    Behaves like :class:`~clvqlearn.LayerPairs`: ``len`` is the number of
+    Two layers of the store (the store's own pair, or any two layers of a
+    store of more, see :class:`ShardedLayerStack`).  Behaves like
+    :class:`~clvqlearn.LayerPairs`: ``len`` is the number of
     documents, ``pairs[i:j]`` and ``pairs.take(docs)`` return in-memory
     LayerPairs, ``np.asarray(pairs)`` is the ``[low | high]`` matrix (read
     into memory), and ``low``, ``high``, ``token_ids``, ``positions`` and
@@ -276,44 +442,23 @@ class ShardedLayerPairs(LayerPairs):
     (9, [3, 3, 1])
     """
 
-    def __init__(self, path, manifest: dict, shards: list):  # noqa: D107 - built by open_store
-        self.path = Path(path)
-        self.manifest = manifest
-        self._reader = _Reader(shards)
-        width_low, width_high = manifest["widths"]
-        value_dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
-        self.low = _ShardedArray(self._reader, "low", int(width_low), value_dtype)
-        self.high = _ShardedArray(self._reader, "high", int(width_high), value_dtype)
-        self.token_ids = _ShardedArray(self._reader, "token_ids", None, np.int64)
-        self.positions = _ShardedArray(self._reader, "positions", None, np.int64)
-        self.tokens = _ShardedArray(self._reader, "tokens", None, object)
-        offsets = [np.zeros(1, dtype=np.int64)]
-        for i, (shard, row_start) in enumerate(zip(shards, self._reader.row_starts)):
-            local = np.asarray(self._reader.tensor(i, "offsets"))
-            if local[0] != 0 or local[-1] != shard.n_tokens or np.any(np.diff(local) < 0):
-                raise _damaged(shard.path, "its document offsets do not cover its token rows")
-            offsets.append(local[1:] + row_start)
-        self.offsets = np.concatenate(offsets)
-        self.shard_offsets = np.array([s.doc_start for s in shards] + [manifest["n_docs"]], dtype=np.int64)
-        self.layers = tuple(int(v) for v in manifest["layers"])
-        self.model_name = str(manifest["model_name"])
-        self.extra = dict(manifest.get("settings") or {}, storage_dtype=manifest["dtype"], store=str(self.path),
-                          model_revision=manifest.get("model_revision"))
+    def __init__(self, path, manifest: dict, shards, layers=None, offsets=None):  # noqa: D107 - built by open_store
+        reader = shards if isinstance(shards, _Reader) else _Reader(list(shards))
+        self._open_view(path, manifest, reader, offsets)
+        low, high = manifest["layers"] if layers is None else layers
+        self.low = self._column(low)
+        self.high = self._column(high)
+        self.layers = (int(low), int(high))
 
     def __repr__(self) -> str:
         return (f"ShardedLayerPairs({str(self.path)!r}, n_docs={self.n_docs}, n_tokens={self.n_tokens}, "
                 f"n_shards={self.n_shards}, layers={self.layers}, model_name={self.model_name!r})")
 
     def __reduce__(self):
-        return (open_store, (str(self.path),))
+        return (open_store, (str(self.path), self.layers))
 
     __eq__ = object.__eq__
     __hash__ = object.__hash__
-
-    @property
-    def n_shards(self) -> int:
-        """Number of shards."""
-        return len(self._reader.shards)
 
     def __array__(self, dtype=None, copy=None):
         width, starts = self.low.shape[1], self._reader.row_starts
@@ -325,77 +470,9 @@ class ShardedLayerPairs(LayerPairs):
             out[rows, width:] = self.high._part(i, slice(None))
         return out
 
-    def verify(self) -> ShardedLayerPairs:
-        """Check the bytes of every shard against the SHA-256 its sidecar recorded.
-
-        Reading a shard the first time does the same for that shard; this
-        method checks the whole store at once (it reads every byte).
-
-        Returns
-        -------
-        ShardedLayerPairs
-            ``self``.
-
-        Raises
-        ------
-        ValueError
-            When a shard was changed on disk after it was written (the
-            message names it).
-        """
-        for i in range(self.n_shards):
-            self._reader.verify(i)
-        return self
-
-    def to_memory(self) -> LayerPairs:
-        """Read the whole store into an in-memory :class:`~clvqlearn.LayerPairs`."""
-        return self.take(np.arange(self.n_docs))
-
     def to_frame(self, which: str = "both"):
         """A pandas DataFrame of the whole store (read into memory); see :meth:`LayerPairs.to_frame`."""
         return self.to_memory().to_frame(which)
-
-    def iter_shards(self):
-        """Yield every shard as an in-memory LayerPairs, in document order.
-
-        ``extra["doc_start"]`` is the store's number of the shard's first
-        document.
-        """
-        for i, shard in enumerate(self._reader.shards):
-            part = self[int(self.shard_offsets[i]) : int(self.shard_offsets[i + 1])]
-            part.extra.update(shard=i, doc_start=shard.doc_start)
-            yield part
-
-    def _batches(self, batch_docs, shuffle, random_state):
-        if not isinstance(batch_docs, (int, np.integer)) or isinstance(batch_docs, bool) or batch_docs < 1:
-            raise ValueError(f"batch_docs must be a positive integer; got {batch_docs!r}.")
-        order = np.arange(self.n_docs)
-        if shuffle:
-            order = check_random_state(random_state).permutation(self.n_docs)
-        for i in range(0, self.n_docs, int(batch_docs)):
-            yield order[i : i + int(batch_docs)]
-
-    def iter_documents(self, batch_docs: int = 256, *, shuffle: bool = False, random_state=None):
-        """Yield in-memory LayerPairs of ``batch_docs`` documents each.
-
-        Parameters
-        ----------
-        batch_docs : int, default=256
-            Documents per batch (the last batch may hold fewer).
-        shuffle : bool, default=False
-            Visit the documents in a random order (drawn from
-            ``random_state``) instead of store order.
-        random_state : int, RandomState instance or None
-            Seed of the shuffle.
-
-        Yields
-        ------
-        LayerPairs
-            ``extra["docs"]`` holds the store's document numbers.
-        """
-        for docs in self._batches(batch_docs, shuffle, random_state):
-            part = self.take(docs)
-            part.extra["docs"] = docs
-            yield part
 
     def iter_torch(self, device="cpu", batch_docs: int = 256, *, shuffle: bool = False, random_state=None,
                    dtype=None, pin_memory: bool | None = None):
@@ -444,7 +521,7 @@ class ShardedLayerPairs(LayerPairs):
         pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
         for docs in self._batches(batch_docs, shuffle, random_state):
             starts, stops = self.offsets[docs], self.offsets[docs + 1]
-            rows = _ranges(starts, stops)
+            rows = rows_of_documents(self.offsets, docs)
             offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64))
             tensors = [_host_tensor(col.rows(rows, decode=False), torch) for col in (self.low, self.high)]
             moved = []
@@ -455,14 +532,82 @@ class ShardedLayerPairs(LayerPairs):
             yield TorchBatch(moved[0].to(dtype), moved[1].to(dtype), moved[2], docs)
 
 
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(start, stop)`` for every pair, vectorised."""
-    lengths = stops - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + within
+class ShardedLayerStack(_StoreView, LayerStack):
+    """A store of more than two layers, read lazily through memory maps.
+
+    What :func:`open_store` returns for a store that
+    ``LayerPairExtractor(layers=(l1, l2, l3, ...), store=folder)`` wrote in
+    one pass.  :meth:`pair` is the :class:`ShardedLayerPairs` of any two of
+    its layers, which estimators, ``GridSearchCV`` and dask sweeps take like
+    a two-layer store; it shares this view's shards and checks.  Like
+    :class:`~clvqlearn.data.LayerStack`, ``len`` counts documents,
+    ``stack[i:j]`` and ``take(docs)`` return an in-memory ``LayerStack``,
+    and :meth:`layer` is one layer's lazy column.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The store folder.
+    manifest : dict
+        The parsed ``manifest.json``.
+    layers : tuple of int
+        The store's layers, increasing.
+    n_shards : int
+        Number of shards.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from clvqlearn.data import LayerStack, StoreSpec, open_store, write_store
+    >>> def make_shard(start, stop):
+    ...     n = 2 * (stop - start)
+    ...     return LayerStack([np.full((n, 3), v, dtype=np.float32) for v in (1, 2, 3)], layers=(1, 2, 3),
+    ...                       offsets=np.arange(0, n + 1, 2), model_name="toy")
+    >>> spec = StoreSpec("toy", (1, 2, 3), (3, 3, 3), n_docs=5, shard_size=2, texts_sha256="0" * 64)
+    >>> stack = write_store(tempfile.mkdtemp(), make_shard, spec)
+    >>> stack.layers, len(stack), stack.manifest["format_version"]
+    ((1, 2, 3), 5, 3)
+    >>> pairs = stack.pair(1, 3)
+    >>> pairs.layers, float(pairs.low[0, 0]), float(pairs.high[0, 0])
+    ((1, 3), 1.0, 3.0)
+    >>> open_store(stack.path, layers=(2, 3)).layers
+    (2, 3)
+    """
+
+    def __init__(self, path, manifest: dict, shards):  # noqa: D107 - built by open_store
+        reader = shards if isinstance(shards, _Reader) else _Reader(list(shards))
+        self._open_view(path, manifest, reader)
+        self.layers = tuple(int(v) for v in manifest["layers"])
+        self.arrays = tuple(self._column(v) for v in self.layers)
+
+    def __repr__(self) -> str:
+        return (f"ShardedLayerStack({str(self.path)!r}, n_docs={self.n_docs}, n_tokens={self.n_tokens}, "
+                f"n_shards={self.n_shards}, layers={self.layers}, model_name={self.model_name!r})")
+
+    def __reduce__(self):
+        return (open_store, (str(self.path),))
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def pair(self, low: int, high: int) -> ShardedLayerPairs:
+        """The lazy :class:`ShardedLayerPairs` of two of the store's layers (no data is read).
+
+        Parameters
+        ----------
+        low, high : int
+            Two of ``layers``, ``low <= high``.
+
+        Returns
+        -------
+        ShardedLayerPairs
+            Pickles as the store's path and the pair.
+        """
+        try:
+            _pair_indices(self.layers, low, high)
+        except ValueError as exc:
+            raise ValueError(f"the activation store {self.path} holds layers {self.layers}: {exc}") from None
+        return ShardedLayerPairs(self.path, self.manifest, self._reader, layers=(low, high), offsets=self.offsets)
 
 
 def _host_tensor(array: np.ndarray, torch):
@@ -471,4 +616,4 @@ def _host_tensor(array: np.ndarray, torch):
     return t.view(torch.bfloat16) if array.dtype == np.uint16 else t
 
 
-_register_store_opener(open_store)
+_register_store_opener(_open_pairs)

@@ -17,10 +17,11 @@ documents and the settings, never on the number of processes, so a store
 written by N processes equals the one written by one, row for row, and an
 interrupted run may resume with another number of processes.
 
-The writer receives each shard's :class:`~clvqlearn.LayerPairs` from a
-``make_shard(start, stop)`` callback: it knows nothing of the model or the
-extractor (``clvqlearn.extraction.extract_to_store`` is the driver that
-writes an extractor's output).
+The writer receives each shard's :class:`~clvqlearn.LayerPairs` (or, for a
+store of more than two layers, its :class:`~clvqlearn.data.LayerStack`)
+from a ``make_shard(start, stop)`` callback: it knows nothing of the model
+or the extractor (``clvqlearn.extraction.extract_to_store`` is the driver
+that writes an extractor's output).
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from .pairs import LayerPairs
+from .stack import LayerStack
 from .store_format import (
     _IDENTITY,
     MANIFEST,
     STORE_FORMAT,
-    STORE_VERSION,
     StoreSpec,
+    _activation_names,
     _check_identity,
     _check_shard_files,
     _differences,
@@ -56,7 +58,7 @@ from .store_format import (
     shard_name,
     texts_fingerprint,
 )
-from .store_reader import ShardedLayerPairs, open_store
+from .store_reader import ShardedLayerPairs, ShardedLayerStack, open_store
 
 __all__ = ["RankInfo", "distributed_rank", "write_store"]
 
@@ -228,7 +230,7 @@ def _prepare(folder: Path, spec: StoreSpec) -> None:
         raise _write_error(exc, MANIFEST, folder) from exc
 
 
-def _shard_bytes(pairs: LayerPairs, spec: StoreSpec, k: int) -> bytes:
+def _shard_bytes(pairs: LayerPairs | LayerStack, spec: StoreSpec, k: int) -> bytes:
     """Serialise one shard with safetensors (bfloat16 through torch)."""
     import torch
     from safetensors.torch import save
@@ -245,9 +247,9 @@ def _shard_bytes(pairs: LayerPairs, spec: StoreSpec, k: int) -> bytes:
     tokens = [str(t).encode("utf-8") for t in pairs.tokens] if pairs.tokens is not None else [b""] * n
     token_offsets = np.concatenate([[0], np.cumsum([len(b) for b in tokens], dtype=np.int64)])
     start, stop = spec.doc_range(k)
-    tensors = {
-        "low": activations(pairs.low),
-        "high": activations(pairs.high),
+    layers = pairs.arrays if isinstance(pairs, LayerStack) else (pairs.low, pairs.high)
+    tensors = {name: activations(a) for name, a in zip(_activation_names(spec.layers, spec.format_version), layers)}
+    tensors |= {
         "offsets": ints(pairs.offsets),
         "token_ids": ints(pairs.token_ids if pairs.token_ids is not None else np.full(n, -1)),
         "positions": ints(pairs.positions if pairs.positions is not None else np.full(n, -1)),
@@ -263,9 +265,11 @@ def _shard_bytes(pairs: LayerPairs, spec: StoreSpec, k: int) -> bytes:
 def _check_shard_pairs(pairs, spec: StoreSpec, k: int) -> None:
     """What ``make_shard`` returned must fit the spec."""
     start, stop = spec.doc_range(k)
-    if not isinstance(pairs, LayerPairs):
-        raise TypeError(f"make_shard must return LayerPairs; got {type(pairs).__name__} for shard {k}.")
-    widths = (pairs.low.shape[1], pairs.high.shape[1])
+    kind = LayerPairs if len(spec.layers) == 2 else LayerStack
+    if not isinstance(pairs, kind):
+        raise TypeError(f"make_shard must return {kind.__name__} for a store of layers {spec.layers}; got "
+                        f"{type(pairs).__name__} for shard {k}.")
+    widths = pairs.widths if isinstance(pairs, LayerStack) else (pairs.low.shape[1], pairs.high.shape[1])
     if pairs.n_docs != stop - start or widths != spec.widths or tuple(pairs.layers) != spec.layers:
         raise ValueError(
             f"make_shard returned {pairs.n_docs} documents of widths {widths} at layers {pairs.layers} for "
@@ -274,14 +278,14 @@ def _check_shard_pairs(pairs, spec: StoreSpec, k: int) -> None:
         )
 
 
-def _write_shard(folder: Path, spec: StoreSpec, k: int, pairs: LayerPairs, texts_sha256: str) -> None:
+def _write_shard(folder: Path, spec: StoreSpec, k: int, pairs: LayerPairs | LayerStack, texts_sha256: str) -> None:
     """Write shard ``k``, then its sidecar (the finished mark)."""
     _check_shard_pairs(pairs, spec, k)
     data = _shard_bytes(pairs, spec, k)
     start, stop = spec.doc_range(k)
     manifest = spec.manifest()
     sidecar = {
-        "format_version": STORE_VERSION, "shard": k, "file": shard_name(k), "bytes": len(data),
+        "format_version": spec.format_version, "shard": k, "file": shard_name(k), "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(), "doc_start": start, "doc_stop": stop,
         "n_docs": stop - start, "n_tokens": pairs.n_tokens, "texts_sha256": texts_sha256,
         "n_outliers": int(pairs.extra.get("n_outliers", 0)),
@@ -320,8 +324,9 @@ def _shard_finished(folder: Path, spec: StoreSpec, k: int, texts_sha256: str | N
     )
 
 
-def write_store(path, make_shard: Callable[[int, int], LayerPairs], spec: StoreSpec, *, texts=None,
-                rank=None, world_size=None, wait: bool = True) -> "ShardedLayerPairs | None":
+def write_store(path, make_shard: Callable[[int, int], LayerPairs | LayerStack], spec: StoreSpec, *, texts=None,
+                rank=None, world_size=None,
+                wait: bool = True) -> "ShardedLayerPairs | ShardedLayerStack | None":
     """Write (or resume) a sharded store, the shards of this rank only.
 
     Parameters
@@ -331,7 +336,8 @@ def write_store(path, make_shard: Callable[[int, int], LayerPairs], spec: StoreS
         written with the same ``spec``).
     make_shard : callable
         ``make_shard(start, stop)`` returns the :class:`~clvqlearn.LayerPairs`
-        of documents ``start .. stop - 1``.
+        of documents ``start .. stop - 1`` (for a ``spec`` of more than two
+        layers, their :class:`~clvqlearn.data.LayerStack`).
     spec : StoreSpec
         What the store holds.
     texts : sequence of str, optional
@@ -347,8 +353,9 @@ def write_store(path, make_shard: Callable[[int, int], LayerPairs], spec: StoreS
 
     Returns
     -------
-    ShardedLayerPairs or None
-        The whole store, or None when ``wait=False``.
+    ShardedLayerPairs, ShardedLayerStack or None
+        The whole store (a stack for more than two layers), or None when
+        ``wait=False``.
 
     Examples
     --------

@@ -19,6 +19,11 @@ Each submodule has one job:
 ``diagnostics``        the reference ladder and concept agreement
 ``alignment``          alignment with human-defined concepts (ConceptX): lexical
                        and spaCy labels of the token rows, purity, coverage
+``loss_recovered``     a decoder's next-token loss and KL with a layer replaced by a
+                       concept model's reconstruction (the SAE world's faithfulness)
+``concept_examples``,  automatic interpretability (delphi's scores): examples of each
+``autointerp``,        concept, LLM explanations, detection, fuzzing, intruder and
+``autointerp_scores``  embedding scores; per-concept scores, controls and verdicts
 ``judge``, ``llm``,    evaluation axes 2 and 3: LLM judges, backends, the human
 ``study``              study's scoring
 =====================  ===========================================================
@@ -40,6 +45,15 @@ from .alignment import (
     spacy_labels,
     token_words,
 )
+from .autointerp import AutoInterpReport, SentenceEmbedder, autointerp_report, explain_concepts, score_concepts
+from .autointerp_scores import SCORERS, concept_scores, trust_summary
+from .concept_examples import (
+    ConceptActivity,
+    ConceptExample,
+    ConceptRecord,
+    concept_activity,
+    sample_concept_examples,
+)
 from .diagnostics import cluster_means, concept_agreement, kmeans_seed_agreement, reference_ladder
 from .judge import (
     concept_representations,
@@ -50,6 +64,7 @@ from .judge import (
     run_judge,
 )
 from .llm import BackendAuthError, BackendError, HFChatBackend, OpenAIBackend
+from .loss_recovered import LossRecovered, loss_recovered, loss_recovered_many, recovered_fraction
 from .pooling import PooledAblationReport, pool_ablation_reports
 from .probe import MLPProbe, cross_val_probe, make_probe
 from .projection import norm_matched_removal, orthonormalize, project_out, project_out_rows, random_directions
@@ -76,34 +91,47 @@ from .zero_shot import ZERO_SHOT_PRESETS, ZeroShotClassifier
 __all__ = [
     "AblationReport",
     "AlignmentReport",
+    "AutoInterpReport",
     "BackendAuthError",
     "BackendError",
     "ClassifierResult",
+    "ConceptActivity",
+    "ConceptExample",
+    "ConceptRecord",
     "HFChatBackend",
     "LEXICAL_KINDS",
+    "LossRecovered",
     "MLPProbe",
     "OpenAIBackend",
     "PooledAblationReport",
+    "SCORERS",
     "SPACY_KINDS",
     "Saliency",
+    "SentenceEmbedder",
     "ZERO_SHOT_PRESETS",
     "ZeroShotClassifier",
+    "autointerp_report",
     "cached_token_saliency",
     "clear_saliency_cache",
     "cluster_means",
     "concept_ablation_report",
     "concept_ablation_score",
+    "concept_activity",
     "concept_agreement",
     "concept_alignment",
     "concept_representations",
+    "concept_scores",
     "cross_val_probe",
+    "explain_concepts",
     "fine_tune_classifier",
     "judge_agreement",
-    "lexical_labels",
     "kmeans_seed_agreement",
+    "lexical_labels",
     "linear_head_classifier",
     "llm_annotate",
     "load_classifier",
+    "loss_recovered",
+    "loss_recovered_many",
     "make_ablation_scorer",
     "make_judge_items",
     "make_probe",
@@ -116,15 +144,19 @@ __all__ = [
     "rank_words",
     "rating_summary",
     "read_judgments",
+    "recovered_fraction",
     "reference_ladder",
     "resolve_classifier",
     "run_judge",
     "saliency_memory",
+    "sample_concept_examples",
     "save_checkpoint",
+    "score_concepts",
     "score_study",
     "spacy_labels",
     "splice_logits",
     "splice_projection",
     "token_saliency",
     "token_words",
+    "trust_summary",
 ]

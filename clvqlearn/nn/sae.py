@@ -119,10 +119,21 @@ class SparseAutoencoderNet(nn.Module):
         self.decoder_weight.div_(norms)
 
     @torch.no_grad()
-    def update_fired(self, latents: torch.Tensor) -> None:
-        """Advance ``tokens_since_fired`` by one batch of training latents."""
+    def update_fired(self, latents: torch.Tensor, total_rows: int | None = None, data_parallel: bool = False) -> None:
+        """Advance ``tokens_since_fired`` by one batch of training latents.
+
+        In a data-parallel step ``latents`` are this process's share of a
+        global batch of ``total_rows`` tokens; with ``data_parallel`` a
+        latent fired when it fired in any process's share (summed over the
+        default ``torch.distributed`` group), so every process keeps the
+        same clock.
+        """
         fired = (latents > 0).any(dim=0)
-        self.tokens_since_fired += latents.shape[0]
+        if data_parallel:
+            counts = fired.to(self.tokens_since_fired.dtype)
+            torch.distributed.all_reduce(counts)
+            fired = counts > 0
+        self.tokens_since_fired += latents.shape[0] if total_rows is None else total_rows
         self.tokens_since_fired.masked_fill_(fired, 0)  # a mask, not boolean indexing: no host sync
 
     def dead_mask(self, after_tokens: float) -> torch.Tensor:

@@ -31,6 +31,8 @@ main{display:flex;gap:12px;padding:10px}
 #card .words span{display:inline-block;margin:2px;padding:1px 5px;border-radius:3px;background:#eceff1;font-size:13px}
 #card ul{padding-left:18px;margin:4px 0;font-size:13px}
 .bar{height:12px;background:#90a4ae;display:inline-block;vertical-align:middle}
+#card table.ann{width:auto;margin:4px 0;font-size:13px}
+#card table.ann th{font-weight:normal;color:#555;padding-right:10px}
 table{border-collapse:collapse;width:100%;font-size:12px}
 td,th{border-bottom:1px solid #eee;padding:2px 4px;text-align:left;vertical-align:top}
 tr.concept-row{cursor:pointer}
@@ -147,6 +149,21 @@ function labelBox(k) {
   });
   return box;
 }
+// a cell of the caller's annotations: floats to 3 decimals, booleans as yes/no, anything else as text
+function annValue(v, type) {
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "number") return type !== "float" && Number.isInteger(v) ? String(v) : v.toFixed(3);
+  return String(v);
+}
+function annotationBox(m, k) {
+  if (!m.ann || !k.ann) return null;
+  const rows = [];
+  m.ann.columns.forEach((name, j) => {
+    const v = k.ann[j];
+    if (v !== null && v !== undefined && v !== "") rows.push(el("tr", {"data-col": name}, el("th", null, name), el("td", null, annValue(v, m.ann.types[j]))));
+  });
+  return rows.length ? el("table", {class: "ann"}, el("tbody", null, rows)) : null;
+}
 function showCard(mi, c) {
   const m = D.methods[mi], k = conceptOf(mi, c);
   S.sel = {m: mi, c: c};
@@ -155,6 +172,8 @@ function showCard(mi, c) {
   const parts = [el("h2", null, el("span", {class: "tok", style: "background:" + colour(c)}, m.name + " · concept " + c))];
   if (!k) { $("card").replaceChildren(...parts, el("div", {class: "muted"}, "This concept has no tokens.")); return; }
   parts.push(el("div", {class: "size"}, k.n + " tokens" + (k.kind === "sentences" ? " · mostly special tokens, shown by sentences" : "")));
+  const notes = annotationBox(m, k);
+  if (notes) parts.push(notes);
   parts.push(el("div", {class: "words"}, k.words.map((w) => el("span", null, w[0] + " ", el("b", null, w[1])))));
   parts.push(el("div", null, el("b", null, "Examples"), el("ul", null, k.sentences.map((s) => el("li", null, marked(s))))));
   if (k.labels && D.label_names) parts.push(labelBox(k));
@@ -164,9 +183,12 @@ function showCard(mi, c) {
 }
 function renderList() {
   const mi = S.listMethod, m = D.methods[mi], q = $("concept-search").value.trim().toLowerCase();
-  let rows = m.concepts.filter((k) => !q || String(k.id) === q || k.words.some((w) => String(w[0]).toLowerCase().includes(q)));
+  const textHit = (k) => (k.ann || []).some((v) => typeof v === "string" && v.toLowerCase().includes(q));
+  let rows = m.concepts.filter((k) => !q || String(k.id) === q || k.words.some((w) => String(w[0]).toLowerCase().includes(q)) || textHit(k));
   const key = $("concept-sort").value;
-  const cmp = {size: (a, b) => b.n - a.n, salient: (a, b) => (b.ns || 0) - (a.ns || 0), id: (a, b) => a.id - b.id,
+  const annKey = (k, j) => (k.ann && typeof k.ann[j] === "number" ? k.ann[j] : -Infinity);
+  const cmp = key.startsWith("ann:") ? ((a, b) => annKey(b, +key.slice(4)) - annKey(a, +key.slice(4)) || b.n - a.n) :
+    {size: (a, b) => b.n - a.n, salient: (a, b) => (b.ns || 0) - (a.ns || 0), id: (a, b) => a.id - b.id,
     word: (a, b) => String(a.words.length ? a.words[0][0] : "~").localeCompare(String(b.words.length ? b.words[0][0] : "~"))}[key];
   rows = rows.slice().sort(cmp);
   $("concept-count").textContent = rows.length + " of " + m.concepts.length + " concepts";
@@ -178,6 +200,15 @@ function renderList() {
   }
   $("concept-list").replaceChildren(body);
 }
+// the sort options: the four fixed ones, then each numeric annotation column of the listed method
+function sortOptions() {
+  const select = $("concept-sort"), kept = select.value, m = D.methods[S.listMethod];
+  select.querySelectorAll("option.ann-sort").forEach((o) => o.remove());
+  if (m.ann) m.ann.columns.forEach((name, j) => {
+    if (m.ann.types[j] === "int" || m.ann.types[j] === "float") select.append(el("option", {value: "ann:" + j, class: "ann-sort"}, "by " + name));
+  });
+  select.value = Array.from(select.options).some((o) => o.value === kept) ? kept : "size";
+}
 function init() {
   D.methods.forEach((m) => { m.index = {}; m.concepts.forEach((k, i) => { m.index[k.id] = i; }); });
   $("method-boxes").replaceChildren(...D.methods.map((m, i) => {
@@ -187,7 +218,7 @@ function init() {
     return el("label", null, box, " " + m.name + " ");
   }));
   $("list-method").replaceChildren(...D.methods.map((m, i) => el("option", {value: i}, m.name)));
-  $("list-method").onchange = () => { S.listMethod = +$("list-method").value; renderList(); };
+  $("list-method").onchange = () => { S.listMethod = +$("list-method").value; sortOptions(); renderList(); };
   $("concept-search").oninput = renderList;
   $("concept-sort").onchange = renderList;
   let timer = null;
@@ -197,6 +228,7 @@ function init() {
   $("docs").onclick = (e) => { const t = e.target.closest(".tok"); if (t) showCard(+t.dataset.m, +t.dataset.c); };
   $("concept-list").onclick = (e) => { const t = e.target.closest(".concept-row"); if (t) showCard(S.listMethod, +t.dataset.c); };
   applyFilters();
+  sortOptions();
   renderList();
   document.body.dataset.ready = "1";
 }

@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 
 from ..data import LayerPairs
+from ..data.words import _piece, _scheme
+from ..data.words import token_words as _data_token_words
 
 __all__ = ["describe_concepts", "describe_estimator", "doc_sentences", "token_words"]
 
 _SPECIAL = re.compile(r"^(\[[A-Z]+\]|<[^<>\s]*>|<\|[^|]*\|>)$")
-_WORD_START = ("Ġ", "▁")
 MARK = ("[[", "]]")
 
 
@@ -50,52 +51,22 @@ def is_special(token: str) -> bool:
     return bool(_SPECIAL.match(str(token)))
 
 
-def _scheme(tokens) -> str:
-    """'wordpiece' (``##`` continues), 'prefix' (``Ġ``/``▁`` starts) or 'plain'."""
-    sample = [str(t) for t in tokens[:5000]]
-    if any(t.startswith("##") for t in sample):
-        return "wordpiece"
-    if any(t.startswith(_WORD_START) for t in sample):
-        return "prefix"
-    return "plain"
-
-
-def _starts_word(token: str, scheme: str, first: bool) -> bool:
-    if first or is_special(token):
-        return True
-    if scheme == "wordpiece":
-        return not token.startswith("##")
-    if scheme == "prefix":
-        return token.startswith(_WORD_START)
-    return True
-
-
-def _clean(token: str) -> str:
-    token = str(token)
-    if token.startswith("##"):
-        return token[2:]
-    return token.lstrip("".join(_WORD_START))
-
-
-def _word_spans(tokens, offsets) -> np.ndarray:
-    """Word number of every token row (words never cross documents)."""
+def _token_texts(tokens) -> np.ndarray:
+    """Every token's own text, decoded alone (``merge_subwords=False``): no ``##``, ``Ġ`` or ``▁``."""
     scheme = _scheme(tokens)
-    word = np.empty(len(tokens), dtype=np.int64)
-    current, start_of = -1, {int(o) for o in offsets[:-1]}
-    for row, tok in enumerate(tokens):
-        tok = str(tok)
-        prev_special = row > 0 and is_special(str(tokens[row - 1]))
-        if _starts_word(tok, scheme, row in start_of or prev_special):
-            current += 1
-        word[row] = current
-    return word
+    return np.array([_piece(str(t), scheme)[0] for t in tokens], dtype=object)
 
 
 def token_words(pairs: LayerPairs) -> np.ndarray:
-    """The whole word each token row belongs to (subword pieces merged).
+    """The whole word each token row belongs to, one entry per row.
 
-    WordPiece (``##`` continues a word) and byte-level / SentencePiece BPE
-    (``Ġ`` or ``▁`` starts a word) are recognised from the tokens.
+    The words of :func:`clvqlearn.data.token_words` (the same words the
+    alignment, the autointerp prompts and the frequency filter read),
+    spread back over the rows: WordPiece ``##`` pieces join the word
+    before them; byte-level BPE (``Ġ``) and SentencePiece (``▁``) pieces
+    join it when both sides are letters or digits, so punctuation is a word
+    of its own (``"Hello" ","`` -> ``"Hello"``, ``","``) and a character
+    split over two byte-level tokens comes out whole.
 
     Parameters
     ----------
@@ -105,6 +76,8 @@ def token_words(pairs: LayerPairs) -> np.ndarray:
     Returns
     -------
     ndarray of str of shape (n_tokens,)
+        Where :func:`clvqlearn.data.token_words` returns ``(word_index,
+        words)``, this is ``words[word_index]``.
 
     Examples
     --------
@@ -115,16 +88,14 @@ def token_words(pairs: LayerPairs) -> np.ndarray:
     >>> list(token_words(pairs))
     ['unbearable', 'unbearable', 'unbearable', 'film']
     """
-    tokens = _tokens_of(pairs)
-    word = _word_spans(tokens, pairs.offsets)
-    if word.size == 0:
-        return np.array([], dtype=object)
-    n_words = int(word[-1]) + 1
-    parts: list[list[str]] = [[] for _ in range(n_words)]
-    for row, tok in enumerate(tokens):
-        parts[word[row]].append(_clean(tok))
-    text = np.array(["".join(p) for p in parts], dtype=object)
-    return text[word]
+    _tokens_of(pairs)
+    return _row_words(pairs)[1]
+
+
+def _row_words(pairs: LayerPairs) -> tuple[np.ndarray, np.ndarray]:
+    """The word number of every row and its word (:func:`clvqlearn.data.token_words`, spread over rows)."""
+    word_of, words = _data_token_words(pairs)
+    return word_of, np.asarray(words, dtype=object)[word_of]
 
 
 def doc_sentences(pairs: LayerPairs, *, mark_rows=None) -> list[str]:
@@ -149,9 +120,8 @@ def doc_sentences(pairs: LayerPairs, *, mark_rows=None) -> list[str]:
     >>> doc_sentences(pairs, mark_rows=[1])
     ['a [[dullish]]']
     """
-    tokens = _tokens_of(pairs)
-    word = _word_spans(tokens, pairs.offsets)
-    words = token_words(pairs)
+    _tokens_of(pairs)
+    word, words = _row_words(pairs)
     marks = np.full(pairs.n_docs, -1) if mark_rows is None else np.asarray(mark_rows, dtype=np.int64)
     out = []
     for doc in range(pairs.n_docs):
@@ -293,14 +263,14 @@ def describe_concepts(concept_ids, pairs: LayerPairs, *, k: int | None = None, t
     if labels is not None and salient_rows is None:
         raise ValueError("labels need salient_rows (the row of each document's salient token).")
     rng = np.random.default_rng(random_state)
-    words = token_words(pairs) if merge_subwords else np.array([_clean(t) for t in tokens], dtype=object)
+    word_of, words = _row_words(pairs) if merge_subwords else (np.arange(len(tokens)), _token_texts(tokens))
     special = np.array([is_special(t) for t in tokens], dtype=bool)
     stop = _stop_set(stop_words)
     doc_of = pairs.doc_index
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(k + 1))
     context = {"tokens": tokens, "words": words, "special": special, "stop": stop, "doc_of": doc_of, "pairs": pairs,
-               "word_of": _word_spans(tokens, pairs.offsets) if merge_subwords else np.arange(len(tokens))}
+               "word_of": word_of}
     rows = []
     for concept in range(k):
         members = order[bounds[concept]:bounds[concept + 1]]

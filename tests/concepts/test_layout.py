@@ -60,7 +60,7 @@ def test_the_concepts_modules_import_each_other_without_a_circle():
 def test_the_torch_estimators_share_the_prologue_and_the_network_cache():
     for cls in (_VQEstimator, SparseAutoencoder):
         assert issubclass(cls, _NetworkEstimator)
-        for name in ("_network", "_start_or_resume", "_keep_network"):
+        for name in ("_network", "_begin_fit", "_keep_network"):
             assert name in vars(_NetworkEstimator), f"the shared base lost {name}"
             assert name not in vars(cls), f"{cls.__name__} has its own {name}"
 

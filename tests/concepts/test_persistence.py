@@ -148,7 +148,7 @@ def test_save_into_a_folder_holding_files_asks_for_overwrite(tmp_path):
     assert str(folder) in str(info.value)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing lost
     assert KMeansConcepts.load(second.save(folder, overwrite=True)).k == 4
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_save_accepts_an_empty_folder_and_refuses_a_file(tmp_path):

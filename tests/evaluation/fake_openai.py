@@ -55,7 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(server.delay)
         prompt = body["messages"][-1]["content"]
-        content = "I think they are all fine lol {rating: maybe" if mode == "garbled" else good_answer(prompt)
+        answer = server.answer or good_answer
+        content = "I think they are all fine lol {rating: maybe" if mode == "garbled" else answer(prompt)
         self._send(200, {"id": "fake", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}],
@@ -75,10 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def start_server(delay: float = 2.0):
+def start_server(delay: float = 2.0, answer=None):
+    """Start the server in a thread; ``answer(prompt) -> str`` replaces :func:`good_answer` for "good" requests."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.script, server.requests, server.lock, server.delay = [], [], threading.Lock(), delay
+    server.answer = answer
     threading.Thread(target=server.serve_forever, daemon=True).start()
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     return server

@@ -164,3 +164,94 @@ def test_hostile_strings_in_headless_chromium(chrome, console_errors, toy_pairs,
     assert not card.find_elements(By.CSS_SELECTOR, "img, script")
     assert chrome.execute_script("return window.__pwned") is None
     assert console_errors(chrome) == []
+
+
+# ------------------------------------------------------------------ per-concept annotations on the cards
+def _annotations():
+    """Concepts 1-3 of the toy ids (0 has none); a hostile label, NaN, a bool, an int, an empty concept's row."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.DataFrame({"best_label": ["pos:ADJ", HOSTILE[2], None, "never shown"],
+                         "purity": [0.923456, 0.5, np.nan, 1.0],
+                         "score": [1.0, 0.0, -2.5, 3.0],
+                         "aligned": [True, False, False, True],
+                         HOSTILE[0]: [7, 8, 9, 10]},
+                        index=pd.Index([1, 2, 3, 99], name="concept"))
+
+
+def test_annotations_are_embedded_per_concept(toy_pairs):
+    pairs, ids, *_ = toy_pairs
+    data = _embedded(concept_browser_html(_methods(ids), pairs, annotations={"CLVQ-VAE": _annotations()}))
+    vq, km = data["methods"]
+    assert vq["ann"] == {"columns": ["best_label", "purity", "score", "aligned", HOSTILE[0]],
+                         "types": ["text", "float", "float", "bool", "int"]}
+    cards = {c["id"]: c for c in vq["concepts"]}
+    assert "ann" not in cards[0] and 99 not in cards  # no row; a row of a concept without tokens is dropped
+    assert cards[1]["ann"] == ["pos:ADJ", 0.923456, 1.0, True, 7]
+    assert cards[2]["ann"] == [HOSTILE[2], 0.5, 0.0, False, 8]
+    assert cards[3]["ann"] == [None, None, -2.5, False, 9]  # None and NaN become null (JSON has no NaN)
+    assert "ann" not in km and all("ann" not in c for c in km["concepts"])
+
+
+def test_bad_annotations(toy_pairs):
+    import pandas as pd
+
+    pairs, ids, *_ = toy_pairs
+    frame = _annotations()
+    with pytest.raises(ValueError, match="not shown: \\['kmeans'\\]"):
+        browser_data(_methods(ids), pairs, annotations={"kmeans": frame})
+    with pytest.raises(TypeError, match="must be a pandas DataFrame"):
+        browser_data(_methods(ids), pairs, annotations={"k-means": frame.to_dict()})
+    with pytest.raises(TypeError, match="must be a dict"):
+        browser_data(_methods(ids), pairs, annotations=[frame])
+    for index in (["a", "b", "c", "d"], [1, 1, 2, 3], [-1, 1, 2, 3]):
+        with pytest.raises(ValueError, match="unique non-negative integer concept ids"):
+            browser_data(_methods(ids), pairs, annotations={"k-means": frame.set_axis(pd.Index(index))})
+
+
+def test_annotations_on_the_card_in_headless_chromium(chrome, console_errors, toy_pairs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    pairs, ids, salient, labels = toy_pairs
+    path = write_concept_browser(tmp_path / "browser.html", _methods(ids), pairs, salient_rows=salient,
+                                 labels=labels, label_names=["neg", "pos"],
+                                 annotations={"CLVQ-VAE": _annotations()})
+    chrome.get(path.as_uri())
+    assert chrome.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+
+    def card_rows():
+        rows = chrome.find_elements(By.CSS_SELECTOR, "#card table.ann tr")
+        return {r.find_element(By.TAG_NAME, "th").get_attribute("textContent"):
+                r.find_element(By.TAG_NAME, "td").get_attribute("textContent") for r in rows}
+
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="1"]').click()
+    assert card_rows() == {"best_label": "pos:ADJ", "purity": "0.923", "score": "1.000", "aligned": "yes",
+                           HOSTILE[0]: "7"}
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="2"]').click()
+    assert card_rows() == {"best_label": HOSTILE[2], "purity": "0.500", "score": "0.000", "aligned": "no",
+                           HOSTILE[0]: "8"}
+    assert not chrome.find_elements(By.CSS_SELECTOR, "#card img, #card script")
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="3"]').click()
+    assert card_rows() == {"score": "-2.500", "aligned": "no", HOSTILE[0]: "9"}  # no label, NaN purity: left out
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="0"]').click()
+    assert card_rows() == {} and "concept 0" in chrome.find_element(By.ID, "card").text
+    # the numeric columns sort the list (concepts without a value last); text cells match the search
+    sort = Select(chrome.find_element(By.ID, "concept-sort"))
+    assert [o.text for o in sort.options] == ["by size", "by salient count", "by id", "by top word", "by purity",
+                                              "by score", "by " + HOSTILE[0]]
+    sort.select_by_visible_text("by purity")
+    assert [r.get_attribute("data-c") for r in chrome.find_elements(By.CSS_SELECTOR, ".concept-row")] == \
+        ["1", "2", "0", "3"]
+    chrome.find_element(By.ID, "concept-search").send_keys("pos:ad")
+    assert [r.get_attribute("data-c") for r in chrome.find_elements(By.CSS_SELECTOR, ".concept-row")] == ["1"]
+    # the other method has no annotations: its list offers the fixed sorts only, its cards no table
+    chrome.find_element(By.ID, "concept-search").clear()
+    Select(chrome.find_element(By.ID, "list-method")).select_by_index(1)
+    assert [o.text for o in sort.options] == ["by size", "by salient count", "by id", "by top word"]
+    assert sort.first_selected_option.text == "by size"
+    chrome.find_element(By.CSS_SELECTOR, '.concept-row[data-c="2"]').click()
+    assert "k-means · concept 2" in chrome.find_element(By.ID, "card").text and card_rows() == {}
+    assert chrome.execute_script("return window.__pwned") is None
+    assert console_errors(chrome) == []

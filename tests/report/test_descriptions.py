@@ -96,3 +96,20 @@ def test_describe_estimator_all_rows(toy_pairs):
     table = describe_estimator(km, pairs)
     assert len(table) == 3 and table["n_tokens"].sum() == pairs.n_tokens
     assert np.array_equal(table["n_tokens"].to_numpy(), np.bincount(km.predict(pairs), minlength=3))
+
+
+def test_byte_level_words_are_those_of_clvqlearn_data():
+    from clvqlearn.data import token_words as data_token_words
+
+    tokens = np.array(["Hello", ",", "Ġworld", "'s", "Ġcaf", "Ã", "©", "Ġcaf", "Ã©"], dtype=object)
+    pairs = LayerPairs(low=np.zeros((9, 1)), high=np.zeros((9, 1)), offsets=[0, 4, 9], tokens=tokens)
+    word_index, words = data_token_words(pairs)
+    assert list(token_words(pairs)) == [words[i] for i in word_index]
+    assert list(token_words(pairs)) == ["Hello", ",", "world", "'s", "café", "café", "café", "café", "café"]
+    assert doc_sentences(pairs, mark_rows=[2, 5]) == ["Hello , [[world]] 's", "[[café]] café"]
+    table = describe_concepts(np.zeros(9, dtype=np.int64), pairs, k=1)
+    # "é" split over two tokens counts once, whole; punctuation is a word of its own
+    assert dict(zip(table.loc[0, "words"], table.loc[0, "word_counts"])) == {
+        "café": 2, "Hello": 1, ",": 1, "world": 1, "'s": 1}
+    pieces = describe_concepts(np.zeros(9, dtype=np.int64), pairs, k=1, merge_subwords=False)
+    assert "é" in pieces.loc[0, "words"] and not any("Ã" in w for w in pieces.loc[0, "words"])
