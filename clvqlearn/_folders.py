@@ -1,9 +1,11 @@
-"""Write a folder beside its target, then swap it into place.
+"""Write a folder or a file beside its target, then swap it into place.
 
 Saved pairs (``LayerPairs.save``) and the command line's output folders
 are written into a hidden sibling and moved into place only when complete,
 so an interrupted write never leaves a folder that looks finished, and an
 earlier folder is removed only after the new one has replaced it.
+Single files (a store's shards and manifest, a fit's checkpoint) go through
+:func:`write_file_atomic` the same way.
 
 Examples
 --------
@@ -19,11 +21,13 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import shutil
 from pathlib import Path
 
-__all__ = ["replace_folder", "sibling_folder"]
+__all__ = ["replace_folder", "sibling_folder", "write_file_atomic"]
 
 
 def sibling_folder(target: Path, tag: str) -> Path:
@@ -54,3 +58,39 @@ def replace_folder(stage: Path, target: Path, old_tag: str = ".old-") -> None:
         old.rename(target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_file_atomic(path: Path, data: bytes, *, sync_folder: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary sibling, flushed, fsynced, renamed into place.
+
+    The temporary name is ``.<name>.tmp-<pid>-<hex>`` (a store's writers
+    clean such leftovers up); it never outlives a failed write.
+    ``sync_folder`` also fsyncs the folder, so that the rename itself
+    reaches the disk (where the platform allows it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "state.json"
+    >>> write_file_atomic(path, b'{"step": 3}', sync_folder=True)
+    >>> path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+    (b'{"step": 3}', ['state.json'])
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if sync_folder:
+        with contextlib.suppress(OSError):
+            descriptor = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)

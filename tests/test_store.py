@@ -429,7 +429,10 @@ def test_read_only_store_folder(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(store_writer, "open", read_only, raising=False)
+    import clvqlearn._folders as folders  # where the store's files are written (write_file_atomic)
+
+    for module in (store_writer, folders):
+        monkeypatch.setattr(module, "open", read_only, raising=False)
     with pytest.raises(OSError, match=r"manifest.json.*Read-only file system \(the store folder is read-only"):
         write_store(tmp_path / "s", Maker(pairs), _spec(pairs))
     assert _names(tmp_path / "s") == []

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._folders import write_file_atomic
 from .._sidecar import _check_required, read_sidecar
 from ._distributed import SINGLE, Comm
 
@@ -214,10 +214,10 @@ class Checkpointer:
         tensors: dict = {}
         state = _encode({**payload, "estimator": self.extra}, "s", tensors)
         name = f"state-{int(payload.get('n_steps', 0)):09d}-{secrets.token_hex(4)}.safetensors"
-        _write_atomic(self.folder / name, save(tensors))
+        write_file_atomic(self.folder / name, save(tensors), sync_folder=True)
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "tensors": name, "state": state}
-        _write_atomic(self.folder / POINTER, json.dumps(meta).encode())
+        write_file_atomic(self.folder / POINTER, json.dumps(meta).encode(), sync_folder=True)
         for old in self.folder.glob("state-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -228,27 +228,6 @@ def _raised(found: tuple) -> Exception:
     return OSError(found[2]) if found[1] == "OSError" else ValueError(found[2])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name beside ``path``, flush it to disk, rename it into place."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    try:  # the rename itself reaches the disk
-        descriptor = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _encode(value, key: str, tensors: dict):

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from filelock import FileLock, Timeout
 
+from .._folders import write_file_atomic
 from .pairs import LayerPairs
 from .stack import LayerStack
 from .store_format import (
@@ -132,21 +132,6 @@ def _write_error(exc: OSError, what: str, folder: Path) -> OSError:
     return err
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary name, flush, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _make_folder(folder: Path) -> None:
     """Create the store folder, or check that it is a store or empty (nothing is written if not)."""
     if (folder / MANIFEST).is_file():
@@ -225,7 +210,7 @@ def _prepare(folder: Path, spec: StoreSpec) -> None:
                                          if info is not None and isinstance(info.get("store"), dict)})
         return
     try:
-        _write_file(manifest, json.dumps(wanted, indent=1).encode())
+        write_file_atomic(manifest, json.dumps(wanted, indent=1).encode())
     except OSError as exc:
         raise _write_error(exc, MANIFEST, folder) from exc
 
@@ -292,8 +277,8 @@ def _write_shard(folder: Path, spec: StoreSpec, k: int, pairs: LayerPairs | Laye
         "store": {key: manifest[key] for key in _IDENTITY},
     }
     try:
-        _write_file(folder / shard_name(k), data)
-        _write_file(folder / _sidecar_name(k), json.dumps(sidecar).encode())
+        write_file_atomic(folder / shard_name(k), data)
+        write_file_atomic(folder / _sidecar_name(k), json.dumps(sidecar).encode())
     except OSError as exc:
         _discard_shard(folder, k)  # the shard without its sidecar would only be redone
         raise _write_error(exc, shard_name(k), folder) from exc
@@ -443,7 +428,7 @@ def _summarise(folder: Path, spec: StoreSpec) -> None:
         if json.loads((folder / MANIFEST).read_text()) == manifest:
             return  # already summarised: a finished store on a read-only disk opens without writing
     try:
-        _write_file(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+        write_file_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     except OSError as exc:
         raise _write_error(exc, MANIFEST, folder) from exc
 

@@ -310,20 +310,20 @@ def test_every_rank_raises_the_error_rank_0_met_reading_a_checkpoint(damage, tmp
 def test_a_write_killed_between_its_files_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     saver = Checkpointer(tmp_path, every=1, fingerprint={"fit": 1})
     saver.save({"n_steps": 1, "w": np.ones(3)})
-    real = _checkpoint._write_atomic
+    real = _checkpoint.write_file_atomic
 
-    def dies_before_the_pointer(path, data):
+    def dies_before_the_pointer(path, data, **options):
         if path.name == _checkpoint.POINTER:
             raise OSError("disk full")
-        real(path, data)
+        real(path, data, **options)
 
-    monkeypatch.setattr(_checkpoint, "_write_atomic", dies_before_the_pointer)
+    monkeypatch.setattr(_checkpoint, "write_file_atomic", dies_before_the_pointer)
     with pytest.raises(OSError):
         saver.save({"n_steps": 2, "w": np.zeros(3)})
     monkeypatch.undo()
     back = Checkpointer(tmp_path, every=1, fingerprint={"fit": 1}).load()
     assert back["n_steps"] == 1 and back["w"].tolist() == [1.0, 1.0, 1.0]
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_partial_fit_writes_no_checkpoint(tmp_path):
