@@ -66,8 +66,8 @@ from .data import (
 )
 from .models import (
     PACKAGED_MODELS,
+    capture_layers,
     get_embedding_module,
-    layer_hook,
     load_model,
     load_tokenizer,
     num_layers,
@@ -83,10 +83,6 @@ _DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # from_pretrained arguments the extractor sets itself (model_kwargs may not)
 _OWN_KWARGS = frozenset({"dtype", "torch_dtype", "device_map", "trust_remote_code", "local_files_only",
                          "output_loading_info"})
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the highest requested layer has been computed."""
 
 
 @dataclass
@@ -806,17 +802,6 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         """
         import torch
 
-        top = max(layers)
-        captured: dict = {}
-
-        def capture(layer):
-            def fn(hidden):
-                captured[layer] = hidden
-                if layer == top:
-                    raise _StopForward
-
-            return fn
-
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if _accepts(model, "use_cache"):
             kwargs["use_cache"] = False
@@ -825,11 +810,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             if self.compute_dtype == "bfloat16"
             else contextlib.nullcontext()
         )
-        with contextlib.ExitStack() as hooks:
-            for layer in layers:
-                hooks.enter_context(layer_hook(model, layer, capture(layer)))
-            with torch.inference_mode(), autocast, contextlib.suppress(_StopForward):
-                model(**kwargs)
+        with capture_layers(model, layers, stop_after=max(layers)) as captured, torch.inference_mode(), autocast:
+            model(**kwargs)
         return captured
 
 

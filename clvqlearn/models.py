@@ -59,6 +59,7 @@ from ._config import get_cache_home
 from ._torch_utils import resolve_device
 
 __all__ = [
+    "capture_layers",
     "PACKAGED_MODELS",
     "ModelSpec",
     "get_embedding_module",
@@ -926,6 +927,49 @@ def layer_hook(model: nn.Module, layer: int, fn):
         yield handle
     finally:
         handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once the layer the pass stops after has been computed."""
+
+
+@contextlib.contextmanager
+def capture_layers(model: nn.Module, layers, *, stop_after: int | None = None):
+    """Read the hidden states of ``layers`` in the forward passes run inside the block.
+
+    Yields a dict ``{layer: tensor (batch, positions, width)}`` filled by
+    :func:`layer_hook`.  With ``stop_after``, the forward pass ends once
+    that layer is read (the blocks above it never run) and the block exits
+    normally; without it the pass runs to the end.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                  intermediate_size=16, vocab_size=20)
+    >>> model = BertModel(cfg).eval()
+    >>> with capture_layers(model, (0, 1), stop_after=1) as captured, torch.no_grad():
+    ...     model(torch.tensor([[1, 2, 3]]))
+    >>> sorted(captured), tuple(captured[1].shape)
+    ([0, 1], (1, 3, 8))
+    """
+    captured: dict = {}
+
+    def read(layer):
+        def fn(hidden):
+            captured[layer] = hidden
+            if layer == stop_after:
+                raise _StopForward
+
+        return fn
+
+    with contextlib.ExitStack() as hooks:
+        for layer in dict.fromkeys(layers):
+            hooks.enter_context(layer_hook(model, layer, read(layer)))
+        with contextlib.suppress(_StopForward):
+            yield captured
+
 
 def _config_depth(config) -> int | None:
     if hasattr(config, "get_text_config"):

@@ -60,7 +60,6 @@ cached hub id), run in float32 with right padding and an attention mask.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -78,7 +77,7 @@ from .._validation import check_texts
 from ..data import LayerPairs
 from ..extraction import LayerPairExtractor
 from ..metrics import fraction_of_variance_explained
-from ..models import layer_hook, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
+from ..models import capture_layers, layer_hook, load_model, load_tokenizer, num_layers, resolve_layers, resolve_model
 
 __all__ = ["LossRecovered", "loss_recovered", "loss_recovered_many", "recovered_fraction"]
 
@@ -282,29 +281,13 @@ class _Batch:
     captured: dict  # layer -> (B, T, d) clean hidden state
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the layers it was run for are read."""
-
-
 def _capture(lm, layers, inputs, *, stop_after=None):
     """Clean hidden states of ``layers`` (and the logits, unless the pass stops after ``stop_after``)."""
     import torch
 
-    captured: dict = {}
-
-    def read(layer):
-        def fn(hidden):
-            captured[layer] = hidden
-            if layer == stop_after:
-                raise _Stop
-        return fn
-
     logits = None
-    with contextlib.ExitStack() as hooks, torch.no_grad():
-        for layer in dict.fromkeys(layers):
-            hooks.enter_context(layer_hook(lm, layer, read(layer)))
-        with contextlib.suppress(_Stop):
-            logits = lm(**inputs, use_cache=False).logits
+    with capture_layers(lm, layers, stop_after=stop_after) as captured, torch.no_grad():
+        logits = lm(**inputs, use_cache=False).logits
     return captured, logits
 
 
