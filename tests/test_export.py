@@ -245,6 +245,39 @@ def test_save_writes_a_model_card_that_load_ignores(tmp_path):
     np.testing.assert_array_equal(KMeansConcepts.load(folder).predict(pairs), est.predict(pairs))
 
 
+@pytest.mark.parametrize("make", [lambda: KMeansConcepts(k=3, random_state=0),
+                                  lambda: SparseAutoencoder(k=4, max_epochs=1, device="cpu", random_state=0)],
+                         ids=["kmeans", "sae"])
+def test_the_card_gives_the_training_size_recorded_at_fit(tmp_path, make):
+    pairs = _pairs(n_docs=12, doc_len=5)
+    est = make().fit(pairs)
+    assert (est.n_docs_seen_, est.n_tokens_seen_) == (12, 60)
+    block = read_model_card(est.save(tmp_path / "fit"))["clvqlearn"]
+    assert block["data"] == {"n_docs": 12, "n_tokens": 60}
+    assert "12 documents, 60 tokens." in (tmp_path / "fit" / "README.md").read_text()
+    loaded = type(est).load(tmp_path / "fit")  # a fitted attribute: saved and loaded with the rest
+    assert (loaded.n_docs_seen_, loaded.n_tokens_seen_) == (12, 60)
+    # what the caller says still wins
+    block = read_model_card(est.save(tmp_path / "told", card={"data": "twelve toy documents"}))["clvqlearn"]
+    assert block["data"] == {"description": "twelve toy documents"}
+    # partial_fit adds every call's data; a new fit starts over
+    streamed = make().partial_fit(pairs[:4]).partial_fit(pairs[4:])
+    assert (streamed.n_docs_seen_, streamed.n_tokens_seen_) == (12, 60)
+    assert (streamed.fit(pairs[:3]).n_docs_seen_, streamed.n_tokens_seen_) == (3, 15)
+
+
+def test_a_save_without_the_training_size_writes_a_card_without_it(tmp_path):
+    est = _fitted_kmeans()
+    folder = est.save(tmp_path / "km")
+    config = json.loads((folder / "config.json").read_text())
+    for name in ("n_docs_seen_", "n_tokens_seen_"):  # as an older save holds it
+        del config["attributes"][name]
+    (folder / "config.json").write_text(json.dumps(config))
+    older = KMeansConcepts.load(folder)
+    assert older.n_docs_seen_ is None and read_model_card(older.save(tmp_path / "again"))["clvqlearn"]["data"] is None
+    assert older.partial_fit(_pairs()).n_docs_seen_ is None  # unknown before, so unknown in total
+
+
 def test_write_model_card_adds_figures_to_a_saved_folder(tmp_path):
     X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
     sae = SparseAutoencoder(k=6, max_epochs=2, device="cpu", random_state=0).fit(X)

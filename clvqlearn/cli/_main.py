@@ -15,7 +15,8 @@ from . import options as opts
 
 #: subcommand -> (options dataclass, one-line help, example)
 SUBCOMMANDS = {
-    "extract": (opts.ExtractOptions, "texts -> token vectors of two layers (a saved LayerPairs folder)",
+    "extract": (opts.ExtractOptions, "texts -> token vectors of two layers (a saved LayerPairs folder), or of "
+                "three or more in one pass (--layers 2,4,6: an activation store)",
                 "clvq extract --dataset bbc_news --n_texts 200 --layers 4,6 --output pairs"),
     "fit": (opts.FitOptions, "fit one concept method (crosslayer, singlelayer, kmeans, sae) -> a saved model",
             "clvq fit --method crosslayer --k 50 --pairs pairs --output vq"),

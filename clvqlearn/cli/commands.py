@@ -45,6 +45,8 @@ from .options import (
 EXTRACTOR_FILE = "extractor.json"
 MODEL_FOLDER = "model"
 PAIRS_FOLDER = "pairs"
+#: ``clvq extract`` of three or more layers writes them to this activation store.
+STORE_FOLDER = "store"
 
 
 def _say(quiet: bool):
@@ -81,12 +83,13 @@ def load_source(options) -> tuple[list, np.ndarray | None, str]:
     return list(data.texts), data.labels, data.name
 
 
-def make_extractor(options):
-    """The :class:`~clvqlearn.LayerPairExtractor` of ``options`` (not fitted)."""
+def make_extractor(options, store=None):
+    """The :class:`~clvqlearn.LayerPairExtractor` of ``options`` (not fitted), writing to ``store`` if given."""
     from ..extraction import LayerPairExtractor
 
-    return LayerPairExtractor(options.model, layers=options.layer_pair(), max_length=options.max_length,
-                              device=options.device, verbose=not options.quiet)
+    return LayerPairExtractor(options.model, layers=options.extractor_layers(), max_length=options.max_length,
+                              device=options.device, verbose=not options.quiet,
+                              store=None if store is None else os.fspath(store))
 
 
 def _extractor_record(extractor) -> dict:
@@ -96,7 +99,14 @@ def _extractor_record(extractor) -> dict:
 
 # ------------------------------------------------------------------------ extract
 def run_extract(options: ExtractOptions) -> dict:
-    """``clvq extract``: texts -> ``OUTPUT/pairs`` (LayerPairs), ``texts.jsonl``, ``extractor.json``.
+    """``clvq extract``: texts -> ``OUTPUT/pairs`` (or ``OUTPUT/store``), ``texts.jsonl``, ``extractor.json``.
+
+    Two layers (``--layers 4,6``) are saved as a LayerPairs folder,
+    ``OUTPUT/pairs``, which ``clvq fit``, ``describe`` and ``export`` read.
+    Three or more (``--layers 2,4,6``) are extracted in one forward pass
+    (a :class:`~clvqlearn.LayerStack`) and written as an activation store,
+    ``OUTPUT/store`` (:func:`clvqlearn.data.open_store`); any pair of its
+    layers is ``LayerPairs.open(OUTPUT / "store", layers=(low, high))``.
 
     Parameters
     ----------
@@ -106,19 +116,37 @@ def run_extract(options: ExtractOptions) -> dict:
     -------
     dict
         ``n_docs``, ``n_tokens``, ``layers`` and ``output``.
+
+    Examples
+    --------
+    >>> from clvqlearn.cli.options import ExtractOptions
+    >>> ExtractOptions(layers="2,4,6").extractor_layers()  # run_extract(...) writes OUTPUT/store
+    (2, 4, 6)
+    >>> ExtractOptions(layers="6,4,2")  # refused before any model loads
+    Traceback (most recent call last):
+    ...
+    ValueError: --layers '6,4,2': three or more layers must be strictly increasing, such as 2,4,6.
     """
     out = check_inputs_outside(options.output, {"--texts": options.texts, "--model": options.model})
+    several = len(options.extractor_layers()) > 2
     with staged_output(out, overwrite=options.overwrite) as stage:
         write_config(options, stage, "extract")
         texts, labels, name = load_source(options)
-        extractor = make_extractor(options).fit(texts)
-        pairs = extractor.transform(texts)
-        pairs.save(stage / PAIRS_FOLDER)
+        written = stage / (STORE_FOLDER if several else PAIRS_FOLDER)
+        extractor = make_extractor(options, store=written if several else None).fit(texts)
+        extracted = extractor.transform(texts)  # a stack is written to its store by transform itself
+        if not several:
+            extracted.save(written)
+        summary = {"n_docs": extracted.n_docs, "n_tokens": extracted.n_tokens, "layers": list(extracted.layers)}
+        del extracted  # a store's view reads files of the staged folder, which is renamed next
         write_texts(texts, labels, stage / TEXTS_FILE)
         (stage / EXTRACTOR_FILE).write_text(json.dumps(_extractor_record(extractor), indent=1))
-    _say(options.quiet)(f"[clvq] {len(texts)} texts of {name} -> {pairs.n_tokens} tokens of layers "
-                        f"{pairs.layers}; wrote {out / PAIRS_FOLDER}")
-    return {"n_docs": pairs.n_docs, "n_tokens": pairs.n_tokens, "layers": list(pairs.layers), "output": str(out)}
+    folder = out / written.name
+    _say(options.quiet)(f"[clvq] {len(texts)} texts of {name} -> {summary['n_tokens']} tokens of layers "
+                        f"{tuple(summary['layers'])}; wrote {folder}"
+                        + (f" (an activation store: LayerPairs.open('{folder}', layers=(low, high)) reads a pair)"
+                           if several else ""))
+    return {**summary, "output": str(out)}
 
 
 def load_pairs(path):
@@ -127,11 +155,20 @@ def load_pairs(path):
     The arrays are memory-mapped copy-on-write: read lazily from disk, and
     writable (torch warns about read-only arrays) without touching the files.
     """
-    from ..data import LayerPairs
+    from ..data import LayerPairs, open_store
+    from ..data.store_format import MANIFEST
 
     path = Path(path).expanduser()
     if (path / PAIRS_FOLDER / "meta.json").is_file():
         path = path / PAIRS_FOLDER
+    store = path / STORE_FOLDER if (path / STORE_FOLDER / MANIFEST).is_file() else path
+    if (store / MANIFEST).is_file():
+        raise ValueError(
+            f"{store} is an activation store of layers {open_store(store).layers}, and this command reads a saved "
+            "LayerPairs folder of one (low, high) pair: run clvq extract with two layers, e.g. --layers 4,6, or "
+            "save a pair of the store in Python: "
+            f"LayerPairs.open('{store}', layers=(low, high)).to_memory().save(folder)."
+        )
     return LayerPairs.load(path, mmap_mode="c")
 
 

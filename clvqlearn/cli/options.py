@@ -16,6 +16,8 @@ Examples
 Traceback (most recent call last):
 ...
 ValueError: --layers '4': expected two layer indices LOW,HIGH such as 4,6.
+>>> ExtractOptions(layers="2,4,6").extractor_layers()  # only clvq extract reads more than two
+(2, 4, 6)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "TableOptions",
     "METHOD_NAMES",
     "METHOD_RECIPES",
+    "parse_layer_list",
     "parse_layers",
 ]
 
@@ -66,6 +69,61 @@ def parse_layers(spec) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"--layers {spec!r}: expected two layer indices LOW,HIGH such as 4,6.") from None
     return low, high
+
+
+def parse_layer_list(spec) -> tuple[int, ...]:
+    """``"L1,L2,..."`` (or a sequence) -> two or more layer indices; a clear ValueError otherwise.
+
+    What ``clvq extract --layers`` reads (every other command reads one
+    pair, :func:`parse_layers`).  Two indices are a (low, high) pair, as
+    :class:`~clvqlearn.LayerPairExtractor` takes it (``low <= high``; equal
+    reads one layer as both); three or more are extracted in one forward
+    pass and must be strictly increasing.  Negative indices count from the
+    end (``-1`` is the last hidden state): their order is checked here among
+    indices of the same sign, and against the others by the extractor, once
+    it knows the model's depth.
+
+    Parameters
+    ----------
+    spec : str or sequence of int
+
+    Returns
+    -------
+    tuple of int
+        Two or more layer indices, as given.
+
+    Raises
+    ------
+    ValueError
+        For fewer than two integers, or indices out of order.
+
+    Examples
+    --------
+    >>> parse_layer_list("2, 4, 6"), parse_layer_list("4,6"), parse_layer_list("2,-2,-1")
+    ((2, 4, 6), (4, 6), (2, -2, -1))
+    >>> parse_layer_list("6,4,2")
+    Traceback (most recent call last):
+    ...
+    ValueError: --layers '6,4,2': three or more layers must be strictly increasing, such as 2,4,6.
+    >>> parse_layer_list("4")
+    Traceback (most recent call last):
+    ...
+    ValueError: --layers '4': expected two or more layer indices, such as 4,6 or 2,4,6.
+    """
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        layers = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        layers = ()
+    if len(layers) < 2:
+        raise ValueError(f"--layers {spec!r}: expected two or more layer indices, such as 4,6 or 2,4,6.")
+    for sign in (False, True):  # non-negative, then negative indices: each in the order given
+        same = [v for v in layers if (v < 0) == sign]
+        if len(layers) == 2 and any(b < a for a, b in zip(same, same[1:])):
+            raise ValueError(f"--layers {spec!r}: two layers are LOW,HIGH with LOW <= HIGH, such as 4,6.")
+        if len(layers) > 2 and any(b <= a for a, b in zip(same, same[1:])):
+            raise ValueError(f"--layers {spec!r}: three or more layers must be strictly increasing, such as 2,4,6.")
+    return layers
 
 
 def _positive(options, *names) -> None:
@@ -118,28 +176,47 @@ class SourceOptions:
 
     def __post_init__(self):
         _positive(self, "n_texts", "max_length")
-        self.layer_pair()
+        self.extractor_layers()
 
     def layer_pair(self) -> tuple[int, int]:
         """The parsed ``layers``."""
         return parse_layers(self.layers)
 
+    def extractor_layers(self) -> tuple[int, ...]:
+        """The layers the extractor reads: the ``LOW,HIGH`` pair (``clvq extract`` reads more)."""
+        return self.layer_pair()
+
 
 @dataclass
 class ExtractOptions(SourceOptions):
-    """``clvq extract``: texts -> saved layer pairs (a LayerPairs folder).
+    """``clvq extract``: texts -> saved layer pairs (a LayerPairs folder), or several layers (a store).
+
+    Two layers (``--layers 4,6``) are saved as a LayerPairs folder,
+    ``pairs/``, which the other commands read.  Three or more
+    (``--layers 2,4,6``) are extracted in one forward pass and saved as an
+    activation store, ``store/``; any pair of it is
+    ``LayerPairs.open(OUTPUT/store, layers=(low, high))`` in Python.
 
     Parameters
     ----------
+    layers : str
+        ``LOW,HIGH`` hidden-state indices (0 = embeddings; negative counts
+        from the end), or three or more strictly increasing ones,
+        ``2,4,6``, read in one pass.
     output : str
-        Folder for ``pairs/``, ``texts.jsonl`` and ``config.yaml``.
+        Folder for ``pairs/`` (or ``store/``), ``texts.jsonl`` and ``config.yaml``.
     overwrite : bool
         Replace an output folder that already holds files; the old folder
         is removed only once this run has finished.
     """
 
+    layers: str = "4,6"
     output: str = "clvq_pairs"
     overwrite: bool = False
+
+    def extractor_layers(self) -> tuple[int, ...]:
+        """The parsed ``layers``: two or more indices (:func:`parse_layer_list`)."""
+        return parse_layer_list(self.layers)
 
 
 @dataclass

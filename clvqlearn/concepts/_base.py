@@ -454,6 +454,10 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         layer pair or split with a ValueError.  Plain arrays carry no
         provenance and are always accepted (split as at fit time), which is
         the way to apply the estimator to other activations on purpose.
+        So is the size of the training data (``n_docs_seen_``,
+        ``n_tokens_seen_``: documents and token rows given to ``fit``,
+        summed over ``partial_fit`` calls), which the model card written by
+        :meth:`save` reports.
         If ``fit`` fails, the estimator keeps its previous state.
         """
         before = dict(vars(self))
@@ -465,6 +469,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             data = self._validate_input(X, reset=True, fitting=True, stream=True)
             self._drop_caches()
             self._fit_data(data, partial=False)
+            self._record_seen(data, add=False)
         except BaseException:
             _restore_state(self, before)
             raise
@@ -508,6 +513,7 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 self._fitted_structure = self._structure()
             data = self._validate_input(X, reset=first, fitting=first)
             self._fit_data(data, partial=True)
+            self._record_seen(data, add=not first)
         except BaseException:
             for name in list(vars(self)):
                 if not name.startswith("_cache"):
@@ -516,6 +522,24 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             self._drop_caches()
             raise
         return self
+
+    def _record_seen(self, data, *, add: bool) -> None:
+        """Record how much data trained the estimator: ``n_docs_seen_`` and ``n_tokens_seen_``.
+
+        ``fit`` records the documents and token rows it was given (held-out
+        validation documents included; a plain array counts each row as a
+        one-token document); each ``partial_fit`` call adds its own
+        (``add=True``), as scikit-learn's ``n_samples_seen_`` does.  A count
+        that cannot be known (a ``partial_fit`` continuing a model loaded
+        from a save made before these were recorded) stays None.  Set only
+        after the fit succeeded; no fitted number depends on them.
+        """
+        n_docs, n_tokens = int(np.asarray(data.offsets).size - 1), int(data.n_tokens)
+        if add:
+            docs_before, tokens_before = getattr(self, "n_docs_seen_", None), getattr(self, "n_tokens_seen_", None)
+            n_docs = None if docs_before is None else int(docs_before) + n_docs
+            n_tokens = None if tokens_before is None else int(tokens_before) + n_tokens
+        self.n_docs_seen_, self.n_tokens_seen_ = n_docs, n_tokens
 
     def _resumes(self, partial: bool) -> bool:
         """Whether ``_fit_data(data, partial)`` continues from a fitted state.
@@ -722,7 +746,9 @@ class ConceptEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         card : dict, optional
             What the model card says beyond the estimator's own record: keys
             ``"data"`` (a description, a dict with ``n_docs``/``n_tokens``,
-            or the training LayerPairs), ``"metrics"`` (held-out figures,
+            or the training LayerPairs; without it the card gives the
+            training data's size recorded at fit, ``n_docs_seen_`` and
+            ``n_tokens_seen_``), ``"metrics"`` (held-out figures,
             name -> number), ``"model"`` and ``"layers"`` (for an estimator
             fitted on a plain array); see ``clvqlearn.write_model_card``.
 

@@ -9,8 +9,9 @@ card: it describes the model, it does not define it.
 The card is a Markdown file that starts with a YAML block (Hugging Face's
 model-card metadata: ``library_name``, ``tags``, ``base_model``) holding a
 ``clvqlearn`` block: the estimator's class, ``k``, the language model and
-layer pair it was fitted on, its parameters, and what the caller says about
-the training data and the held-out figures.  The YAML is written and parsed
+layer pair it was fitted on, its parameters, the training data (its size as
+recorded at fit, ``n_docs_seen_`` and ``n_tokens_seen_``, unless the caller
+describes it) and the held-out figures the caller gives.  The YAML is written and parsed
 with ``huggingface_hub`` (installed with transformers), offline.
 
 Examples
@@ -181,7 +182,7 @@ def card_block(estimator, *, data=None, metrics=None, model=None, layers=None) -
         "concepts_used": int((usage > 0).sum()),
         "n_iter": _plain(getattr(estimator, "n_iter_", None)),
         "params": _card_params(estimator),
-        "data": _check_data(data, estimator, model, layers),
+        "data": _check_data(data, estimator, model, layers) if data is not None else _fitted_data(estimator),
         "metrics": _check_metrics(metrics),
         "clvqlearn_version": _version(),
     }
@@ -304,6 +305,15 @@ def _check_data(data, estimator, model, layers) -> dict | None:
         return {key: _plain(value, f"data[{key!r}]") for key, value in data.items()}
     raise TypeError("card data must be a description (str), a dict or the training LayerPairs; got "
                     f"{type(data).__name__}.")
+
+
+def _fitted_data(estimator) -> dict | None:
+    """The training data's size recorded at fit (``n_docs_seen_``, ``n_tokens_seen_``), where known."""
+    record = {key: getattr(estimator, name, None) for key, name in (("n_docs", "n_docs_seen_"),
+                                                                    ("n_tokens", "n_tokens_seen_"))}
+    record = {key: int(value) for key, value in record.items()
+              if isinstance(value, Integral) and not isinstance(value, bool) and value >= 0}
+    return record or None
 
 
 def _pairs_data(pairs: LayerPairs, estimator, model, layers) -> dict:

@@ -93,7 +93,8 @@ def write_model_card(path, estimator, *, data=None, metrics=None, model=None, la
         ``"n_docs"``, ``"n_tokens"`` and any other JSON values), or the
         training ``LayerPairs`` themselves (their document and token counts,
         model and layers are recorded; they must come from the model and
-        layers the estimator was fitted on).
+        layers the estimator was fitted on).  Default: the size of the
+        training data recorded at fit (``n_docs_seen_``, ``n_tokens_seen_``).
     metrics : dict of str to float or str, optional
         Held-out figures, for example ``{"held-out FVE": 0.21}``.
     model : str, optional
@@ -128,6 +129,8 @@ def write_model_card(path, estimator, *, data=None, metrics=None, model=None, la
     >>> card = read_model_card(folder)
     >>> card["clvqlearn"]["data"], card["clvqlearn"]["metrics"]
     ({'description': '50 random rows'}, {'held-out FVE': 0.1})
+    >>> read_model_card(est.save(tempfile.mkdtemp() + "/again"))["clvqlearn"]["data"]  # the size seen by fit
+    {'n_docs': 50, 'n_tokens': 50}
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -339,7 +342,8 @@ def _set_saved_state(estimator, config: dict, tensors: dict, config_file: Path, 
     missing = [name for name in _REQUIRED_ATTRIBUTES if not hasattr(estimator, name)]
     if missing:
         raise ValueError(f"{config_file} with {tensor_file.name}: missing fitted attribute(s) {missing}.")
-    for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_"):  # older saves
+    # older saves lack these
+    for name in ("layer_widths_", "pairs_model_name_", "pairs_layers_", "n_docs_seen_", "n_tokens_seen_"):
         if not hasattr(estimator, name):
             setattr(estimator, name, None)
     estimator._upgrade_loaded_state()
@@ -351,6 +355,10 @@ def _check_loaded_state(estimator, path: Path) -> None:
     n_features = estimator.n_features_in_
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
         raise ValueError(f"{path / 'config.json'}: n_features_in_ must be a positive integer; got {n_features!r}.")
+    for name in ("n_docs_seen_", "n_tokens_seen_"):
+        seen = getattr(estimator, name, None)
+        if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
+            raise ValueError(f"{path / 'config.json'}: {name} must be a non-negative integer or null; got {seen!r}.")
     _check_components_shape(estimator, path)
     for name in _PER_CONCEPT:
         array = getattr(estimator, name, None)

@@ -193,6 +193,10 @@ class KMeansConcepts(ConceptEstimator):
         underflow or cancellation; ``components_`` are in the input's units.
     n_features_in_ : int
         Width of the input (``d_low + d_high`` for LayerPairs).
+    n_docs_seen_, n_tokens_seen_ : int
+        Documents and token rows given to :meth:`fit`, summed over
+        :meth:`partial_fit` calls; what the model card of :meth:`save`
+        reports as training data.
 
     See Also
     --------

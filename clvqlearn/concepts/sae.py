@@ -169,6 +169,10 @@ class SparseAutoencoder(_NetworkEstimator):
     best_epoch_ : int
         Epoch whose weights were kept by early stopping.
     n_features_in_ : int
+    n_docs_seen_, n_tokens_seen_ : int
+        Documents and token rows given to :meth:`fit` (held-out validation
+        documents included), summed over :meth:`partial_fit` calls; what the
+        model card of :meth:`save` reports as training data.
 
     See Also
     --------

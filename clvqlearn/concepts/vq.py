@@ -695,6 +695,10 @@ class CrossLayerVQ(_VQEstimator):
         True when training stopped on a diverging loss (a
         ``ConvergenceWarning`` was issued and the best state restored).
     n_features_in_ : int
+    n_docs_seen_, n_tokens_seen_ : int
+        Documents and token rows given to :meth:`fit` (held-out validation
+        documents included), summed over :meth:`partial_fit` calls; what the
+        model card of :meth:`save` reports as training data.
 
     See Also
     --------

@@ -8,7 +8,7 @@ layers make a :class:`~clvqlearn.LayerPairs` without copying:
 sweep over layer pairs needs no second extraction.
 
 This module imports only :mod:`clvqlearn.data.pairs`.  The lazy view of a
-store of several layers, :class:`~clvqlearn.data.ShardedLayerStack`, is a
+store of several layers, :class:`~clvqlearn.ShardedLayerStack`, is a
 subclass defined by :mod:`clvqlearn.data.store_reader`.
 """
 

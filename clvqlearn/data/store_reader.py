@@ -540,7 +540,7 @@ class ShardedLayerStack(_StoreView, LayerStack):
     one pass.  :meth:`pair` is the :class:`ShardedLayerPairs` of any two of
     its layers, which estimators, ``GridSearchCV`` and dask sweeps take like
     a two-layer store; it shares this view's shards and checks.  Like
-    :class:`~clvqlearn.data.LayerStack`, ``len`` counts documents,
+    :class:`~clvqlearn.LayerStack`, ``len`` counts documents,
     ``stack[i:j]`` and ``take(docs)`` return an in-memory ``LayerStack``,
     and :meth:`layer` is one layer's lazy column.
 

@@ -18,7 +18,7 @@ written by N processes equals the one written by one, row for row, and an
 interrupted run may resume with another number of processes.
 
 The writer receives each shard's :class:`~clvqlearn.LayerPairs` (or, for a
-store of more than two layers, its :class:`~clvqlearn.data.LayerStack`)
+store of more than two layers, its :class:`~clvqlearn.LayerStack`)
 from a ``make_shard(start, stop)`` callback: it knows nothing of the model
 or the extractor (``clvqlearn.extraction.extract_to_store`` is the driver
 that writes an extractor's output).
@@ -322,7 +322,7 @@ def write_store(path, make_shard: Callable[[int, int], LayerPairs | LayerStack],
     make_shard : callable
         ``make_shard(start, stop)`` returns the :class:`~clvqlearn.LayerPairs`
         of documents ``start .. stop - 1`` (for a ``spec`` of more than two
-        layers, their :class:`~clvqlearn.data.LayerStack`).
+        layers, their :class:`~clvqlearn.LayerStack`).
     spec : StoreSpec
         What the store holds.
     texts : sequence of str, optional
