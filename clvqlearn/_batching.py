@@ -16,13 +16,15 @@ __all__ = ["length_batches", "model_inputs", "pad_right"]
 POOL_BATCHES = 50
 
 
-def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = False, docs=None) -> list:
+def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = False, docs=None,
+                   max_tokens: int | None = None) -> list:
     """Index batches of documents of similar length.
 
     Without ``rng`` the documents are sorted by length (stable) and cut into
-    batches.  With ``rng`` (training) they are shuffled, sorted by length
-    inside pools of 50 batches and cut, and the batch order is shuffled
-    again, as transformers' ``group_by_length`` does.
+    batches (of at most ``max_tokens`` padded tokens when it is given).
+    With ``rng`` (training) they are shuffled, sorted by length inside
+    pools of 50 batches and cut, and the batch order is shuffled again,
+    as transformers' ``group_by_length`` does.
 
     Parameters
     ----------
@@ -35,6 +37,10 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
         Longest documents first (inside each pool when shuffling).
     docs : array-like of int, optional
         The document ids to batch (default all).
+    max_tokens : int, optional
+        Without ``rng``: also cap each batch's padded size (documents times
+        its longest length) at this many tokens; a longer document still
+        gets a batch of its own.
 
     Returns
     -------
@@ -47,6 +53,8 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
     [[1, 3], [2, 0]]
     >>> [b.tolist() for b in length_batches([5, 1, 3, 2], 3, descending=True)]
     [[0, 2, 3], [1]]
+    >>> [b.tolist() for b in length_batches([5, 1, 3, 2], 3, descending=True, max_tokens=6)]
+    [[0], [2, 3], [1]]
     >>> rng = np.random.RandomState(0)
     >>> sorted(int(i) for b in length_batches([5, 1, 3, 2], 2, rng=rng) for i in b)
     [0, 1, 2, 3]
@@ -56,7 +64,9 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
     sign = -1 if descending else 1
     if rng is None:
         ordered = docs[np.argsort(sign * lengths[docs], kind="stable")]
-        return [ordered[i : i + batch_size] for i in range(0, ordered.size, batch_size)]
+        if max_tokens is None:
+            return [ordered[i : i + batch_size] for i in range(0, ordered.size, batch_size)]
+        return _token_capped(ordered, lengths, batch_size, max_tokens)
     docs = docs[rng.permutation(docs.size)]
     pool = batch_size * POOL_BATCHES
     batches = []
@@ -65,6 +75,22 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
         chunk = chunk[np.argsort(sign * lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _token_capped(ordered: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list:
+    """Cut length-ordered documents into batches of at most ``batch_size`` documents and ``max_tokens`` tokens."""
+    batches, start = [], 0
+    while start < ordered.size:
+        stop = start + 1
+        width = int(lengths[ordered[start]])
+        while stop < ordered.size and stop - start < batch_size:
+            width = max(width, int(lengths[ordered[stop]]))
+            if (stop - start + 1) * width > max_tokens:
+                break
+            stop += 1
+        batches.append(ordered[start:stop])
+        start = stop
+    return batches
 
 
 def pad_right(sequences, pad_value, *, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,9 @@ TEXTS = [
     "Yukos unit buyer faces loan claim from the owners of the embattled Russian oil giant.",
     "High fuel prices hit BA's profits.",
 ]
-SETTINGS = dict(layers=(1, 4, 6), max_length=32, batch_size=2)
+# PyTorch's own kernels everywhere: a model placed by Accelerate never uses the oneDNN route, so the
+# reference must not either for the comparisons to be exact
+SETTINGS = dict(layers=(1, 4, 6), max_length=32, batch_size=2, onednn=False)
 
 
 @pytest.fixture(scope="module")
