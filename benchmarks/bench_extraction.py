@@ -123,6 +123,7 @@ def worker(args) -> dict:
         if best is None or cpu < best[1]:
             best = (wall, cpu)
     wall, cpu = best
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check's own plain loop
     errors = {} if mode == "plain" else value_errors(ext, texts[:N_CHECKED], layers, args)
     return {
         "model": name, "layers": f"{layers[0]},{layers[1]}", "mode": mode, "n_texts": len(texts),
@@ -130,7 +131,7 @@ def worker(args) -> dict:
         "n_input_tokens": n_tokens, "n_output_rows": int(rows),
         "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "tokens_per_s": round(n_tokens / wall, 1), "tokens_per_cpu_s": round(n_tokens / cpu, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss, 1),
         "rss_after_load_mib": round(rss_before, 1),
         "load_avg_1min_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         **errors,
