@@ -394,7 +394,7 @@ def _membership(concepts, pairs: LayerPairs, top_n: int) -> sparse.csr_matrix:
 
         if isinstance(concepts, SparseAutoencoder):
             return _top_members(concepts.decision_function(pairs), top_n)
-        return _partition(concepts.predict(pairs), n)
+        return _partition(concepts.predict(pairs), n, k=getattr(concepts, "k", None))
     array = np.asarray(concepts)
     if array.ndim == 2:
         if array.shape[0] != n:
@@ -403,13 +403,14 @@ def _membership(concepts, pairs: LayerPairs, top_n: int) -> sparse.csr_matrix:
     return _partition(array, n)
 
 
-def _partition(ids: np.ndarray, n: int) -> sparse.csr_matrix:
+def _partition(ids: np.ndarray, n: int, k: int | None = None) -> sparse.csr_matrix:
+    """The membership of concept ids; ``k`` rows when the estimator says how many concepts it has."""
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.shape[0] != n:
         raise ValueError(f"concepts must hold one concept id per token row ({n}); got shape {ids.shape}.")
     if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0):
         raise ValueError("concept ids must be non-negative integers.")
-    k = int(ids.max()) + 1 if ids.size else 0
+    k = max(int(ids.max()) + 1 if ids.size else 0, int(k or 0))
     return sparse.csr_matrix((np.ones(n), (ids.astype(np.int64), np.arange(n))), shape=(k, n))
 
 

@@ -19,6 +19,7 @@ holds the API key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -73,6 +74,13 @@ class HFChatBackend:
         the allowed ones by log-probability) instead of free generation,
         which a 135M model rarely turns into valid JSON.
 
+    Notes
+    -----
+    On the CPU with float32 weights, the model's blocks run their Linear
+    layers through oneDNN with packed weights during each call, as the
+    extractor does (:mod:`clvqlearn._onednn`): the same answers up to
+    float rounding, faster.
+
     Examples
     --------
     >>> judge = HFChatBackend()  # doctest: +SKIP
@@ -121,7 +129,7 @@ class HFChatBackend:
         text = self._chat(prompt)
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(net.device)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _cpu_kernels(net):
                 out = net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                    pad_token_id=tokenizer.pad_token_id)
         except (RuntimeError, ValueError) as exc:
@@ -199,7 +207,7 @@ class HFChatBackend:
         past, fed = self._reuse(ids)
         parts, probs = [], {}
         self.last_probs = probs
-        with torch.inference_mode():
+        with torch.inference_mode(), _cpu_kernels(net):
             for i, key in enumerate(keys):
                 try:
                     out = net(input_ids=torch.tensor([ids[fed:]], device=net.device), use_cache=True,
@@ -249,7 +257,7 @@ class HFChatBackend:
             ids[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _cpu_kernels(net):
                 logits = net(input_ids=ids.to(net.device), attention_mask=mask.to(net.device)).logits
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"{self.name} failed to score options: {exc}") from exc
@@ -265,6 +273,14 @@ class HFChatBackend:
         state["_cache"] = None
         state["_kv"] = None
         return state
+
+
+def _cpu_kernels(net):
+    """The oneDNN route for the blocks of a float32 model on the CPU (the extractor's), else nothing."""
+    from .._onednn import onednn_linears, onednn_usable
+    from ..models import get_layer_list
+
+    return onednn_linears(get_layer_list(net)) if onednn_usable(net) else contextlib.nullcontext()
 
 
 def _common_prefix(seqs) -> list:

@@ -118,6 +118,24 @@ def test_an_estimator_is_aligned_through_predict():
     assert report.aligned_share == 1.0 and report.n_concepts == 3
 
 
+def test_n_concepts_is_the_estimators_k_even_when_the_last_codes_are_unused():
+    pairs = _pairs()
+    used = KMeansConcepts(k=3, random_state=0).fit(pairs).predict(pairs)
+
+    class FiftyCodes:  # codes 3..49 exist, but no token of these pairs falls in them
+        k = 50
+
+        def predict(self, _):
+            return used
+
+        def decision_function(self, _):
+            raise AssertionError("a partition is aligned through predict")
+
+    labels = np.asarray(used).astype(str).astype(object)
+    report = concept_alignment(FiftyCodes(), pairs, labels, n_bootstrap=0, n_control=0)
+    assert report.n_concepts == 50 and report.n_evaluated == 3
+
+
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"labels": np.array(["a"] * 3, dtype=object)}, ValueError, r"labels must have one row per token row \(400\)"),
     ({"concepts": np.arange(3)}, ValueError, r"one concept id per token row \(400\)"),
