@@ -4,13 +4,13 @@ PyTorch runs a float32 ``nn.Linear`` on the CPU through MKL's sgemm, which
 reads the weight in its plain layout on every call.  oneDNN keeps a copy of
 the weight reordered once into the blocked layout its kernels want: on a
 2-core AVX-512 machine its Linear runs at about twice MKL's rate on the
-shapes of MiniLM and SmolLM2, with the same float32 values up to rounding
-(``benchmarks/bench_extraction.py`` reports the whole extractor's gain
-and its error).  The packed kernel is the one PyTorch's own compiler
+shapes of MiniLM and SmolLM2 (``benchmarks/bench_cpu_kernels.py``), with
+the same float32 values up to rounding (``benchmarks/bench_extraction.py``
+reports the whole extractor's gain and its error).  The packed kernel is the one PyTorch's own compiler
 (Inductor) uses on the CPU, ``torch.ops.mkldnn._linear_pointwise``, which
 reads and writes ordinary tensors; where a PyTorch build lacks it, the
 public :class:`torch.utils.mkldnn.MkldnnLinear` (which converts every input
-and output, about 15 % slower) takes its place.
+and output, and is slower) takes its place.
 
 :func:`onednn_linears` routes the ``nn.Linear`` layers of the first blocks
 of a model through their packed copies for the duration of a ``with``

@@ -24,7 +24,7 @@ How it is fast:
   asked) or, above a size threshold, into ``np.memmap`` files;
 * on the CPU in float32, the Linear layers of the blocks that run use
   oneDNN with pre-packed weights (:mod:`clvqlearn._onednn`): the same
-  values up to rounding, 1.6-1.7x faster;
+  values up to rounding, about twice the rate of PyTorch's own kernel;
 * bfloat16 autocast is available as an opt-in (``compute_dtype``);
 * a model larger than one device loads through Accelerate
   (``device_map``, ``torch_dtype``): the inputs go to the device of its
@@ -142,8 +142,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     max_batch_tokens : int, "auto" or None, default="auto"
         Also cap a forward pass at this many padded tokens (documents times
         the longest one).  ``"auto"`` is 512 on the CPU, where small
-        batches keep the activations in the cache (1.3-1.7x faster than 32
-        documents of any length, ``benchmarks/bench_extraction.py``), and
+        batches keep the activations in the cache (faster than 32
+        documents of any length: ``benchmarks/bench_cpu_kernels.py``), and
         no cap on accelerators; None never caps.
     special_tokens : {"drop", "keep"}, default="drop"
         Drop the tokenizer's special tokens ([CLS], [SEP], BOS, ...) from the
@@ -173,7 +173,8 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
         On the CPU with float32 weights and compute, run the Linear layers
         of the blocks that run through oneDNN with weights packed once
         (:mod:`clvqlearn._onednn`), for the duration of each forward pass:
-        the same float32 values up to rounding (relative 1e-5), faster,
+        the same float32 values up to rounding (per-row relative
+        differences below 1e-4 in ``benchmarks/bench_extraction.py``), faster,
         and the packed weights' memory once more.  False uses PyTorch's
         default kernels.  Ignored elsewhere.
     device : str, default="auto"
