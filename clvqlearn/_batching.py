@@ -38,9 +38,9 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
     docs : array-like of int, optional
         The document ids to batch (default all).
     max_tokens : int, optional
-        Without ``rng``: also cap each batch's padded size (documents times
-        its longest length) at this many tokens; a longer document still
-        gets a batch of its own.
+        Also cap each batch's padded size (documents times its longest
+        length) at this many tokens; a longer document still gets a batch of
+        its own.  Not with ``rng``.
 
     Returns
     -------
@@ -60,6 +60,8 @@ def length_batches(lengths, batch_size: int, *, rng=None, descending: bool = Fal
     [0, 1, 2, 3]
     """
     lengths = np.asarray(lengths)
+    if max_tokens is not None and rng is not None:
+        raise ValueError("length_batches: max_tokens caps length-ordered batches only; it cannot be combined with rng.")
     docs = np.arange(lengths.size) if docs is None else np.asarray(docs)
     sign = -1 if descending else 1
     if rng is None:

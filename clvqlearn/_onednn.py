@@ -40,7 +40,8 @@ def onednn_usable(model: nn.Module) -> bool:
     """Whether :func:`onednn_linears` can speed up ``model``'s forward pass.
 
     True for a float32 model entirely on the CPU, in a PyTorch built with
-    oneDNN, and not placed by Accelerate (its hooks own ``forward``).
+    oneDNN, not placed by Accelerate (its hooks own ``forward``) and not
+    created under ``torch.inference_mode``.
 
     Examples
     --------
@@ -53,17 +54,21 @@ def onednn_usable(model: nn.Module) -> bool:
     if not torch.backends.mkldnn.is_available() or getattr(model, "hf_device_map", None):
         return False
     params = list(model.parameters())
-    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 and not p.is_inference()
+                                for p in params)
 
 
 @contextlib.contextmanager
 def onednn_linears(modules):
     """Run every plain ``nn.Linear`` inside ``modules`` through pre-packed oneDNN weights.
 
-    Only for inference (no gradients flow through a packed layer) on float32
-    CPU tensors; check :func:`onednn_usable` first.  Subclasses of
-    ``nn.Linear`` (quantised, LoRA, ...) and layers whose ``forward`` was
-    already replaced are left alone.
+    For inference on float32 CPU tensors; check :func:`onednn_usable` first.
+    A call made with gradients enabled or under autocast (by another thread
+    or a hook, say) takes PyTorch's own kernel, so it computes what the
+    model would.  Subclasses of ``nn.Linear`` (quantised layers, a LoRA
+    wrapper: its inner plain ``base_layer`` is routed) and layers whose
+    ``forward`` was already replaced are left alone, so nested use routes
+    nothing twice.
 
     Parameters
     ----------
@@ -89,15 +94,17 @@ def onednn_linears(modules):
     >>> n_routed, torch.allclose(plain, packed, atol=1e-6), "forward" in vars(net[0])
     (2, True, False)
     """
-    linears = [m for module in modules for m in module.modules()
-               if type(m) is nn.Linear and "forward" not in vars(m)]
+    linears = list(dict.fromkeys(m for module in modules for m in module.modules()
+                                 if type(m) is nn.Linear and "forward" not in vars(m)))
+    installed: dict = {}
     try:
         for linear in linears:
-            linear.forward = _packed(linear)
+            installed[linear] = linear.forward = _packed(linear)
         yield len(linears)
     finally:
-        for linear in linears:
-            vars(linear).pop("forward", None)
+        for linear, forward in installed.items():
+            if vars(linear).get("forward") is forward:  # never remove a forward someone else set meanwhile
+                del vars(linear)["forward"]
 
 
 def _packed(linear: nn.Linear):
@@ -114,13 +121,29 @@ def _packed(linear: nn.Linear):
 
 
 def _pack(linear: nn.Linear):
-    """``x -> linear(x)`` through a oneDNN copy of the weight in its blocked layout."""
+    """``x -> linear(x)`` through a oneDNN copy of the weight in its blocked layout.
+
+    With gradients enabled or under CPU autocast it computes with PyTorch's
+    kernel instead (the packed one has no gradient and ignores autocast).
+    The closure holds the weight and bias, never the Linear, so the weak
+    cache lets a dropped model go.
+    """
+    weight, bias = linear.weight, linear.bias
     ops = torch.ops.mkldnn
-    if not _HAS_POINTWISE:
+    if _HAS_POINTWISE:
+        packed = ops._reorder_linear_weight(weight.detach())
+        packed_bias = None if bias is None else bias.detach()
+
+        def fast(x):
+            return ops._linear_pointwise(x, packed, packed_bias, "none", [], "")
+    else:
         from torch.utils.mkldnn import MkldnnLinear
 
-        module = MkldnnLinear(linear, torch.float32)
-        return lambda x: module(x.contiguous())
-    weight = ops._reorder_linear_weight(linear.weight.detach())
-    bias = None if linear.bias is None else linear.bias.detach()
-    return lambda x: ops._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+        fast = MkldnnLinear(linear, torch.float32)
+
+    def forward(x):
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            return torch.nn.functional.linear(x, weight, bias)
+        return fast(x.contiguous())
+
+    return forward

@@ -84,7 +84,8 @@ from .models import (
 __all__ = ["LayerPairExtractor", "extract_to_store"]
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-#: ``max_batch_tokens="auto"`` on the CPU (the fastest of 256-2048 for both packaged models)
+#: ``max_batch_tokens="auto"`` on the CPU (within 10 % of the fastest of 256-2048 for both packaged models
+#: on two corpora: ``benchmarks/results/cpu_kernels/``)
 _CPU_BATCH_TOKENS = 512
 _TORCH_DTYPES = ("float32", "float16", "bfloat16")
 _DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")

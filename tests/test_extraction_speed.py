@@ -76,6 +76,53 @@ def test_a_changed_weight_is_packed_again(kernel):
     assert not torch.allclose(before, after)
 
 
+def test_a_changed_bias_alone_is_packed_again(kernel):
+    lin = nn.Linear(4, 3).eval()
+    x = torch.randn(5, 4)
+    with torch.inference_mode(), onednn_linears([lin]):
+        lin(x)
+    with torch.no_grad():
+        lin.bias.add_(5.0)
+    with torch.inference_mode():
+        expected = lin(x)
+        with onednn_linears([lin]):
+            after = lin(x)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_and_autocast_take_pytorchs_kernel_while_routed(kernel):
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+    x = torch.randn(4, 6)
+    expected = lin(x)
+    with onednn_linears([lin]):
+        got = lin(x)  # gradients enabled: the packed kernel has none
+        got.sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = lin(x)
+    torch.testing.assert_close(got, expected)
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    assert cast.dtype == torch.bfloat16
+
+
+def test_a_forward_set_by_someone_else_meanwhile_is_kept():
+    lin = nn.Linear(4, 4)
+    with onednn_linears([nn.Sequential(lin, lin)]) as n_routed:
+        assert n_routed == 1  # a shared layer is routed once
+        lin.forward = lambda x: x  # e.g. a hook installed during the block
+    assert "forward" in vars(lin)
+
+
+def test_the_llm_backends_route_can_be_turned_off_and_skips_unknown_architectures():
+    from clvqlearn.evaluation.llm import _cpu_kernels
+
+    net = nn.Sequential(nn.Linear(4, 4))  # no transformer blocks to find
+    with _cpu_kernels(net) as routed:
+        assert routed is None and "forward" not in vars(net[0])
+    with _cpu_kernels(net, enabled=False) as routed:
+        assert routed is None
+
+
 def test_subclasses_and_replaced_forwards_are_left_alone():
     class Custom(nn.Linear):
         pass
@@ -147,6 +194,29 @@ def test_token_capped_batches_cover_every_document_once_within_both_caps(lengths
 def test_token_capped_batches_are_as_large_as_the_caps_allow():
     batches = length_batches(np.array([10, 10, 10, 2, 2, 2, 2, 2]), 3, descending=True, max_tokens=20)
     assert [b.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5, 6], [7]]
+
+
+def test_the_token_cap_rejects_shuffled_batches():
+    with pytest.raises(ValueError, match="cannot be combined with rng"):
+        length_batches([3, 2, 1], 2, rng=np.random.RandomState(0), max_tokens=4)
+
+
+def test_the_extractor_passes_its_token_cap_to_the_batches(tiny_bert_dir, monkeypatch):
+    from clvqlearn import extraction
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_tokens"))
+        return length_batches(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "length_batches", spy)
+    ext = LayerPairExtractor(os.fspath(tiny_bert_dir), layers=(1, 3), max_length=24, device="cpu",
+                             max_batch_tokens=16).fit(TEXTS)
+    ext.transform(TEXTS)
+    ext.set_params(max_batch_tokens=None).transform(TEXTS)
+    ext.set_params(max_batch_tokens="auto").transform(TEXTS)
+    assert seen == [16, None, 512]
 
 
 def test_max_batch_tokens_gives_the_same_rows_and_is_checked_early(tiny_bert_dir):

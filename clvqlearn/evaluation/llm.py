@@ -73,13 +73,13 @@ class HFChatBackend:
         it through :meth:`choose` (guided decoding: every value picked among
         the allowed ones by log-probability) instead of free generation,
         which a 135M model rarely turns into valid JSON.
-
-    Notes
-    -----
-    On the CPU with float32 weights, the model's blocks run their Linear
-    layers through oneDNN with packed weights during each call, as the
-    extractor does (:mod:`clvqlearn._onednn`): the same answers up to
-    float rounding, faster.
+    onednn : bool, default=True
+        On the CPU with float32 weights, run the blocks' Linear layers
+        through oneDNN with packed weights during each call, as the
+        extractor does (:mod:`clvqlearn._onednn`): the same answers up to
+        float rounding, faster, and the blocks' weights held once more in
+        memory for the backend's life (False: PyTorch's kernels, no extra
+        memory).
 
     Examples
     --------
@@ -89,12 +89,13 @@ class HFChatBackend:
     """
 
     def __init__(self, model: str = "smollm2", *, max_new_tokens: int = 200, device: str = "cpu",
-                 system_prompt: str | None = None, constrained: bool = True):
+                 system_prompt: str | None = None, constrained: bool = True, onednn: bool = True):
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.device = device
         self.system_prompt = system_prompt
         self.constrained = constrained
+        self.onednn = onednn
         self.last_probs = None
         self._cache = None
         self._kv = None
@@ -129,7 +130,7 @@ class HFChatBackend:
         text = self._chat(prompt)
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(net.device)
         try:
-            with torch.inference_mode(), _cpu_kernels(net):
+            with torch.inference_mode(), _cpu_kernels(net, self.onednn):
                 out = net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                    pad_token_id=tokenizer.pad_token_id)
         except (RuntimeError, ValueError) as exc:
@@ -207,7 +208,7 @@ class HFChatBackend:
         past, fed = self._reuse(ids)
         parts, probs = [], {}
         self.last_probs = probs
-        with torch.inference_mode(), _cpu_kernels(net):
+        with torch.inference_mode(), _cpu_kernels(net, self.onednn):
             for i, key in enumerate(keys):
                 try:
                     out = net(input_ids=torch.tensor([ids[fed:]], device=net.device), use_cache=True,
@@ -257,7 +258,7 @@ class HFChatBackend:
             ids[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
         try:
-            with torch.inference_mode(), _cpu_kernels(net):
+            with torch.inference_mode(), _cpu_kernels(net, self.onednn):
                 logits = net(input_ids=ids.to(net.device), attention_mask=mask.to(net.device)).logits
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"{self.name} failed to score options: {exc}") from exc
@@ -275,12 +276,18 @@ class HFChatBackend:
         return state
 
 
-def _cpu_kernels(net):
+def _cpu_kernels(net, enabled: bool = True):
     """The oneDNN route for the blocks of a float32 model on the CPU (the extractor's), else nothing."""
     from .._onednn import onednn_linears, onednn_usable
     from ..models import get_layer_list
 
-    return onednn_linears(get_layer_list(net)) if onednn_usable(net) else contextlib.nullcontext()
+    if not (enabled and onednn_usable(net)):
+        return contextlib.nullcontext()
+    try:
+        blocks = get_layer_list(net)
+    except ValueError:  # an architecture whose blocks clvqlearn cannot find: PyTorch's kernels
+        return contextlib.nullcontext()
+    return onednn_linears(blocks)
 
 
 def _common_prefix(seqs) -> list:
