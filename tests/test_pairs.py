@@ -354,3 +354,10 @@ def test_overwrite_replaces_only_an_earlier_save_and_keeps_the_folder_readable(t
     os.umask(umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p"]
+
+
+def test_pairs_compare_and_hash_by_identity():
+    # fields of arrays have no one truth value: == is identity (as for LayerStack), and pairs can key a dict
+    a = LayerPairs(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), np.array([0, 2]))
+    b = LayerPairs(a.low, a.high, a.offsets)
+    assert a == a and a != b and len({a: 1, b: 2}) == 2

@@ -113,7 +113,7 @@ def _register_store_opener(opener: Callable) -> None:
     _STORE_OPENER["open"] = opener
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity, as LayerStack: fields of arrays have no one truth value
 class LayerPairs:
     """Lower- and higher-layer token vectors of a corpus, grouped by document.
 
