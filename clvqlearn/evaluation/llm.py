@@ -77,9 +77,10 @@ class HFChatBackend:
         On the CPU with float32 weights, run the blocks' Linear layers
         through oneDNN with packed weights during each call, as the
         extractor does (:mod:`clvqlearn._onednn`): the same answers up to
-        float rounding, faster, and the blocks' weights held once more in
-        memory for the backend's life (False: PyTorch's kernels, no extra
-        memory).
+        float rounding (a test compares both routes on SmolLM2), faster
+        (the kernels' rates: ``benchmarks/bench_cpu_kernels.py``), and the
+        blocks' weights held once more in memory for the backend's life
+        (False: PyTorch's kernels, no extra memory).
 
     Examples
     --------
