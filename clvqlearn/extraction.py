@@ -56,7 +56,6 @@ from sklearn.utils.validation import check_is_fitted
 from torch import dtype as _TorchDtype
 
 from ._batching import length_batches, pad_right
-from ._onednn import onednn_linears, onednn_usable
 from ._sklearn_compat import Interval, StrOptions
 from ._torch_utils import resolve_device
 from ._validation import check_texts as _check_texts
@@ -73,10 +72,10 @@ from .models import (
     PACKAGED_MODELS,
     capture_layers,
     get_embedding_module,
-    get_layer_list,
     load_model,
     load_tokenizer,
     num_layers,
+    packed_blocks,
     resolve_layers,
     resolve_model,
 )
@@ -847,10 +846,10 @@ class LayerPairExtractor(TransformerMixin, BaseEstimator):
             if self.compute_dtype == "bfloat16"
             else contextlib.nullcontext()
         )
-        use_onednn = bool(self.onednn) and self.compute_dtype == "float32" and onednn_usable(model)
-        blocks: list = list(get_layer_list(model)[: max(layers)]) if use_onednn else []
+        packed = (packed_blocks(model, max(layers)) if self.onednn and self.compute_dtype == "float32"
+                  else contextlib.nullcontext())
         with (capture_layers(model, layers, stop_after=max(layers)) as captured, torch.inference_mode(), autocast,
-              onednn_linears(blocks)):
+              packed):
             model(**kwargs)
         return captured
 

@@ -70,6 +70,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "num_layers",
+    "packed_blocks",
     "resolve_layers",
     "resolve_model",
 ]
@@ -969,6 +970,38 @@ def capture_layers(model: nn.Module, layers, *, stop_after: int | None = None):
             hooks.enter_context(layer_hook(model, layer, read(layer)))
         with contextlib.suppress(_StopForward):
             yield captured
+
+
+def packed_blocks(model: nn.Module, n_blocks: int | None = None):
+    """The first ``n_blocks`` blocks of ``model`` (all by default) on oneDNN's packed Linear layers.
+
+    A context manager: :func:`clvqlearn._onednn.onednn_linears` over the
+    blocks when :func:`~clvqlearn._onednn.onednn_usable` says the model can
+    take it (float32, on the CPU, not placed by Accelerate) and its blocks
+    can be found, else nothing.  The one entry point of the extractor and
+    the local LLM backend.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                  intermediate_size=16, vocab_size=20)
+    >>> model = BertModel(cfg).eval()
+    >>> with torch.inference_mode(), packed_blocks(model, 1) as n_routed:
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> n_routed == (6 if torch.backends.mkldnn.is_available() else None)  # q, k, v, output, two MLP layers
+    True
+    """
+    from ._onednn import onednn_linears, onednn_usable
+
+    if not onednn_usable(model):
+        return contextlib.nullcontext()
+    try:
+        blocks = list(get_layer_list(model))
+    except ValueError:  # an architecture whose blocks clvqlearn cannot find: PyTorch's kernels
+        return contextlib.nullcontext()
+    return onednn_linears(blocks[:n_blocks])
 
 
 def _config_depth(config) -> int | None:

@@ -118,7 +118,7 @@ def test_the_llm_backends_route_can_be_turned_off_and_skips_unknown_architecture
     from clvqlearn.evaluation.llm import _cpu_kernels
 
     net = nn.Sequential(nn.Linear(4, 4))  # no transformer blocks to find
-    with _cpu_kernels(net) as routed:
+    with _cpu_kernels(net, True) as routed:
         assert routed is None and "forward" not in vars(net[0])
     with _cpu_kernels(net, enabled=False) as routed:
         assert routed is None

@@ -277,18 +277,11 @@ class HFChatBackend:
         return state
 
 
-def _cpu_kernels(net, enabled: bool = True):
-    """The oneDNN route for the blocks of a float32 model on the CPU (the extractor's), else nothing."""
-    from .._onednn import onednn_linears, onednn_usable
-    from ..models import get_layer_list
+def _cpu_kernels(net, enabled: bool):
+    """The extractor's oneDNN route for the model's blocks (:func:`clvqlearn.models.packed_blocks`) when enabled."""
+    from ..models import packed_blocks
 
-    if not (enabled and onednn_usable(net)):
-        return contextlib.nullcontext()
-    try:
-        blocks = get_layer_list(net)
-    except ValueError:  # an architecture whose blocks clvqlearn cannot find: PyTorch's kernels
-        return contextlib.nullcontext()
-    return onednn_linears(blocks)
+    return packed_blocks(net) if enabled else contextlib.nullcontext()
 
 
 def _common_prefix(seqs) -> list:
